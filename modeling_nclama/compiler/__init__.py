@@ -1,0 +1,83 @@
+"""The neural compiler: Python source (a small subset) -> :class:`program.Program` objects.
+
+Passes, one module each (in the spirit of DeepMind Tracr's ``compiler/``):
+
+  ``parse``     source -> validated, typed AST (:class:`parse.ParsedModule`); CompileError on anything unsupported
+  ``lower``     typed AST -> assembly IR with virtual registers and labels (:class:`lower.IRFunction`)
+  ``allocate``  IR -> physical cells, resolved jumps, constant pools (:class:`allocate.AllocatedFunction`)
+  ``assemble``  -> ``program.Program`` (one-hot logits with a set sharpness) sharing one cell layout
+
+``compile_source`` runs them all. ``compile_to_ir`` / ``compile_allocated`` stop early (for inspection and tests).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .. import program
+from .allocate import AllocatedFunction, allocate_function
+from .assemble import assemble_functions
+from .errors import CompileError
+from .lower import IRFunction, format_ir, lower_module
+from .parse import ParsedModule, parse_source
+
+__all__ = [
+    "CompileError", "compile_source", "compile_to_ir", "compile_allocated", "compile_stdlib", "stdlib_source",
+    "format_ir",
+]
+
+
+def _guard(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except RecursionError:
+        raise CompileError("source nested too deeply") from None
+
+
+def compile_to_ir(source: str, *, value_size: int, num_args: int = 4) -> list[IRFunction]:
+    def run():
+        return lower_module(parse_source(source, value_size=value_size), num_args=num_args)
+
+    return _guard(run)
+
+
+def compile_allocated(source: str, *, value_size: int, num_args: int = 4) -> list[AllocatedFunction]:
+    if num_args < 1:
+        raise CompileError(f"num_args must be >= 1 (x0 carries results), got {num_args}")
+
+    def run():
+        return [allocate_function(f, num_args=num_args) for f in compile_to_ir(source, value_size=value_size, num_args=num_args)]
+
+    return _guard(run)
+
+
+def compile_source(
+    source: str,
+    *,
+    value_size: int,
+    num_registers: Optional[int] = None,
+    num_args: int = 4,
+    sharpness: float = program.DEFAULT_SHARPNESS,
+) -> list[program.Program]:
+    """Compile every function of ``source`` (in source order) into programs sharing one cell layout.
+
+    ``num_registers`` defaults to the most locals any function needs; ``num_args`` is the number of argument cells
+    (a function with more parameters is a CompileError). Raises :class:`CompileError` (with ``line``/``col``) on
+    anything outside the supported subset; never executes the source.
+    """
+    if not isinstance(value_size, int) or value_size < 2:
+        raise CompileError(f"value_size must be an int >= 2, got {value_size!r}")
+    functions = compile_allocated(source, value_size=value_size, num_args=num_args)
+    return assemble_functions(
+        functions, value_size=value_size, num_registers=num_registers, num_args=num_args, sharpness=sharpness
+    )
+
+
+def stdlib_source() -> str:
+    """The text of ``modeling_nclama/stdlib.py`` (read, not imported)."""
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parent.parent / "stdlib.py").read_text()
+
+
+def compile_stdlib(*, value_size: int = 256, **kwargs) -> list[program.Program]:
+    return compile_source(stdlib_source(), value_size=value_size, **kwargs)

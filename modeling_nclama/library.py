@@ -1,0 +1,497 @@
+"""A library of compiled programs: run them (hard or soft), trace them, save and load them.
+
+Files: ``library.safetensors`` holds every program's logits (``<program>.<field>``) and the lookup table of every
+primitive the programs use (``op.<name>``); ``library.json`` holds the format version, the machine settings, and per
+program its signature, source, assembly, callees and the name, shape and sha256 of each of its tensors. ``load``
+checks all of it and refuses a corrupted, truncated or mismatched library with a ``LibraryError``. Nothing is pickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .machine import STATUS_NAMES, STATUS_OK, HardRun, Machine, MachineError, SoftRun
+from .ops import hard_table
+from .program import DEFAULT_SHARPNESS, OPS, WEIGHT_NAMES, Program, format_assembly
+
+FORMAT_VERSION = 1
+LIBRARY_JSON = "library.json"
+LIBRARY_TENSORS = "library.safetensors"
+ListOrInt = Union[int, Sequence[int]]
+
+
+class LibraryError(ValueError):
+    """A library file is missing, corrupted, truncated, or does not match this runtime or model."""
+
+
+@dataclass
+class TraceStep:
+    step: int
+    program: str
+    line: int
+    instruction: str
+    probability: float  # 1.0 in hard mode; the pc mass of the line in soft mode
+    registers: dict[str, Any]  # name -> value (hard) or (most likely value, its probability) (soft)
+    memory: list  # values (hard) or most likely values (soft), cells [0, heap pointer)
+
+
+@dataclass
+class Trace:
+    mode: str
+    steps: list[TraceStep]
+
+    def format(self, max_rows: Optional[int] = None) -> str:
+        """A readable step table."""
+        rows = self.steps if max_rows is None else self.steps[:max_rows]
+        head = f"{'step':>5}  {'program':<16}{'line':>5}  {'instruction':<32}registers"
+        out = [head, "-" * len(head)]
+        for s in rows:
+            where = s.program if self.mode == "hard" else f"{s.program} ({s.probability:.2f})"
+            regs = " ".join(
+                f"{k}={v}" if self.mode == "hard" else f"{k}={v[0]}({v[1]:.2f})" for k, v in s.registers.items()
+            )
+            out.append(f"{s.step:>5}  {where:<16}{s.line:>5}  {s.instruction:<32}{regs}")
+        if max_rows is not None and len(self.steps) > max_rows:
+            out.append(f"... {len(self.steps) - max_rows} more steps")
+        return "\n".join(out)
+
+
+@dataclass
+class BatchResult:
+    values: list  # decoded results (None where the machine failed)
+    steps: list[int]
+    status: list[str]  # "ok", "max_steps", "stack_overflow", "memory_fault"
+
+
+class Library:
+    """Compiled programs plus the machine that runs them."""
+
+    def __init__(
+        self,
+        programs: Sequence[Program],
+        *,
+        memory_size: Optional[int] = None,
+        stack_depth: int = 32,
+        max_steps: int = 200_000,
+    ):
+        if not programs:
+            raise ValueError("a library needs at least one program")
+        names = [p.name for p in programs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate program names in {names}")
+        self.value_size = programs[0].value_size
+        self.max_steps = max_steps
+        self.machine = Machine(programs, memory_size=memory_size or self.value_size, stack_depth=stack_depth)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_source(cls, source: str, value_size: int = 256, *, sharpness: float = DEFAULT_SHARPNESS, **settings) -> "Library":
+        """Compile every function of ``source`` (Python text; never executed) into a library.
+
+        Needs the ``nclama`` toolchain installed (the runtime alone, as copied to the Hub, can only load libraries).
+        """
+        compiler = _toolchain("modeling_nclama.compiler")
+        programs = compiler.compile_source(source, value_size=value_size, sharpness=sharpness)
+        return cls([_as_runtime_program(p) for p in programs], **settings)
+
+    @classmethod
+    def standard(cls, value_size: int = 256, **settings) -> "Library":
+        """The standard library (``modeling_nclama/stdlib.py``), compiled."""
+        stdlib = _toolchain("modeling_nclama.stdlib")
+        return cls.from_source(Path(stdlib.__file__).read_text(), value_size, **settings)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def programs(self) -> list[Program]:
+        return self.machine.programs
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.programs]
+
+    def __getitem__(self, name: str) -> Program:
+        if name not in self.machine.index:
+            raise KeyError(f"no program {name!r} in the library (it has: {', '.join(self.names)})")
+        return self.programs[self.machine.index[name]]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.machine.index
+
+    def __len__(self) -> int:
+        return len(self.programs)
+
+    def __repr__(self) -> str:
+        return f"Library({len(self)} programs, value_size={self.value_size}: {', '.join(self.names)})"
+
+    def with_programs(self, programs: Sequence[Program]) -> "Library":
+        """A library of the same settings with some programs replaced (by name) or added."""
+        replaced = {p.name: p for p in programs}
+        merged = [replaced.pop(p.name, p) for p in self.programs] + list(replaced.values())
+        m = self.machine
+        return Library(merged, memory_size=m.memory_size, stack_depth=m.stack_depth, max_steps=self.max_steps)
+
+    # ------------------------------------------------------------------ running
+    def run(self, name: str, *args: ListOrInt, mode: str = "hard", trace: bool = False, max_steps: Optional[int] = None):
+        """Run program ``name`` on ints and lists of ints; returns its result (and the ``Trace`` if ``trace``)."""
+        if mode == "hard":
+            result = self.run_batch(name, [args], trace=trace, max_steps=max_steps, _raw=True)
+            run, values = result
+            self._raise_on_failure(name, run.status[0].item(), run.steps[0].item(), max_steps)
+            return (values[0], self._hard_trace(run, 0)) if trace else values[0]
+        if mode == "soft":
+            program = self[name]
+            entry = torch.zeros(1, len(self))
+            entry[0, self.machine.index[name]] = 1.0
+            x, memory = self.encode_soft(program, [args])
+            run = self.run_soft(entry, x, memory, trace=trace, max_steps=max_steps)
+            if run.halted[0] < 0.5:
+                raise MachineError(f"{name} did not halt within {max_steps or self.max_steps} steps (soft mode)")
+            if run.fault[0] > 0.5:
+                raise MachineError(f"{name}: memory fault or stack overflow (probability {run.fault[0]:.2f})")
+            value = self.decode_soft(program, run)[0]
+            value = value.argmax(-1).item() if program.returns == "int" else value.argmax(-1).tolist()
+            return (value, self._soft_trace(run, 0)) if trace else value
+        raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
+
+    def run_batch(self, name: str, batch: Sequence[Sequence[ListOrInt]], *, trace: bool = False, max_steps: Optional[int] = None, _raw: bool = False):
+        """Run ``name`` in hard mode on many argument tuples at once (one vectorized machine)."""
+        program = self[name]
+        args, memory = self.encode(program, batch)
+        entry = torch.full((len(batch),), self.machine.index[name], dtype=torch.long)
+        run = self.machine.run_hard(entry, args, memory, max_steps=max_steps or self.max_steps, trace=trace)
+        values = self.decode(program, run)
+        if _raw:
+            return run, values
+        return BatchResult(values, run.steps.tolist(), [STATUS_NAMES[s] for s in run.status.tolist()])
+
+    def run_soft(self, entry: torch.Tensor, args: torch.Tensor, memory: torch.Tensor, *, trace: bool = False, max_steps: Optional[int] = None, prune: float = 0.0) -> SoftRun:
+        """Soft execution on distributions: the differentiable, lower-level call.
+
+        ``entry`` [B, P] is a distribution over the library's programs (in ``names`` order), ``args`` [B, X, V]
+        the argument registers' distributions, ``memory`` [B, M, V] the memory's; ``encode_soft`` builds the last two
+        from ints, lists and distributions. The result's ``cells[:, R]`` is the distribution of the result
+        (``decode_soft`` reads lists); gradients flow to all inputs and to the programs' weights.
+        """
+        return self.machine.run_soft(entry, args, memory, max_steps=max_steps or self.max_steps, trace=trace, prune=prune)
+
+    # ------------------------------------------------------------------ encoding
+    def _check_args(self, program: Program, args: Sequence[ListOrInt]) -> None:
+        if len(args) != program.arity:
+            raise TypeError(f"{program.name} takes {program.arity} arguments ({_signature(program)}), got {len(args)}")
+        for (pname, ptype), value in zip(program.params, args):
+            if ptype == "list" and isinstance(value, int) or ptype == "int" and not isinstance(value, int):
+                raise TypeError(f"argument {pname} of {program.name} must be {'a list' if ptype == 'list' else 'an int'}")
+
+    def _check_value(self, program: Program, pname: str, value: int) -> None:
+        if not 0 <= value < self.value_size:
+            raise ValueError(f"argument {pname} of {program.name}: {value} is outside [0, {self.value_size})")
+
+    def encode(self, program: Program, batch: Sequence[Sequence[ListOrInt]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ints go to argument registers; lists are laid out in memory (heap pointer at cell 0, lists from cell 1)."""
+        M, X = self.machine.memory_size, self.machine.num_args
+        args = torch.zeros(len(batch), X, dtype=torch.long)
+        memory = torch.zeros(len(batch), M, dtype=torch.long)
+        for b, example in enumerate(batch):
+            self._check_args(program, example)
+            heap, cells = 1, [0]
+            for i, ((pname, ptype), value) in enumerate(zip(program.params, example)):
+                if ptype == "int":
+                    self._check_value(program, pname, value)
+                    args[b, i] = value
+                    continue
+                for v in value:
+                    self._check_value(program, pname, v)
+                if len(value) >= self.value_size:
+                    raise ValueError(f"argument {pname} of {program.name}: a list of {len(value)} items does not fit (at most {self.value_size - 1})")
+                args[b, i] = heap
+                cells += [len(value), *value]
+                heap += len(value) + 1
+            if heap > M:
+                raise ValueError(f"arguments of {program.name} need {heap} memory cells, memory_size is {M}")
+            cells[0] = heap
+            memory[b, : len(cells)] = torch.tensor(cells)
+        return args, memory
+
+    def encode_soft(self, program: Program, batch: Sequence[Sequence[Any]], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``encode``, but ints and list items may also be distributions (tensors of shape [V])."""
+        V = self.value_size
+        hard_batch = [[_hard_view(v) for v in example] for example in batch]
+        args, memory = self.encode(program, hard_batch)
+        x = torch.nn.functional.one_hot(args, V).to(dtype)
+        mem = torch.nn.functional.one_hot(memory, V).to(dtype)
+        for b, example in enumerate(batch):
+            for i, ((_, ptype), value) in enumerate(zip(program.params, example)):
+                if ptype == "int" and torch.is_tensor(value):
+                    x = _replace(x, (b, i), value.to(dtype))
+                elif ptype == "list" and torch.is_tensor(value):
+                    start = args[b, i].item() + 1
+                    for j in range(value.shape[0]):
+                        mem = _replace(mem, (b, start + j), value[j].to(dtype))
+        return x, mem
+
+    def decode(self, program: Program, run: HardRun) -> list:
+        R = self.machine.num_registers
+        out = []
+        for b in range(run.cells.shape[0]):
+            if run.status[b].item() != STATUS_OK:
+                out.append(None)
+                continue
+            value = run.cells[b, R].item()
+            if program.returns == "int":
+                out.append(value)
+                continue
+            n = run.memory[b, value].item() if value < self.machine.memory_size else -1
+            if n < 0 or value + 1 + n > self.machine.memory_size:
+                raise MachineError(f"{program.name} returned an invalid list pointer {value}")
+            out.append(run.memory[b, value + 1 : value + 1 + n].tolist())
+        return out
+
+    def decode_soft(self, program: Program, run: SoftRun) -> list[torch.Tensor]:
+        """Per example: the result's distribution [V] (int), or its items' distributions [n, V] (list; the list's
+        address and length are read at their most likely values)."""
+        R = self.machine.num_registers
+        result = run.cells[:, R]
+        if program.returns == "int":
+            return list(result)
+        out = []
+        for b in range(result.shape[0]):
+            pointer = result[b].argmax().item()
+            n = run.memory[b, pointer].argmax().item()
+            out.append(run.memory[b, pointer + 1 : pointer + 1 + n])
+        return out
+
+    # ------------------------------------------------------------------ traces and errors
+    def _raise_on_failure(self, name: str, status: int, steps: int, max_steps: Optional[int]) -> None:
+        if status == STATUS_OK:
+            return
+        reason = {
+            "max_steps": f"did not halt within {max_steps or self.max_steps} steps (max_steps)",
+            "stack_overflow": f"overflowed the call stack (depth {self.machine.stack_depth}) at step {steps}",
+            "memory_fault": f"accessed memory beyond memory_size {self.machine.memory_size} at step {steps}",
+        }[STATUS_NAMES[status]]
+        raise MachineError(f"{name} {reason}")
+
+    def _register_names(self) -> list[str]:
+        m = self.machine
+        return [f"r{i}" for i in range(m.num_registers)] + [f"x{i}" for i in range(m.num_args)]
+
+    def _hard_trace(self, run: HardRun, b: int) -> Trace:
+        names, steps = self._register_names(), []
+        for t in range(int(run.steps[b])):
+            program, line, text = self.machine.line_info[run.trace_lines[t, b].item()]
+            memory = run.trace_memory[t, b]
+            heap = min(int(memory[0]), memory.shape[0])
+            steps.append(TraceStep(t, program, line, text, 1.0, dict(zip(names, run.trace_cells[t, b].tolist())), memory[:heap].tolist()))
+        return Trace("hard", steps)
+
+    def _soft_trace(self, run: SoftRun, b: int) -> Trace:
+        names, steps = self._register_names(), []
+        for t in range(run.trace_pc.shape[0]):
+            pc = run.trace_pc[t, b]
+            prob, line = pc.max(-1)
+            if line.item() == self.machine.halt_line:
+                break
+            program, local, text = self.machine.line_info[line.item()]
+            p, v = run.trace_cells[t, b].max(-1)
+            memory = run.trace_memory[t, b].argmax(-1)
+            heap = min(int(memory[0]), memory.shape[0])
+            regs = {n: (int(vi), float(pi)) for n, vi, pi in zip(names, v, p)}
+            steps.append(TraceStep(t, program, local, text, float(prob), regs, memory[:heap].tolist()))
+        return Trace("soft", steps)
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory: Union[str, os.PathLike]) -> None:
+        """Write ``library.safetensors`` and ``library.json``; both replace old files only once fully written."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors, entries = {}, []
+        for p in self.programs:
+            described = {}
+            for field in WEIGHT_NAMES:
+                key = f"{p.name}.{field}"
+                tensors[key] = p.weights[field].detach().to(torch.float32).contiguous()
+                described[field] = _describe(key, tensors[key])
+            entries.append(
+                {
+                    "name": p.name,
+                    "params": [list(x) for x in p.params],
+                    "returns": p.returns,
+                    "callees": p.callees,
+                    "source": p.source,
+                    "assembly": format_assembly(p),
+                    "meta": p.meta,
+                    "tensors": described,
+                }
+            )
+        m = self.machine
+        ops = list(m._rows)
+        tables = hard_table(ops, self.value_size).to(torch.int32)
+        op_tensors = {}
+        for i, name in enumerate(ops):
+            key = f"op.{name}"
+            tensors[key] = tables[i].contiguous()
+            op_tensors[name] = _describe(key, tensors[key])
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "value_size": self.value_size,
+            "memory_size": m.memory_size,
+            "stack_depth": m.stack_depth,
+            "max_steps": self.max_steps,
+            "num_registers": m.num_registers,
+            "num_args": m.num_args,
+            "instruction_set": list(OPS),
+            "ops": op_tensors,
+            "programs": entries,
+        }
+        _atomic_write(directory / LIBRARY_TENSORS, lambda path: save_file(tensors, str(path), metadata={"format": "pt"}))
+        _atomic_write(directory / LIBRARY_JSON, lambda path: Path(path).write_text(json.dumps(meta, indent=1)))
+
+    @classmethod
+    def load(cls, directory: Union[str, os.PathLike]) -> "Library":
+        """Load and verify a saved library; any inconsistency raises ``LibraryError``."""
+        directory = Path(directory)
+        meta = _read_json(directory / LIBRARY_JSON)
+        try:
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise LibraryError(f"{directory / LIBRARY_JSON}: format_version {meta.get('format_version')!r}, this runtime reads {FORMAT_VERSION}")
+            if meta["instruction_set"] != list(OPS):
+                raise LibraryError(f"{directory / LIBRARY_JSON}: its instruction set differs from this runtime's")
+            V, R, X = meta["value_size"], meta["num_registers"], meta["num_args"]
+            tensors = _read_tensors(directory / LIBRARY_TENSORS)
+            for name, described in meta["ops"].items():
+                table = _checked_tensor(tensors, described)
+                if not torch.equal(table.long(), hard_table([name], V)[0]):
+                    raise LibraryError(f"op {name!r} in {directory / LIBRARY_TENSORS} differs from this runtime's definition")
+            programs = []
+            for entry in meta["programs"]:
+                weights = {field: _checked_tensor(tensors, entry["tensors"][field]) for field in WEIGHT_NAMES}
+                program = Program(
+                    entry["name"], [tuple(x) for x in entry["params"]], entry["returns"], list(entry["callees"]), R, X, V,
+                    weights, entry["source"], dict(entry["meta"]),
+                )
+                _check_shapes(program)
+                if format_assembly(program) != entry["assembly"]:
+                    raise LibraryError(f"program {program.name}: its tensors do not match its recorded assembly")
+                programs.append(program)
+            return cls(programs, memory_size=meta["memory_size"], stack_depth=meta["stack_depth"], max_steps=meta["max_steps"])
+        except (KeyError, TypeError, IndexError) as error:
+            raise LibraryError(f"{directory / LIBRARY_JSON}: malformed ({type(error).__name__}: {error})") from None
+        except ValueError as error:
+            if isinstance(error, LibraryError):
+                raise
+            raise LibraryError(f"{directory}: inconsistent library ({error})") from None
+
+    def fingerprint(self) -> str:
+        """sha256 over every program's tensors and the settings: what a model checks its library against."""
+        h = hashlib.sha256(json.dumps([self.value_size, self.machine.memory_size, self.names]).encode())
+        for p in self.programs:
+            for field in WEIGHT_NAMES:
+                h.update(p.weights[field].detach().to(torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- helpers
+def _toolchain(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"compiling needs the nclama toolchain ({module}); install the nclama package") from error
+
+
+def _as_runtime_program(p: Any) -> Program:
+    """The compiler may come from another copy of the package (e.g. a Hub dynamic module); rebuild by fields."""
+    if isinstance(p, Program):
+        return p
+    return Program(p.name, list(p.params), p.returns, list(p.callees), p.num_registers, p.num_args, p.value_size, dict(p.weights), p.source, dict(p.meta))
+
+
+def _signature(program: Program) -> str:
+    return ", ".join(f"{n}: {t}" for n, t in program.params)
+
+
+def _hard_view(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return int(value.argmax(-1)) if value.dim() == 1 else value.argmax(-1).tolist()
+    return value
+
+
+def _replace(t: torch.Tensor, index: tuple[int, int], row: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``t[index] = row``, out of place so that gradients reach ``row``."""
+    mask = torch.zeros(t.shape[:2], dtype=t.dtype)
+    mask[index] = 1.0
+    return t * (1 - mask.unsqueeze(-1)) + mask.unsqueeze(-1) * row
+
+
+def _describe(key: str, tensor: torch.Tensor) -> dict:
+    return {
+        "name": key,
+        "shape": list(tensor.shape),
+        "dtype": str(tensor.dtype).replace("torch.", ""),
+        "sha256": hashlib.sha256(tensor.numpy().tobytes()).hexdigest(),
+    }
+
+
+def _checked_tensor(tensors: dict[str, torch.Tensor], described: dict) -> torch.Tensor:
+    key = described["name"]
+    if key not in tensors:
+        raise LibraryError(f"tensor {key} is missing from {LIBRARY_TENSORS}")
+    t = tensors[key]
+    if list(t.shape) != described["shape"]:
+        raise LibraryError(f"tensor {key} has shape {list(t.shape)}, {LIBRARY_JSON} says {described['shape']}")
+    if hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() != described["sha256"]:
+        raise LibraryError(f"tensor {key} does not match its sha256 in {LIBRARY_JSON} (corrupted file?)")
+    return t
+
+
+def _check_shapes(p: Program) -> None:
+    n, cells = p.num_lines, p.num_registers + p.num_args + p.num_consts
+    expected = {
+        "op": (n, len(OPS)), "dst": (n, p.num_registers + p.num_args + 1), "a": (n, cells), "b": (n, cells),
+        "c": (n, cells), "branch": (n, 4), "target": (n, n), "callee": (n, len(p.callees)), "consts": (p.num_consts, p.value_size),
+    }
+    for field, shape in expected.items():
+        if tuple(p.weights[field].shape) != shape:
+            raise LibraryError(f"program {p.name}: tensor {field} has shape {tuple(p.weights[field].shape)}, expected {shape}")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise LibraryError(f"{path} does not exist")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LibraryError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise LibraryError(f"{path} does not hold a library description")
+    return meta
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise LibraryError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:  # safetensors raises its own error types for truncated or garbled files
+        raise LibraryError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
