@@ -1,4 +1,9 @@
-"""Benchmarks (toolchain, never imported by the runtime). ``nclama bench ops`` times the primitive-op kernels."""
+"""Benchmarks (toolchain, never imported by the runtime).
+
+``nclama bench ops`` times the primitive-op kernels; ``nclama bench machine`` times hard execution against soft
+execution and against the plain Python function, and soft execution of recursive Fibonacci by depth. Every number is
+a ratio against a baseline measured in the same process, since this machine is shared and noisy.
+"""
 from __future__ import annotations
 
 import statistics
@@ -92,5 +97,116 @@ def format_ops_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(format_ops_table(bench_ops()))
+def _machine_cases(rng, value_size: int) -> dict:
+    """Workloads of the hard-mode benchmark: (program, inputs builder)."""
+    def sort_inputs(n):
+        return lambda k: [([rng.randrange(value_size) for _ in range(n)],) for _ in range(k)]
+
+    def add_inputs(digits):
+        def build(k):
+            tape = lambda: [rng.randrange(10) for _ in range(digits)]  # noqa: E731
+            return [(tape(), tape()) for _ in range(k)]
+        return build
+
+    return {
+        "insertion_sort, 16 items": ("insertion_sort", sort_inputs(16)),
+        "insertion_sort, 64 items": ("insertion_sort", sort_inputs(64)),
+        "long_add, 40 digits": ("long_add", add_inputs(40)),
+    }
+
+
+def bench_machine(batch: int = 4096, soft_batch: int = 4, value_size: int = 256, seed: int = 0,
+                  num_threads: int | None = 1, fib_depths: Sequence[int] = (2, 4, 6, 8), fib_value_size: int = 64) -> dict:
+    """Hard execution (batch ``batch``) against soft execution of the same program on the first ``soft_batch`` of
+    the same inputs, and against the plain Python function in a loop; then soft Fibonacci by depth.
+
+    Rates are per example, so the ratios compare like with like although soft mode runs a smaller batch.
+    """
+    import random
+
+    from . import stdlib
+    from .library import Library
+
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        rng = random.Random(seed)
+        lib = Library.standard(value_size)
+        rows = []
+        for label, (name, build) in _machine_cases(rng, value_size).items():
+            inputs = build(batch)
+            start = time.perf_counter()
+            result = lib.run_batch(name, inputs)
+            hard_s = time.perf_counter() - start
+            reference_fn = getattr(stdlib, name)
+            start = time.perf_counter()
+            expected = [reference_fn(*[list(a) if isinstance(a, list) else a for a in args]) for args in inputs]
+            python_s = time.perf_counter() - start
+            if result.values != expected:
+                raise AssertionError(f"hard execution of {name} disagrees with Python")
+            soft_inputs = inputs[:soft_batch]
+            start = time.perf_counter()
+            with torch.no_grad():
+                soft_values = [lib.run(name, *args, mode="soft") for args in soft_inputs]
+            soft_s = time.perf_counter() - start
+            if soft_values != expected[:soft_batch]:
+                raise AssertionError(f"soft execution of {name} disagrees with hard execution")
+            steps = sum(result.steps)
+            hard_rate, soft_rate, python_rate = batch / hard_s, soft_batch / soft_s, batch / python_s
+            rows.append({
+                "workload": label, "batch": batch, "max_steps": max(result.steps), "hard_s": hard_s,
+                "hard_steps_per_s": steps / hard_s, "hard_examples_per_s": hard_rate,
+                "soft_examples_per_s": soft_rate, "python_examples_per_s": python_rate,
+                "hard_over_soft": hard_rate / soft_rate, "hard_over_python": hard_rate / python_rate,
+            })
+        return {"hard": rows, "fib": bench_soft_fib(fib_depths, fib_value_size), "threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def bench_soft_fib(depths: Sequence[int], value_size: int) -> list[dict]:
+    """Soft execution of the recursive ``fib`` by depth, with gradients: steps/s and the memory autograd keeps
+    (bytes of the tensors saved for backward, counted by saved-tensor hooks)."""
+    from .library import Library
+
+    lib = Library.from_source("def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
+                              value_size, memory_size=8)
+    program = lib["fib"]
+    rows = []
+    for depth in depths:
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        x, memory = lib.encode_soft(program, [(depth,)])
+        x.requires_grad_(True)
+        entry = torch.ones(1, 1)
+        start = time.perf_counter()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run = lib.run_soft(entry, x, memory)
+        forward_s = time.perf_counter() - start
+        run.cells[0, lib.machine.num_registers].max().backward()
+        steps = float(run.steps[0].detach())
+        rows.append({"depth": depth, "steps": steps, "steps_per_s": steps / forward_s,
+                     "autograd_mib": saved[0] / 2**20, "forward_s": forward_s})
+    return rows
+
+
+def format_machine_tables(report: dict) -> str:
+    """Markdown tables of ``bench_machine``."""
+    lines = [f"Hard execution, {report['threads']} thread(s): rates per example; ratios against soft execution and "
+             "against the plain Python function, all in this process.", "",
+             "| workload | batch | max steps | hard machine-steps/s | hard examples/s | soft examples/s | "
+             "Python examples/s | hard / soft | hard / Python |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["hard"]:
+        lines.append(f"| {r['workload']} | {r['batch']} | {r['max_steps']} | {r['hard_steps_per_s']:.3g} | "
+                     f"{r['hard_examples_per_s']:.4g} | {r['soft_examples_per_s']:.3g} | {r['python_examples_per_s']:.4g} | "
+                     f"{r['hard_over_soft']:.0f}x | {r['hard_over_python']:.3f}x |")
+    lines += ["", "Soft execution of recursive fib (with autograd):", "",
+              "| depth n | steps | steps/s | autograd memory (MiB) |", "|---:|---:|---:|---:|"]
+    for r in report["fib"]:
+        lines.append(f"| {r['depth']} | {r['steps']:.0f} | {r['steps_per_s']:.0f} | {r['autograd_mib']:.1f} |")
+    return "\n".join(lines)

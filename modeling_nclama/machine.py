@@ -186,14 +186,14 @@ class Machine:
         B = entry.shape[0]
         R, X, V, M, D = self.num_registers, self.num_args, self.value_size, self.memory_size, self.stack_depth
         mb, sink, H = self.memory_base, self.sink, self.halt_line
-        S = torch.zeros(B, self.num_cells, dtype=torch.long)
+        S = torch.zeros(B, self.num_cells, dtype=torch.int32)  # int32 cells: half the memory traffic of int64
         S[:, R : R + X] = args
         S[:, self.writable : sink] = self._const_values
         S[:, mb : mb + M] = memory
         pc = self._entry[entry]
         sp = torch.zeros(B, dtype=torch.long)
         ret_stack = torch.zeros(B, D, dtype=torch.long)
-        reg_stack = torch.zeros(B, D, R, dtype=torch.long)
+        reg_stack = torch.zeros(B, D, R, dtype=torch.int32)
         status = torch.full((B,), STATUS_MAX_STEPS, dtype=torch.long)
         steps = torch.full((B,), max_steps, dtype=torch.long)
         fields, table = self._fields, self._table
@@ -202,15 +202,16 @@ class Machine:
         for t in range(max_steps):
             F = fields.index_select(0, pc)
             src = S.gather(1, F[:, _A:_DST])
-            index = torch.add(src[:, 1], src[:, 0], alpha=V)
-            index += F[:, _ROW]
-            result = table.take(index)
+            index = F[:, _ROW] + src[:, 1]
+            index.add_(src[:, 0], alpha=V)
+            result = table.take(index)  # int64
             kind = F[:, _KIND]
-            loaded = S.gather(1, (result + mb).unsqueeze(1)).squeeze(1)
+            address = result + mb
+            loaded = S.gather(1, address.unsqueeze(1)).squeeze(1)
             is_store = kind == KIND_STORE
-            value = torch.where(kind == KIND_LOAD, loaded, result)
+            value = torch.where(kind == KIND_LOAD, loaded, result.to(torch.int32))
             value = torch.where(is_store, src[:, 2], value)
-            where = torch.where(is_store, result + mb, F[:, _DST])
+            where = torch.where(is_store, address, F[:, _DST])
             nxt = torch.where(value == 0, F[:, _NEXT_IF_ZERO], F[:, _NEXT_IF_NONZERO])
             stopped = False
             if check_memory:
@@ -221,8 +222,8 @@ class Machine:
                     status[bad], steps[bad] = STATUS_MEMORY_FAULT, t + 1
                     stopped = True
             S.scatter_(1, where.unsqueeze(1), value.unsqueeze(1))
-            special = (kind >= KIND_CALL).nonzero().squeeze(1)
-            if special.numel():
+            if bool((kind >= KIND_CALL).any()):
+                special = (kind >= KIND_CALL).nonzero().squeeze(1)
                 k = kind[special]
                 calls = special[k == KIND_CALL]
                 if calls.numel():

@@ -1,0 +1,166 @@
+"""The ``nclama`` command (toolchain).
+
+  nclama compile SRC.py -o DIR [--value-size V]       compile every function of SRC.py into a library folder
+  nclama run DIR|std NAME ARGS... [--mode hard|soft] [--trace]
+                                                     run a program (ARGS: 12, or lists like [5,3,9] / 5,3,9)
+  nclama disasm DIR|std NAME                         print a program's source and assembly
+  nclama bench ops|machine                           benchmarks (results belong in BENCHMARKS.md)
+  nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
+  nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .library import Library, LibraryError
+from .machine import MachineError
+
+
+def _library(where: str, value_size: int) -> Library:
+    return Library.standard(value_size) if where == "std" else Library.load(where)
+
+
+def _parse_arg(text: str):
+    """``12`` -> 12; ``[5, 3, 9]`` or ``5,3,9`` -> [5, 3, 9]; ``[]`` -> []."""
+    text = text.strip()
+    if "," in text and not text.startswith("["):
+        text = f"[{text}]"
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"not an int or a list of ints: {text!r}") from None
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, list) and all(type(v) is int for v in value)):
+        raise argparse.ArgumentTypeError(f"not an int or a list of ints: {text!r}")
+    return value
+
+
+def _cmd_compile(args) -> int:
+    from .compiler import compile_source
+
+    source = Path(args.source).read_text()
+    programs = compile_source(source, value_size=args.value_size)
+    lib = Library(programs, memory_size=args.memory_size, stack_depth=args.stack_depth)
+    lib.save(args.output)
+    for p in programs:
+        print(f"{p.name}({', '.join(n for n, _ in p.params)}): {p.num_lines} lines, {p.num_consts} constants")
+    print(f"saved {len(programs)} programs to {args.output}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    lib = _library(args.library, args.value_size)
+    out = lib.run(args.name, *args.args, mode=args.mode, trace=args.trace, max_steps=args.max_steps)
+    if args.trace:
+        value, trace = out
+        print(trace.format(max_rows=args.max_rows))
+        print(f"\n{args.name}({', '.join(map(str, args.args))}) = {value}   [{len(trace.steps)} steps, {args.mode} mode]")
+    else:
+        print(out)
+    return 0
+
+
+def _cmd_disasm(args) -> int:
+    program = _library(args.library, args.value_size)[args.name]
+    print(program.source.rstrip() + "\n")
+    print(program.assembly())
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from . import bench
+
+    if args.what == "ops":
+        rows = bench.bench_ops(value_sizes=args.value_sizes or (16, 128, 1000), batch=args.batch or 256)
+        print(bench.format_ops_table(rows))
+    else:
+        report = bench.bench_machine(batch=args.batch or 4096)
+        print(bench.format_machine_tables(report))
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    from . import analysis
+
+    rows = analysis.fibonacci_gradients(max_depth=args.max_depth)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    analysis.plot_fibonacci_gradients(rows, out / "fib_gradients.png")
+    (out / "fib_gradients.json").write_text(json.dumps(rows, indent=1))
+    print(analysis.format_table(rows))
+    print(f"\nwrote {out / 'fib_gradients.png'} and {out / 'fib_gradients.json'}")
+    return 0
+
+
+def _cmd_repair(args) -> int:
+    from . import analysis
+
+    report = analysis.repair_program()
+    print(analysis.format_repair(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nclama", description="NCLlama: compiled algorithm libraries for LLaMA.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile Python functions into a library folder")
+    p.add_argument("source")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--value-size", type=int, default=256)
+    p.add_argument("--memory-size", type=int, default=None)
+    p.add_argument("--stack-depth", type=int, default=32)
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="run a library program")
+    p.add_argument("library", help="a library folder, or 'std' for the standard library")
+    p.add_argument("name")
+    p.add_argument("args", nargs="*", type=_parse_arg)
+    p.add_argument("--mode", choices=("hard", "soft"), default="hard")
+    p.add_argument("--trace", action="store_true")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-rows", type=int, default=200, help="rows of the trace to print")
+    p.add_argument("--value-size", type=int, default=256, help="for 'std'")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("disasm", help="print a program's source and assembly")
+    p.add_argument("library")
+    p.add_argument("name")
+    p.add_argument("--value-size", type=int, default=256, help="for 'std'")
+    p.set_defaults(func=_cmd_disasm)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    p.add_argument("what", choices=("ops", "machine"))
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--value-sizes", type=int, nargs="+", default=None, help="for 'ops'")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("analyze", help="differentiability analyses")
+    p.add_argument("what", choices=("fib",))
+    p.add_argument("--max-depth", type=int, default=8)
+    p.add_argument("--out", default="out/analysis")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("repair", help="repair a corrupted program by gradient descent")
+    p.set_defaults(func=_cmd_repair)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (LibraryError, MachineError, KeyError, ValueError, TypeError, FileNotFoundError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"nclama: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
