@@ -107,8 +107,7 @@ class Library:
     @classmethod
     def standard(cls, value_size: int = 256, **settings) -> "Library":
         """The standard library (``modeling_nclama/stdlib.py``), compiled."""
-        stdlib = _toolchain("modeling_nclama.stdlib")
-        return cls.from_source(Path(stdlib.__file__).read_text(), value_size, **settings)
+        return cls.from_source(_toolchain("modeling_nclama.compiler").stdlib_source(), value_size, **settings)
 
     # ------------------------------------------------------------------ access
     @property

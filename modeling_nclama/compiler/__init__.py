@@ -21,7 +21,7 @@ from .lower import IRFunction, format_ir, lower_module
 from .parse import ParsedModule, parse_source
 
 __all__ = [
-    "CompileError", "compile_source", "compile_to_ir", "compile_allocated", "compile_stdlib", "stdlib_source",
+    "CompileError", "compile_source", "compile_to_ir", "compile_allocated", "stdlib_source",
     "format_ir",
 ]
 
@@ -78,6 +78,3 @@ def stdlib_source() -> str:
 
     return (Path(__file__).resolve().parent.parent / "stdlib.py").read_text()
 
-
-def compile_stdlib(*, value_size: int = 256, **kwargs) -> list[program.Program]:
-    return compile_source(stdlib_source(), value_size=value_size, **kwargs)

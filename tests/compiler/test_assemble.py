@@ -3,14 +3,14 @@ import pytest
 import torch
 
 from modeling_nclama import program as P
-from modeling_nclama.compiler import CompileError, compile_allocated, compile_source, compile_stdlib, stdlib_source
+from modeling_nclama.compiler import CompileError, compile_allocated, compile_source, stdlib_source
 
 V = 256
 
 
 @pytest.fixture(scope="module")
 def stdlib_programs():
-    return compile_stdlib(value_size=V)
+    return compile_source(stdlib_source(), value_size=V)
 
 
 def test_programs_in_source_order_with_signatures(stdlib_programs):
@@ -81,4 +81,4 @@ def test_round_trip_of_every_stdlib_program(stdlib_programs):
 
 def test_small_value_size_rejects_big_constants():
     with pytest.raises(CompileError, match="constant 10 does not fit"):
-        compile_stdlib(value_size=8)
+        compile_source(stdlib_source(), value_size=8)

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from modeling_nclama import stdlib
-from modeling_nclama.compiler import compile_stdlib
+from modeling_nclama.compiler import compile_source, stdlib_source
 
 from .reference import run
 
@@ -15,7 +15,7 @@ N = 40
 
 @pytest.fixture(scope="module")
 def programs():
-    return compile_stdlib(value_size=V)
+    return compile_source(stdlib_source(), value_size=V)
 
 
 def digits(r, n):
