@@ -1,6 +1,7 @@
 """The ``nclama`` command (toolchain).
 
-  nclama compile SRC.py -o DIR [--value-size V]       compile every function of SRC.py into a library folder
+  nclama compile SRC.py|MANIFEST.json -o DIR [--value-size V]
+                                                     compile every function of SRC.py into a library folder
   nclama run DIR|std NAME ARGS... [--mode hard|soft] [--trace]
                                                      run a program (ARGS: 12, or lists like [5,3,9] / 5,3,9)
   nclama disasm DIR|std NAME                         print a program's source and assembly
@@ -41,12 +42,33 @@ def _parse_arg(text: str):
     return value
 
 
+def _compile_settings(args) -> tuple[str, dict]:
+    """Source text and machine settings: from the flags, or from a library manifest (``configuration/libraries/``)
+    whose values the flags override."""
+    settings = {"value_size": 256, "memory_size": None, "stack_depth": 32, "max_steps": 200_000}
+    path = Path(args.source)
+    if path.suffix == ".json":
+        manifest = json.loads(path.read_text())
+        unknown = set(manifest) - set(settings) - {"name", "source"}
+        if unknown:
+            raise ValueError(f"{path}: unknown manifest keys {sorted(unknown)}")
+        settings.update({k: v for k, v in manifest.items() if k in settings})
+        source = Path(manifest["source"])
+        candidates = [source, path.parent / source, path.resolve().parent.parent.parent / source]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise FileNotFoundError(f"manifest {args.source}: source {source} not found")
+    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
+    return path.read_text(), settings
+
+
 def _cmd_compile(args) -> int:
     from .compiler import compile_source
 
-    source = Path(args.source).read_text()
-    programs = compile_source(source, value_size=args.value_size)
-    lib = Library(programs, memory_size=args.memory_size, stack_depth=args.stack_depth)
+    source, settings = _compile_settings(args)
+    value_size = settings.pop("value_size")
+    programs = compile_source(source, value_size=value_size)
+    lib = Library(programs, **settings)
     lib.save(args.output)
     for p in programs:
         print(f"{p.name}({', '.join(n for n, _ in p.params)}): {p.num_lines} lines, {p.num_consts} constants")
@@ -110,12 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nclama", description="NCLlama: compiled algorithm libraries for LLaMA.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("compile", help="compile Python functions into a library folder")
-    p.add_argument("source")
+    p = sub.add_parser("compile", help="compile Python functions (or a library manifest .json) into a library folder")
+    p.add_argument("source", help="a Python file, or a manifest such as configuration/libraries/standard.json")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--value-size", type=int, default=256)
-    p.add_argument("--memory-size", type=int, default=None)
-    p.add_argument("--stack-depth", type=int, default=32)
+    p.add_argument("--value-size", type=int, default=None, help="default 256")
+    p.add_argument("--memory-size", type=int, default=None, help="default: value size")
+    p.add_argument("--stack-depth", type=int, default=None, help="default 32")
+    p.add_argument("--max-steps", type=int, default=None, help="default 200000")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("run", help="run a library program")

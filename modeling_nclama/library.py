@@ -352,8 +352,12 @@ class Library:
             "ops": op_tensors,
             "programs": entries,
         }
-        _atomic_write(directory / LIBRARY_TENSORS, lambda path: save_file(tensors, str(path), metadata={"format": "pt"}))
-        _atomic_write(directory / LIBRARY_JSON, lambda path: Path(path).write_text(json.dumps(meta, indent=1)))
+        _write_together(
+            {
+                directory / LIBRARY_TENSORS: lambda path: save_file(tensors, path, metadata={"format": "pt"}),
+                directory / LIBRARY_JSON: lambda path: Path(path).write_text(json.dumps(meta, indent=1)),
+            }
+        )
 
     @classmethod
     def load(cls, directory: Union[str, os.PathLike]) -> "Library":
@@ -485,12 +489,19 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise LibraryError(f"{path} is not a readable safetensors file ({error})") from None
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+def _write_together(writers: dict) -> None:
+    """Write every file to a temporary name first and rename them only once all are written, so that a failure
+    leaves the previously saved files untouched."""
+    temporary = {}
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        for path, write in writers.items():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            os.close(fd)
+            temporary[path] = tmp
+            write(tmp)
+        for path, tmp in temporary.items():
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temporary.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)

@@ -1,5 +1,6 @@
 """The nclama command: compile, run, disasm, and its errors."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,14 @@ def test_compile_writes_a_loadable_library(compiled):
     assert lib.names == ["triangle", "twice_triangle"]
     assert lib.value_size == 128
     assert json.loads((compiled / "library.json").read_text())["value_size"] == 128
+
+
+def test_compile_from_the_standard_manifest(tmp_path, capsys):
+    manifest = Path(__file__).resolve().parents[1] / "configuration" / "libraries" / "standard.json"
+    assert main(["compile", str(manifest), "-o", str(tmp_path), "--value-size", "128"]) == 0
+    lib = Library.load(tmp_path)
+    assert lib.value_size == 128 and lib.machine.stack_depth == 32 and "fib_tape" in lib
+    assert lib.run("fib_tape", 30)[:6] == [0, 4, 0, 2, 3, 8]  # 832040, least significant digit first
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft"])

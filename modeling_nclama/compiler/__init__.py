@@ -4,10 +4,13 @@ Passes, one module each (in the spirit of DeepMind Tracr's ``compiler/``):
 
   ``parse``     source -> validated, typed AST (:class:`parse.ParsedModule`); CompileError on anything unsupported
   ``lower``     typed AST -> assembly IR with virtual registers and labels (:class:`lower.IRFunction`)
+  ``optimize``  IR -> IR: local CSE / value numbering (loads too, until a store or call), copy propagation,
+                constant and address folding, dead code elimination (fewer executed lines, same results)
   ``allocate``  IR -> physical cells, resolved jumps, constant pools (:class:`allocate.AllocatedFunction`)
   ``assemble``  -> ``program.Program`` (one-hot logits with a set sharpness) sharing one cell layout
 
 ``compile_source`` runs them all. ``compile_to_ir`` / ``compile_allocated`` stop early (for inspection and tests).
+Each takes ``optimize=False`` to skip the ``optimize`` pass (to see or measure what ``lower`` alone gives).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from .allocate import AllocatedFunction, allocate_function
 from .assemble import assemble_functions
 from .errors import CompileError
 from .lower import IRFunction, format_ir, lower_module
+from .optimize import optimize_function
 from .parse import ParsedModule, parse_source
 
 __all__ = [
@@ -33,19 +37,25 @@ def _guard(fn, *args, **kwargs):
         raise CompileError("source nested too deeply") from None
 
 
-def compile_to_ir(source: str, *, value_size: int, num_args: int = 4) -> list[IRFunction]:
+def compile_to_ir(source: str, *, value_size: int, num_args: int = 4, optimize: bool = True) -> list[IRFunction]:
     def run():
-        return lower_module(parse_source(source, value_size=value_size), num_args=num_args)
+        functions = lower_module(parse_source(source, value_size=value_size), num_args=num_args)
+        if optimize:
+            functions = [optimize_function(f, value_size=value_size, num_args=num_args) for f in functions]
+        return functions
 
     return _guard(run)
 
 
-def compile_allocated(source: str, *, value_size: int, num_args: int = 4) -> list[AllocatedFunction]:
+def compile_allocated(
+    source: str, *, value_size: int, num_args: int = 4, optimize: bool = True
+) -> list[AllocatedFunction]:
     if num_args < 1:
         raise CompileError(f"num_args must be >= 1 (x0 carries results), got {num_args}")
 
     def run():
-        return [allocate_function(f, num_args=num_args) for f in compile_to_ir(source, value_size=value_size, num_args=num_args)]
+        functions = compile_to_ir(source, value_size=value_size, num_args=num_args, optimize=optimize)
+        return [allocate_function(f, num_args=num_args) for f in functions]
 
     return _guard(run)
 
@@ -57,6 +67,7 @@ def compile_source(
     num_registers: Optional[int] = None,
     num_args: int = 4,
     sharpness: float = program.DEFAULT_SHARPNESS,
+    optimize: bool = True,
 ) -> list[program.Program]:
     """Compile every function of ``source`` (in source order) into programs sharing one cell layout.
 
@@ -66,7 +77,7 @@ def compile_source(
     """
     if not isinstance(value_size, int) or value_size < 2:
         raise CompileError(f"value_size must be an int >= 2, got {value_size!r}")
-    functions = compile_allocated(source, value_size=value_size, num_args=num_args)
+    functions = compile_allocated(source, value_size=value_size, num_args=num_args, optimize=optimize)
     return assemble_functions(
         functions, value_size=value_size, num_registers=num_registers, num_args=num_args, sharpness=sharpness
     )
