@@ -124,7 +124,7 @@ def _cmd_repair(args) -> int:
     from . import analysis
 
     report = analysis.repair_program()
-    print(analysis.format_repair(report))
+    print(analysis.format_repair_report(report))
     return 0
 
 
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="differentiability analyses")
     p.add_argument("what", choices=("fib",))
     p.add_argument("--max-depth", type=int, default=8)
-    p.add_argument("--out", default="out/analysis")
+    p.add_argument("--out", default="hub_assets/figures")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("repair", help="repair a corrupted program by gradient descent")

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .machine import STATUS_NAMES, STATUS_OK, HardRun, Machine, MachineError, SoftRun
+from .machine import STATUS_MEMORY_FAULT, STATUS_NAMES, STATUS_OK, HardRun, Machine, MachineError, SoftRun
 from .ops import hard_table
 from .program import DEFAULT_SHARPNESS, OPS, WEIGHT_NAMES, Program, format_assembly
 
@@ -91,7 +91,8 @@ class Library:
             raise ValueError(f"duplicate program names in {names}")
         self.value_size = programs[0].value_size
         self.max_steps = max_steps
-        self.machine = Machine(programs, memory_size=memory_size or self.value_size, stack_depth=stack_depth)
+        memory_size = self.value_size - 1 if memory_size is None else memory_size
+        self.machine = Machine(programs, memory_size=memory_size, stack_depth=stack_depth)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -140,12 +141,18 @@ class Library:
         return Library(merged, memory_size=m.memory_size, stack_depth=m.stack_depth, max_steps=self.max_steps)
 
     # ------------------------------------------------------------------ running
+    def _steps(self, max_steps: Optional[int]) -> int:
+        steps = self.max_steps if max_steps is None else max_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+        return steps
+
     def run(self, name: str, *args: ListOrInt, mode: str = "hard", trace: bool = False, max_steps: Optional[int] = None):
         """Run program ``name`` on ints and lists of ints; returns its result (and the ``Trace`` if ``trace``)."""
         if mode == "hard":
-            result = self.run_batch(name, [args], trace=trace, max_steps=max_steps, _raw=True)
-            run, values = result
-            self._raise_on_failure(name, run.status[0].item(), run.steps[0].item(), max_steps)
+            limit = self._steps(max_steps)
+            run, values = self._run_hard(name, [args], trace, limit)
+            self._raise_on_failure(name, run.status[0].item(), run.steps[0].item(), limit)
             return (values[0], self._hard_trace(run, 0)) if trace else values[0]
         if mode == "soft":
             program = self[name]
@@ -153,25 +160,30 @@ class Library:
             entry[0, self.machine.index[name]] = 1.0
             x, memory = self.encode_soft(program, [args])
             run = self.run_soft(entry, x, memory, trace=trace, max_steps=max_steps)
-            if run.halted[0] < 0.5:
-                raise MachineError(f"{name} did not halt within {max_steps or self.max_steps} steps (soft mode)")
             if run.fault[0] > 0.5:
-                raise MachineError(f"{name}: memory fault or stack overflow (probability {run.fault[0]:.2f})")
+                raise MachineError(
+                    f"{name}: memory fault or stack overflow (probability {run.fault[0]:.2f}; memory_size "
+                    f"{self.machine.memory_size}, stack depth {self.machine.stack_depth}), soft mode"
+                )
+            if run.halted[0] < 0.5:
+                raise MachineError(f"{name} did not halt within {self._steps(max_steps)} steps (max_steps), soft mode")
             value = self.decode_soft(program, run)[0]
             value = value.argmax(-1).item() if program.returns == "int" else value.argmax(-1).tolist()
             return (value, self._soft_trace(run, 0)) if trace else value
         raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
 
-    def run_batch(self, name: str, batch: Sequence[Sequence[ListOrInt]], *, trace: bool = False, max_steps: Optional[int] = None, _raw: bool = False):
-        """Run ``name`` in hard mode on many argument tuples at once (one vectorized machine)."""
+    def run_batch(self, name: str, batch: Sequence[Sequence[ListOrInt]], *, max_steps: Optional[int] = None) -> BatchResult:
+        """Run ``name`` in hard mode on many argument tuples at once (one vectorized machine). A machine that fails
+        gets value None and its status ("max_steps", "stack_overflow", "memory_fault"); the others are unaffected."""
+        run, values = self._run_hard(name, batch, False, self._steps(max_steps))
+        return BatchResult(values, run.steps.tolist(), [STATUS_NAMES[s] for s in run.status.tolist()])
+
+    def _run_hard(self, name: str, batch: Sequence[Sequence[ListOrInt]], trace: bool, max_steps: int) -> tuple[HardRun, list]:
         program = self[name]
         args, memory = self.encode(program, batch)
         entry = torch.full((len(batch),), self.machine.index[name], dtype=torch.long)
-        run = self.machine.run_hard(entry, args, memory, max_steps=max_steps or self.max_steps, trace=trace)
-        values = self.decode(program, run)
-        if _raw:
-            return run, values
-        return BatchResult(values, run.steps.tolist(), [STATUS_NAMES[s] for s in run.status.tolist()])
+        run = self.machine.run_hard(entry, args, memory, max_steps=max_steps, trace=trace)
+        return run, self.decode(program, run)
 
     def run_soft(self, entry: torch.Tensor, args: torch.Tensor, memory: torch.Tensor, *, trace: bool = False, max_steps: Optional[int] = None, prune: float = 0.0) -> SoftRun:
         """Soft execution on distributions: the differentiable, lower-level call.
@@ -181,17 +193,20 @@ class Library:
         from ints, lists and distributions. The result's ``cells[:, R]`` is the distribution of the result
         (``decode_soft`` reads lists); gradients flow to all inputs and to the programs' weights.
         """
-        return self.machine.run_soft(entry, args, memory, max_steps=max_steps or self.max_steps, trace=trace, prune=prune)
+        return self.machine.run_soft(entry, args, memory, max_steps=self._steps(max_steps), trace=trace, prune=prune)
 
     # ------------------------------------------------------------------ encoding
     def _check_args(self, program: Program, args: Sequence[ListOrInt]) -> None:
         if len(args) != program.arity:
             raise TypeError(f"{program.name} takes {program.arity} arguments ({_signature(program)}), got {len(args)}")
         for (pname, ptype), value in zip(program.params, args):
-            if ptype == "list" and isinstance(value, int) or ptype == "int" and not isinstance(value, int):
+            not_int = isinstance(value, bool) or not isinstance(value, int)
+            if ptype == "list" and not isinstance(value, (list, tuple)) or ptype == "int" and not_int:
                 raise TypeError(f"argument {pname} of {program.name} must be {'a list' if ptype == 'list' else 'an int'}")
 
     def _check_value(self, program: Program, pname: str, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"argument {pname} of {program.name}: {value!r} is not an int")
         if not 0 <= value < self.value_size:
             raise ValueError(f"argument {pname} of {program.name}: {value} is outside [0, {self.value_size})")
 
@@ -232,10 +247,11 @@ class Library:
             for i, ((_, ptype), value) in enumerate(zip(program.params, example)):
                 if ptype == "int" and torch.is_tensor(value):
                     x = _replace(x, (b, i), value.to(dtype))
-                elif ptype == "list" and torch.is_tensor(value):
+                elif ptype == "list":
                     start = args[b, i].item() + 1
-                    for j in range(value.shape[0]):
-                        mem = _replace(mem, (b, start + j), value[j].to(dtype))
+                    for j, item in enumerate(value):
+                        if torch.is_tensor(item):
+                            mem = _replace(mem, (b, start + j), item.to(dtype))
         return x, mem
 
     def decode(self, program: Program, run: HardRun) -> list:
@@ -250,8 +266,10 @@ class Library:
                 out.append(value)
                 continue
             n = run.memory[b, value].item() if value < self.machine.memory_size else -1
-            if n < 0 or value + 1 + n > self.machine.memory_size:
-                raise MachineError(f"{program.name} returned an invalid list pointer {value}")
+            if n < 0 or value + 1 + n > self.machine.memory_size:  # the list runs past memory: not a valid answer
+                run.status[b] = STATUS_MEMORY_FAULT
+                out.append(None)
+                continue
             out.append(run.memory[b, value + 1 : value + 1 + n].tolist())
         return out
 
@@ -270,11 +288,11 @@ class Library:
         return out
 
     # ------------------------------------------------------------------ traces and errors
-    def _raise_on_failure(self, name: str, status: int, steps: int, max_steps: Optional[int]) -> None:
+    def _raise_on_failure(self, name: str, status: int, steps: int, max_steps: int) -> None:
         if status == STATUS_OK:
             return
         reason = {
-            "max_steps": f"did not halt within {max_steps or self.max_steps} steps (max_steps)",
+            "max_steps": f"did not halt within {max_steps} steps (max_steps)",
             "stack_overflow": f"overflowed the call stack (depth {self.machine.stack_depth}) at step {steps}",
             "memory_fault": f"accessed memory beyond memory_size {self.machine.memory_size} at step {steps}",
         }[STATUS_NAMES[status]]
@@ -333,7 +351,7 @@ class Library:
                 }
             )
         m = self.machine
-        ops = list(m._rows)
+        ops = m.primitives_used
         tables = hard_table(ops, self.value_size).to(torch.int32)
         op_tensors = {}
         for i, name in enumerate(ops):
@@ -423,8 +441,11 @@ def _signature(program: Program) -> str:
 
 
 def _hard_view(value: Any) -> Any:
+    """An int or list argument whose distributions (tensors) are replaced by their most likely values."""
     if torch.is_tensor(value):
         return int(value.argmax(-1)) if value.dim() == 1 else value.argmax(-1).tolist()
+    if isinstance(value, (list, tuple)):
+        return [_hard_view(v) for v in value]
     return value
 
 
@@ -490,18 +511,27 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _write_together(writers: dict) -> None:
-    """Write every file to a temporary name first and rename them only once all are written, so that a failure
-    leaves the previously saved files untouched."""
-    temporary = {}
+    """Write every file to a temporary name, then move them in place; if anything fails, the files that were
+    already replaced get their previous versions back, so a saved library is never left half old, half new."""
+    temporary, backups = {}, {}
     try:
         for path, write in writers.items():
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
             os.close(fd)
             temporary[path] = tmp
             write(tmp)
-        for path, tmp in temporary.items():
-            os.replace(tmp, path)
+        try:
+            for path, tmp in temporary.items():
+                if path.exists():
+                    backups[path] = f"{tmp}.previous"
+                    os.replace(path, backups[path])
+                os.replace(tmp, path)
+        except BaseException:
+            for path, previous in backups.items():
+                os.replace(previous, path)
+            backups.clear()
+            raise
     finally:
-        for tmp in temporary.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        for leftover in [*temporary.values(), *backups.values()]:
+            if os.path.exists(leftover):
+                os.unlink(leftover)

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .ops import PRIMITIVES, hard_table, pushforward
+from .ops import PRIMITIVES, address_distribution, hard_table, pushforward
 from .program import BRANCH_INDEX, OP_INDEX, Program, cell_name, format_instruction
 
 KIND_PRIM, KIND_LOAD, KIND_STORE, KIND_CALL, KIND_RET, KIND_HALT = range(6)
@@ -63,7 +63,7 @@ class SoftRun:
     memory: torch.Tensor  # [B, M, V]
     halted: torch.Tensor  # [B] probability that the machine halted
     steps: torch.Tensor  # [B] expected number of steps used
-    fault: torch.Tensor  # [B] probability of a memory fault or a stack overflow
+    fault: torch.Tensor  # [B] probability of a memory fault or a stack overflow (that mass stops running)
     trace_pc: Optional[torch.Tensor] = None  # [T, B, L + 1] pc distribution before each step
     trace_cells: Optional[torch.Tensor] = None  # [T, B, R + X, V] after each step
     trace_memory: Optional[torch.Tensor] = None  # [T, B, M, V] after each step
@@ -87,8 +87,9 @@ class Machine:
         self.value_size = first.value_size
         self.num_registers = first.num_registers
         self.num_args = first.num_args
-        if not 1 <= memory_size <= self.value_size:
-            raise ValueError(f"memory_size must be in [1, value_size={self.value_size}], got {memory_size}")
+        if not 2 <= memory_size < self.value_size:
+            # The heap pointer (cell 0) points one past the last list, so it must be able to hold memory_size.
+            raise ValueError(f"memory_size must be in [2, value_size - 1 = {self.value_size - 1}], got {memory_size}")
         if stack_depth < 1:
             raise ValueError(f"stack_depth must be at least 1, got {stack_depth}")
         self.memory_size = memory_size
@@ -122,20 +123,24 @@ class Machine:
         V = self.value_size
         self.sink = self.writable + self.num_consts
         self.memory_base = self.sink + 1
-        self.num_cells = self.memory_base + V
-        used = {"nop", "add"}
+        self.num_cells = self.memory_base + V + 1  # memory addresses are a + b clamped to V: never wrap
+        used = {"nop"}
         listings = [p.instructions() for p in self.programs]
         for listing in listings:
             used.update(ins.op for ins in listing if ins.op in PRIMITIVES)
         self._rows = {name: i for i, name in enumerate(sorted(used, key=list(PRIMITIVES).index))}
-        self._table = hard_table(list(self._rows), V).reshape(-1).contiguous()
+        grid = torch.arange(V)
+        address_row = (grid[:, None] + grid[None, :]).clamp(max=V).reshape(1, -1)
+        self._table = torch.cat([hard_table(list(self._rows), V), address_row]).reshape(-1).contiguous()
+        self.primitives_used = list(self._rows)  # (the address row comes after them)
+        address_base = len(self._rows) * V * V
         rows = []
         for pi, (p, listing) in enumerate(zip(self.programs, listings)):
             base = self.entry_lines[pi]
             for li, ins in enumerate(listing):
                 line = base + li
                 kind = _KIND_OF_OP.get(ins.op, KIND_PRIM)
-                row_op = ins.op if kind == KIND_PRIM else ("add" if kind in (KIND_LOAD, KIND_STORE) else "nop")
+                row_op = ins.op if kind == KIND_PRIM else "nop"
                 target = base + ins.target
                 nz, nnz = {
                     "never": (line + 1, line + 1),
@@ -153,7 +158,7 @@ class Machine:
                         self._global_cell(pi, ins.b),
                         self._global_cell(pi, ins.c),
                         self.sink if ins.dst is None else ins.dst,
-                        self._rows[row_op] * V * V,
+                        address_base if kind in (KIND_LOAD, KIND_STORE) else self._rows[row_op] * V * V,
                         kind,
                         nz,
                         nnz,
@@ -197,7 +202,6 @@ class Machine:
         status = torch.full((B,), STATUS_MAX_STEPS, dtype=torch.long)
         steps = torch.full((B,), max_steps, dtype=torch.long)
         fields, table = self._fields, self._table
-        check_memory = M < V
         lines_log, cells_log, memory_log = [], [], []
         for t in range(max_steps):
             F = fields.index_select(0, pc)
@@ -214,13 +218,12 @@ class Machine:
             where = torch.where(is_store, address, F[:, _DST])
             nxt = torch.where(value == 0, F[:, _NEXT_IF_ZERO], F[:, _NEXT_IF_NONZERO])
             stopped = False
-            if check_memory:
-                bad = result >= F[:, _LIMIT]
-                if bad.any():
-                    where = torch.where(bad, sink, where)
-                    nxt = torch.where(bad, H, nxt)
-                    status[bad], steps[bad] = STATUS_MEMORY_FAULT, t + 1
-                    stopped = True
+            bad = result >= F[:, _LIMIT]  # a load or store at an address >= memory_size
+            if bool(bad.any()):
+                where = torch.where(bad, sink, where)
+                nxt = torch.where(bad, H, nxt)
+                status[bad], steps[bad] = STATUS_MEMORY_FAULT, t + 1
+                stopped = True
             S.scatter_(1, where.unsqueeze(1), value.unsqueeze(1))
             if bool((kind >= KIND_CALL).any()):
                 special = (kind >= KIND_CALL).nonzero().squeeze(1)
@@ -330,7 +333,10 @@ class Machine:
 
         ``entry`` [B, P]: distribution over programs to call; ``args`` [B, X, V]: argument distributions;
         ``memory`` [B, M, V]: initial memory distributions. Work whose probability is at most ``prune`` for every
-        machine of the batch is skipped (an error of at most that mass, for a large saving on sharp programs).
+        machine of the batch is skipped (an error of at most that mass, for a large saving on sharp programs); with
+        ``prune=0`` only work of exactly zero mass that needs no gradient is skipped, so results and gradients are exact.
+        Where the pc sits entirely on call/return lines, the branch probability (a ratio of two zero masses) is
+        defined by continuity, and autograd returns one of its directional derivatives there.
         """
         dtype = args.dtype
         B = entry.shape[0]
@@ -365,10 +371,12 @@ class Machine:
         prim_names = list(PRIMITIVES)
 
         def live(mass: torch.Tensor) -> bool:
-            return bool(mass.max() > prune)
+            # Zero mass can still carry gradient (the derivative of a term whose weight is 0): with prune == 0 and
+            # gradients on, nothing that requires grad is skipped, so autograd gives the full derivative.
+            return bool(mass.max() > prune) or (prune == 0 and mass.requires_grad)
 
         for _ in range(max_steps):
-            steps = steps + (1.0 - pc[:, H])
+            steps = steps + pc[:, :H].sum(-1)  # the mass still running
             f_op, f_dst, f_a, f_b, f_c = torch.split(pc @ mix, splits, dim=1)
             cells = torch.cat([regs, consts], dim=1)
             A, Bv, Cv = torch.bmm(torch.stack([f_a, f_b, f_c], 1), cells).unbind(1)
@@ -383,10 +391,10 @@ class Machine:
                 if name != "nop":
                     written = written + out
             p_load, p_store = f_op[:, OP_INDEX["load"]], f_op[:, OP_INDEX["store"]]
+            out_of_memory = torch.zeros(B, dtype=dtype)  # probability that this step's address is >= M
             if live(p_load) or live(p_store):
-                address = pushforward("add", A, Bv)
-                at = address[:, :M]
-                fault = fault + (p_load + p_store) * address[:, M:].sum(-1)
+                address = address_distribution(A, Bv, M)
+                at, out_of_memory = address[:, :M], address[:, M]
                 if live(p_load):
                     loaded = p_load.unsqueeze(1) * torch.einsum("bm,bmv->bv", at, mem)
                     result, written = result + loaded, written + loaded
@@ -400,7 +408,10 @@ class Machine:
             # Control: each line moves its own pc mass by its own branch, decided by P(result == 0).
             p_normal = result.sum(-1)
             zero = (result[:, 0] / p_normal.clamp_min(1e-30)).unsqueeze(1)
-            pc_normal = pc * normal_line
+            # pc mass of a load/store whose address is out of memory leaves the machine as a fault.
+            faulted = pc * (kinds["load"] + kinds["store"]) * out_of_memory.unsqueeze(1)
+            fault = fault + faulted.sum(-1)
+            pc_normal = pc * normal_line - faulted
             to_target = pc_normal * (branch_taken_always + branch_zero * zero + branch_nonzero * (1.0 - zero))
             to_next = pc_normal - to_target
             nxt = torch.cat([to_next.new_zeros(B, 1), to_next[:, :-1]], dim=1) + to_target @ W["target"]
@@ -410,7 +421,7 @@ class Machine:
             r = pc_ret.sum(-1)
             new_sp = sp
             if live(c):
-                nxt = nxt + pc_call @ W["call"]
+                nxt = nxt + (pc_call @ W["call"]) * (1.0 - sp[:, D:])  # a call at full depth overflows: a fault
                 if ret_frames is None:
                     ret_frames = torch.zeros(B, D, L, dtype=dtype)
                     reg_frames = torch.zeros(B, D, R, V, dtype=dtype)
@@ -439,7 +450,7 @@ class Machine:
                 cells_log.append(regs.detach().clone())
                 memory_log.append(mem.detach().clone())
             pc = nxt
-            if bool((1.0 - pc[:, H]).max() < halt_tolerance):
+            if bool(pc[:, :H].sum(-1).max() < halt_tolerance):
                 break
         run = SoftRun(regs, mem, pc[:, H], steps, fault)
         if trace:

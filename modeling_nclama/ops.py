@@ -312,3 +312,15 @@ def pushforward(
     if method == "index":
         return _index(name, arity, p_a, p_b)
     return _topk(name, arity, p_a, p_b, top_k)
+
+
+def address_distribution(p_base: torch.Tensor, p_offset: torch.Tensor, memory_size: int) -> torch.Tensor:
+    """Distribution of the memory address ``base + offset`` *without* wrap-around, over ``[0, memory_size]``: the
+    last entry is the mass of addresses ``>= memory_size`` (a memory fault). A linear convolution, by FFT in float64
+    with round-off snapped to zero, so one-hot in gives exactly one-hot out."""
+    value_size = p_base.shape[-1]
+    n = 2 * value_size
+    spectrum = torch.fft.rfft(p_base.double(), n=n, dim=-1) * torch.fft.rfft(p_offset.double(), n=n, dim=-1)
+    total = torch.fft.irfft(spectrum, n=n, dim=-1)
+    total = total.masked_fill(total.abs() < 1e-12, 0.0).to(p_base.dtype)
+    return torch.cat([total[..., :memory_size], total[..., memory_size:].sum(-1, keepdim=True)], dim=-1)

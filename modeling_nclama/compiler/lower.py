@@ -512,9 +512,13 @@ class _Lowerer:
         return t, self.const(k + 1)
 
     def allocate(self, length: Operand) -> VReg:
-        """Bump-allocate a zeroed list of ``length`` items; store its length; return its address."""
+        """Bump-allocate a zeroed list of ``length`` items; store its length; return its address.
+
+        The first store writes 0 (the cell is already zero) to the list's last cell ``p + length``: memory addresses
+        never wrap, so a list that does not fit in memory faults here instead of overlapping other data."""
         p = self.new("p")
         self.emit("load", p, Const(0), Const(0))
+        self.emit("store", None, p, length, Const(0))
         top = self.new()
         if isinstance(length, Const):
             self.emit("add", top, p, self.const(length.value + 1))

@@ -50,7 +50,7 @@ def test_store_to_item():
 
 def test_zero_list_needs_no_fill_loop_but_other_values_do():
     zero = ir("def f(n):\n    return [0] * n")
-    assert [o.op for o in zero.ops()] == ["mov", "load", "add", "inc", "store", "store", "mov", "ret"]
+    assert [o.op for o in zero.ops()] == ["mov", "load", "store", "add", "inc", "store", "store", "mov", "ret"]
     seven = ir("def f(n):\n    return [7] * n")
     ops = seven.ops()
     fill = [o for o in ops if o.op == "store" and o.c == Const(7)]
@@ -61,8 +61,8 @@ def test_zero_list_needs_no_fill_loop_but_other_values_do():
 def test_list_literal_skips_zero_items():
     fn = ir("def f(a):\n    return [a, 0, 5]")
     stores = [str(o) for o in fn.ops() if o.op == "store"]
-    assert stores == ["store [#0 + #0], %t.2", "store [%p.1 + #0], #3", "store [%p.1 + #1], %a.0",
-                      "store [%p.1 + #3], #5"]
+    assert stores == ["store [%p.1 + #3], #0", "store [#0 + #0], %t.2", "store [%p.1 + #0], #3",
+                      "store [%p.1 + #1], %a.0", "store [%p.1 + #3], #5"]
     assert "add %t.2, %p.1, #4" in lines(fn)
 
 
