@@ -34,7 +34,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .library import Library
-from .program import BRANCHES, OPS, Instruction, Program, assemble
+from .program import BRANCHES, OPS, Program
 
 __all__ = [
     "stdlib_function_source",
@@ -231,7 +231,7 @@ def format_table(rows: Sequence[dict], header: bool = True) -> str:
             ("exact: time s", lambda r: f"{r['exact_time_s']:.2f}"),
         ]
     cols += [
-        (f"soft: P(correct)", lambda r: _fmt(r["p_correct"])),
+        ("soft: P(correct)", lambda r: _fmt(r["p_correct"])),
         ("soft: loss", lambda r: _fmt(r["loss"])),
         ("soft: P(halted)", lambda r: _fmt(r["halted"])),
         ("soft: ‖∇input‖", lambda r: _fmt(r["grad_input"])),
@@ -307,19 +307,6 @@ def _random_inputs(program: Program, count: int, rng: random.Random, value_size:
     return out
 
 
-def _exact(program: Program) -> Program:
-    """The argmax program re-assembled exactly one-hot (``-inf`` logits), as the compiler emits it."""
-    weights = assemble(
-        program.instructions(),
-        program.consts(),
-        num_registers=program.num_registers,
-        num_args=program.num_args,
-        num_callees=len(program.callees),
-        value_size=program.value_size,
-    )
-    return program.with_weights(weights)
-
-
 def _hard_accuracy(lib: Library, program: Program, inputs: Sequence[tuple], expected: Sequence[int], max_steps: int) -> float:
     result = lib.with_programs([program]).run_batch(program.name, inputs, max_steps=max_steps)
     return sum(v == e for v, e in zip(result.values, expected)) / len(expected)
@@ -345,15 +332,7 @@ def _corrupt(program: Program, line: int, field: str, value: Union[str, int]) ->
     else:
         raise ValueError(f"field must be op, dst, a, b, c, branch, target or callee, got {field!r}")
     instructions[line] = new
-    weights = assemble(
-        instructions,
-        program.consts(),
-        num_registers=program.num_registers,
-        num_args=program.num_args,
-        num_callees=len(program.callees),
-        value_size=program.value_size,
-    )
-    return program.with_weights(weights)
+    return program.with_instructions(instructions)
 
 
 def _default_corruption(program: Program) -> tuple[int, str, str]:
@@ -461,7 +440,7 @@ def repair_program(
     losses, train_acc_curve = [], []
     start = time.perf_counter()
     updates = 0
-    repaired = _exact(soft.with_weights({k: w.detach() for k, w in params.items()}))
+    repaired = soft.with_weights({k: w.detach() for k, w in params.items()}).hardened()
     for updates in range(1, max_updates + 1):
         program = soft.with_weights(params)
         run = lib.with_programs([program]).run_soft(entry, args, memory, max_steps=soft_steps, prune=prune)
@@ -476,7 +455,7 @@ def repair_program(
                     w.grad.mul_(masks[k])
         optimizer.step()
         losses.append(loss.item())
-        repaired = _exact(soft.with_weights({k: w.detach() for k, w in params.items()}))
+        repaired = soft.with_weights({k: w.detach() for k, w in params.items()}).hardened()
         acc = _hard_accuracy(lib, repaired, train_inputs, train_ref.values, hard_limit)
         train_acc_curve.append(acc)
         if verbose:

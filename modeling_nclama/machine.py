@@ -340,7 +340,7 @@ class Machine:
         """
         dtype = args.dtype
         B = entry.shape[0]
-        R, X, V, M, D = self.num_registers, self.num_args, self.value_size, self.memory_size, self.stack_depth
+        R, V, M, D = self.num_registers, self.value_size, self.memory_size, self.stack_depth
         RX, L, H = self.writable, self.num_lines, self.halt_line
         W = self._link_soft(dtype)
         op_p = W["op"]

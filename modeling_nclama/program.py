@@ -128,6 +128,24 @@ class Program:
     def with_weights(self, weights: dict[str, torch.Tensor]) -> "Program":
         return replace(self, weights=dict(weights))
 
+    def with_instructions(self, instructions: list[Instruction], sharpness: float = DEFAULT_SHARPNESS) -> "Program":
+        """The same program (signature, constants, callees) with other instructions, assembled one-hot."""
+        return self.with_weights(
+            assemble(
+                instructions,
+                self.consts(),
+                num_registers=self.num_registers,
+                num_args=self.num_args,
+                num_callees=len(self.callees),
+                value_size=self.value_size,
+                sharpness=sharpness,
+            )
+        )
+
+    def hardened(self) -> "Program":
+        """The argmax program, exactly one-hot again (after training a softened one)."""
+        return self.with_instructions(self.instructions())
+
     def soften(self, sharpness: float) -> "Program":
         """The same program with every logit at least ``-sharpness`` below its row's maximum: trainable by gradient
         descent (an exactly one-hot program has zero gradients), still the same argmax."""
@@ -206,28 +224,35 @@ def disassemble(weights: dict[str, torch.Tensor], num_registers: int, num_args: 
     ]
 
 
+def format_line(op: str, dst: str, a: str, b: str, c: str, branch: str, target: object, callee: str) -> str:
+    """One line of assembly from its fields as text, e.g. ``add r2, r0, #1``, ``load r3, [r1 + #1]``,
+    ``lt _, r0, r1  jz 9`` (shared by the compiler's IR listings and the disassembler)."""
+    arity = PRIMITIVES[op][1] if op in PRIMITIVES else None
+    if op == "nop":
+        text = "" if branch == "always" else "nop"
+    elif arity == 1:
+        text = f"{op} {dst}, {a}"
+    elif arity == 2:
+        text = f"{op} {dst}, {a}, {b}"
+    elif op == "load":
+        text = f"load {dst}, [{a} + {b}]"
+    elif op == "store":
+        text = f"store [{a} + {b}], {c}"
+    elif op == "call":
+        text = f"call {callee}"
+    else:
+        text = op
+    if branch != "never":
+        text = f"{text}  {BRANCH_MNEMONIC[branch]} {target}".strip()
+    return text
+
+
 def format_instruction(ins: Instruction, name_of_cell, callees: list[str]) -> str:
-    """One line of assembly, e.g. ``add r2, r0, #1``, ``load r3, [r1 + #1]``, ``lt _, r0, r1  jz 9``."""
+    """One line of assembly of an instruction, its cells named by ``name_of_cell``."""
     dst = "_" if ins.dst is None else name_of_cell(ins.dst)
     a, b, c = (name_of_cell(x) for x in (ins.a, ins.b, ins.c))
-    arity = PRIMITIVES[ins.op][1] if ins.op in PRIMITIVES else None
-    if ins.op == "nop":
-        text = "" if ins.branch == "always" else "nop"
-    elif arity == 1:
-        text = f"{ins.op} {dst}, {a}"
-    elif arity == 2:
-        text = f"{ins.op} {dst}, {a}, {b}"
-    elif ins.op == "load":
-        text = f"load {dst}, [{a} + {b}]"
-    elif ins.op == "store":
-        text = f"store [{a} + {b}], {c}"
-    elif ins.op == "call":
-        text = f"call {callees[ins.callee]}"
-    else:
-        text = ins.op
-    if ins.branch != "never":
-        text = f"{text}  {BRANCH_MNEMONIC[ins.branch]} {ins.target}".strip()
-    return text
+    callee = callees[ins.callee] if ins.op == "call" else ""
+    return format_line(ins.op, dst, a, b, c, ins.branch, ins.target, callee)
 
 
 def format_assembly(program: Program) -> str:

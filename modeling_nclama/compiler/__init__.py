@@ -22,7 +22,7 @@ from .assemble import assemble_functions
 from .errors import CompileError
 from .lower import IRFunction, format_ir, lower_module
 from .optimize import optimize_function
-from .parse import ParsedModule, parse_source
+from .parse import parse_source
 
 __all__ = [
     "CompileError", "compile_source", "compile_to_ir", "compile_allocated", "stdlib_source",

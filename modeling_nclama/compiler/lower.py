@@ -22,10 +22,11 @@ the variable keeps its last value after the loop); ``range(a, -1, -1)`` ends whe
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Union
 
 from ..ops import PRIMITIVES, apply_int
+from ..program import format_line
 from .errors import CompileError
 from .parse import BINOPS, CMPOPS, FunctionInfo, ParsedModule, negative_constant, range_step
 
@@ -85,26 +86,9 @@ class Op:
     nargs: int = 0
 
     def __str__(self) -> str:
-        d = "_" if self.dst is None else str(self.dst)
-        arity = PRIMITIVES[self.op][1] if self.op in PRIMITIVES else None
-        if self.op == "nop":
-            text = "" if self.branch == "always" else "nop"
-        elif arity == 1:
-            text = f"{self.op} {d}, {self.a}"
-        elif arity == 2:
-            text = f"{self.op} {d}, {self.a}, {self.b}"
-        elif self.op == "load":
-            text = f"load {d}, [{self.a} + {self.b}]"
-        elif self.op == "store":
-            text = f"store [{self.a} + {self.b}], {self.c}"
-        elif self.op == "call":
-            text = f"call {self.callee}/{self.nargs}"
-        else:
-            text = self.op
-        if self.branch != "never":
-            mnemonic = {"zero": "jz", "nonzero": "jnz", "always": "jmp"}[self.branch]
-            text = f"{text}  {mnemonic} {self.target}".strip()
-        return text
+        dst = "_" if self.dst is None else str(self.dst)
+        callee = f"{self.callee}/{self.nargs}"
+        return format_line(self.op, dst, str(self.a), str(self.b), str(self.c), self.branch, self.target, callee)
 
     def sources(self) -> list[Operand]:
         """The operands this op reads (not counting the argument registers read by ``call`` / ``ret``)."""

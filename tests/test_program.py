@@ -1,0 +1,31 @@
+"""Program forms: softening for training, hardening back, and reassembly."""
+import math
+
+import torch
+
+from modeling_nclama import Library
+from modeling_nclama.program import Instruction
+
+
+def test_soften_keeps_the_argmax_and_hardened_restores_the_exact_program():
+    lib = Library.standard(64)
+    for program in lib.programs:
+        soft = program.soften(4.0)
+        assert soft.instructions() == program.instructions() and soft.consts() == program.consts()
+        for name, w in soft.weights.items():
+            if w.numel():
+                assert torch.isfinite(w).all(), name
+                assert (w.amax(-1, keepdim=True) - w).max() <= 4.0
+        hard = soft.hardened()
+        for name, w in hard.weights.items():
+            assert torch.equal(w, program.weights[name]), (program.name, name)
+
+
+def test_with_instructions_changes_one_line():
+    gcd = Library.standard(64)["gcd"]
+    listing = gcd.instructions()
+    line = next(i for i, ins in enumerate(listing) if ins.op == "mod")
+    listing[line] = Instruction("floordiv", listing[line].dst, listing[line].a, listing[line].b)
+    changed = gcd.with_instructions(listing)
+    assert [i.op for i in changed.instructions()].count("floordiv") == 1
+    assert changed.weights["op"][line].max() == 0 and changed.weights["op"][line].min() == -math.inf
