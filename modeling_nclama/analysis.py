@@ -69,7 +69,7 @@ def _fib_mod(n: int, value_size: int) -> int:
     return a % value_size
 
 
-class _SavedBytes:
+class SavedBytes:
     """Counts the distinct storage bytes autograd saves for backward (the memory backprop through the unrolled
     execution needs), via ``torch.autograd.graph.saved_tensors_hooks``. Cheap: one dict insert per saved tensor."""
 
@@ -117,7 +117,7 @@ def _fib_once(lib: Library, program: Program, n: int, *, train_weights: bool, ma
     args, memory = run_lib.encode_soft(run_lib[program.name], [(x_in,)], dtype=dtype)
     entry = torch.zeros(1, len(run_lib), dtype=dtype)
     entry[0, run_lib.machine.index[program.name]] = 1.0
-    saved = _SavedBytes()
+    saved = SavedBytes()
     start = time.perf_counter()
     with saved.hooks():
         # prune=-1: never skip work of zero probability. The default (prune=0) skips it, which is exact for the values

@@ -167,31 +167,26 @@ def bench_machine(batch: int = 4096, soft_batch: int = 4, value_size: int = 256,
 
 def bench_soft_fib(depths: Sequence[int], value_size: int) -> list[dict]:
     """Soft execution of the recursive ``fib`` by depth, with gradients: steps/s and the memory autograd keeps
-    (bytes of the tensors saved for backward, counted by saved-tensor hooks)."""
+    (distinct storages saved for backward, counted by saved-tensor hooks)."""
+    from .analysis import SavedBytes, stdlib_function_source
     from .library import Library
 
-    lib = Library.from_source("def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
-                              value_size, memory_size=8)
+    lib = Library.from_source(stdlib_function_source("fib"), value_size, memory_size=8)
     program = lib["fib"]
     rows = []
     for depth in depths:
-        saved = [0]
-
-        def pack(t):
-            saved[0] += t.numel() * t.element_size()
-            return t
-
+        saved = SavedBytes()
         x, memory = lib.encode_soft(program, [(depth,)])
         x.requires_grad_(True)
         entry = torch.ones(1, 1)
         start = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved.hooks():
             run = lib.run_soft(entry, x, memory)
         forward_s = time.perf_counter() - start
         run.cells[0, lib.machine.num_registers].max().backward()
         steps = float(run.steps[0].detach())
         rows.append({"depth": depth, "steps": steps, "steps_per_s": steps / forward_s,
-                     "autograd_mib": saved[0] / 2**20, "forward_s": forward_s})
+                     "autograd_mib": saved.megabytes, "forward_s": forward_s})
     return rows
 
 
