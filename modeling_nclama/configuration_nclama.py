@@ -1,0 +1,102 @@
+"""Configuration of NCLlama: a LLaMA configuration plus the settings of the library and its interpreter heads.
+
+Every NCLlama setting starts with ``nc_``. The library's own settings (value size, memory, stack depth, step limit)
+are recorded here so that a model refuses a library that does not match it (``nc_library_fingerprint``).
+"""
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig
+
+NC_MODES = ("hard", "soft")
+NC_OPERAND_READERS = ("pointer", "projection")
+
+
+@strict
+class NCLlamaConfig(LlamaConfig):
+    r"""
+    nc_layer (`int`, defaults to -1):
+        Decoder layer whose output the interpreter heads read (0-based; -1: the last layer, after the final norm).
+    nc_mode (`str`, defaults to `"hard"`):
+        `"hard"`: exact execution of the top-k (call, operands) choices, marginalized exactly; `"soft"`: the
+        differentiable machine runs on the heads' distributions (gradients also reach the programs' weights).
+    nc_top_k (`int`, defaults to 4):
+        Number of (call, operands) combinations executed and marginalized per position in hard mode.
+    nc_value_size, nc_memory_size, nc_stack_depth, nc_max_steps:
+        The machine the library was compiled for (`nc_memory_size` at most `nc_value_size - 1`).
+    nc_programs (`list[str]`):
+        The library programs the call head chooses among, in order.
+    nc_library_fingerprint (`str`, optional):
+        sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
+    nc_operand_reader (`str`, defaults to `"pointer"`):
+        `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
+        attention; `"projection"`: the paper's variant, a learned projection from the hidden state to a value.
+    nc_max_operands (`int`, defaults to 2):
+        Operand slots of the heads (at most the library's argument registers).
+    nc_pointer_dim (`int`, defaults to 64):
+        Width of the pointer attention's queries and keys.
+    nc_number_tokens (`dict[str, str]`):
+        Token id (as a string, JSON keys are strings) -> its digit string: the reader's table, built from the
+        tokenizer (LLaMA 3 style: numbers are runs of 1-3 digit tokens).
+    nc_answer_window (`int`, defaults to 64):
+        How many positions after a call its result may be emitted over.
+    nc_residual_injection (`bool`, defaults to `False`):
+        Also add an embedding of the library's result to the hidden states of later layers.
+    """
+
+    model_type = "nclama"
+
+    nc_layer: int = -1
+    nc_mode: str = "hard"
+    nc_top_k: int = 4
+    nc_value_size: int = 256
+    nc_memory_size: int | None = None
+    nc_stack_depth: int = 32
+    nc_max_steps: int = 200_000
+    nc_programs: list | None = None
+    nc_library_fingerprint: str | None = None
+    nc_operand_reader: str = "pointer"
+    nc_max_operands: int = 2
+    nc_pointer_dim: int = 64
+    nc_number_tokens: dict | None = None
+    nc_answer_window: int = 64
+    nc_residual_injection: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.nc_memory_size is None:
+            self.nc_memory_size = self.nc_value_size - 1
+        if self.nc_programs is None:
+            self.nc_programs = []
+        if self.nc_number_tokens is None:
+            self.nc_number_tokens = {}
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: every NCLlama setting must make sense on its own and with the LLaMA ones."""
+        super().validate_architecture()
+        layers = self.num_hidden_layers
+        if not -layers <= self.nc_layer < layers:
+            raise ValueError(f"nc_layer must be in [{-layers}, {layers - 1}] for {layers} layers, got {self.nc_layer}")
+        if self.nc_mode not in NC_MODES:
+            raise ValueError(f"nc_mode must be one of {NC_MODES}, got {self.nc_mode!r}")
+        if self.nc_operand_reader not in NC_OPERAND_READERS:
+            raise ValueError(f"nc_operand_reader must be one of {NC_OPERAND_READERS}, got {self.nc_operand_reader!r}")
+        positive = ("nc_top_k", "nc_stack_depth", "nc_max_steps", "nc_max_operands", "nc_pointer_dim", "nc_answer_window")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.nc_value_size < 3:
+            raise ValueError(f"nc_value_size must be at least 3, got {self.nc_value_size}")
+        if not 2 <= self.nc_memory_size < self.nc_value_size:
+            raise ValueError(f"nc_memory_size must be in [2, nc_value_size - 1 = {self.nc_value_size - 1}], got {self.nc_memory_size}")
+        if len(set(self.nc_programs)) != len(self.nc_programs) or not all(isinstance(p, str) for p in self.nc_programs):
+            raise ValueError(f"nc_programs must be distinct program names, got {self.nc_programs!r}")
+        for token, digits in self.nc_number_tokens.items():
+            if not str(token).isdigit() or int(token) >= self.vocab_size:
+                raise ValueError(f"nc_number_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")
+            if not (isinstance(digits, str) and digits.isdigit() and 1 <= len(digits) <= 3):
+                raise ValueError(f"nc_number_tokens: token {token} maps to {digits!r}, not a string of 1-3 digits")
+
+
+__all__ = ["NCLlamaConfig"]
