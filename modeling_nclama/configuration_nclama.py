@@ -35,9 +35,9 @@ class NCLlamaConfig(LlamaConfig):
         Operand slots of the heads (at most the library's argument registers).
     nc_pointer_dim (`int`, defaults to 64):
         Width of the pointer attention's queries and keys.
-    nc_number_tokens (`dict[str, str]`):
-        Token id (as a string, JSON keys are strings) -> its digit string: the reader's table, built from the
-        tokenizer (LLaMA 3 style: numbers are runs of 1-3 digit tokens).
+    nc_reader_tokens (`dict[str, str]`):
+        Token id (as a string, JSON keys are strings) -> its text, for digit tokens (1-3 digits, LLaMA 3 style) and
+        list punctuation: the operand reader's table (``reader.py``), built by ``tokenization.reader_tokens``.
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
     nc_residual_injection (`bool`, defaults to `False`):
@@ -58,7 +58,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_operand_reader: str = "pointer"
     nc_max_operands: int = 2
     nc_pointer_dim: int = 64
-    nc_number_tokens: dict | None = None
+    nc_reader_tokens: dict | None = None
     nc_answer_window: int = 64
     nc_residual_injection: bool = False
 
@@ -67,8 +67,8 @@ class NCLlamaConfig(LlamaConfig):
             self.nc_memory_size = self.nc_value_size - 1
         if self.nc_programs is None:
             self.nc_programs = []
-        if self.nc_number_tokens is None:
-            self.nc_number_tokens = {}
+        if self.nc_reader_tokens is None:
+            self.nc_reader_tokens = {}
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
@@ -92,11 +92,11 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_memory_size must be in [2, nc_value_size - 1 = {self.nc_value_size - 1}], got {self.nc_memory_size}")
         if len(set(self.nc_programs)) != len(self.nc_programs) or not all(isinstance(p, str) for p in self.nc_programs):
             raise ValueError(f"nc_programs must be distinct program names, got {self.nc_programs!r}")
-        for token, digits in self.nc_number_tokens.items():
+        for token, text in self.nc_reader_tokens.items():
             if not str(token).isdigit() or int(token) >= self.vocab_size:
-                raise ValueError(f"nc_number_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")
-            if not (isinstance(digits, str) and digits.isdigit() and 1 <= len(digits) <= 3):
-                raise ValueError(f"nc_number_tokens: token {token} maps to {digits!r}, not a string of 1-3 digits")
+                raise ValueError(f"nc_reader_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")
+            if not isinstance(text, str) or text.isdigit() and len(text) > 3:
+                raise ValueError(f"nc_reader_tokens: token {token} maps to {text!r}, not a text or a string of 1-3 digits")
 
 
 __all__ = ["NCLlamaConfig"]

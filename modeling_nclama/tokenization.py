@@ -378,6 +378,25 @@ def number_token_values(tokenizer) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
+def reader_tokens(tokenizer) -> dict[str, str]:
+    """The table of the model's operand reader (``NCLlamaConfig.nc_reader_tokens``): token id (as a string, for JSON)
+    -> text, for every digit token and every token made only of list punctuation (brackets, commas, spaces, a
+    closing bracket followed by punctuation like "]."). See ``reader.py``."""
+    table = {str(k): v for k, v in number_token_values(tokenizer).items()}
+    added = set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    for token, idx in tokenizer.get_vocab().items():
+        if token in added:
+            continue
+        text = tokenizer.convert_tokens_to_string([token])
+        stripped = text.strip()
+        is_separator = text and not text.strip(", ")
+        is_opener = stripped.endswith("[") and not stripped[:-1].strip(" ,")
+        is_closer = stripped.startswith("]") and all(not ch.isalnum() for ch in stripped)
+        if is_separator or is_opener or is_closer:
+            table[str(idx)] = text
+    return dict(sorted(table.items(), key=lambda kv: int(kv[0])))
+
+
 def default_tokenizer(num_lines: int = 20000, seed: int = 0,
                       vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """The tokenizer of the shipped models: :func:`train_tokenizer` on :func:`corpus` (deterministic)."""

@@ -32,10 +32,10 @@ def test_llama_3_2_1b_shapes():
 
 def test_library_settings_round_trip(tmp_path):
     config = NCLlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
-                           nc_programs=["gcd", "long_add"], nc_number_tokens={"17": "42"}, nc_library_fingerprint="ab" * 32)
+                           nc_programs=["gcd", "long_add"], nc_reader_tokens={"17": "42"}, nc_library_fingerprint="ab" * 32)
     config.save_pretrained(tmp_path)
     again = NCLlamaConfig.from_pretrained(tmp_path)
-    assert (again.nc_programs, again.nc_number_tokens, again.nc_library_fingerprint) == (
+    assert (again.nc_programs, again.nc_reader_tokens, again.nc_library_fingerprint) == (
         ["gcd", "long_add"], {"17": "42"}, "ab" * 32)
 
 
@@ -48,8 +48,8 @@ def test_library_settings_round_trip(tmp_path):
         ({"nc_memory_size": 256}, "nc_memory_size must be in [2, nc_value_size - 1 = 255]"),
         ({"nc_operand_reader": "regex"}, "nc_operand_reader must be one of"),
         ({"nc_programs": ["gcd", "gcd"]}, "nc_programs must be distinct"),
-        ({"nc_number_tokens": {"5": "1234"}}, "not a string of 1-3 digits"),
-        ({"nc_number_tokens": {"500": "1"}}, "below vocab_size 100"),
+        ({"nc_reader_tokens": {"5": "1234"}}, "not a text or a string of 1-3 digits"),
+        ({"nc_reader_tokens": {"500": "1"}}, "below vocab_size 100"),
     ],
 )
 def test_invalid_settings_are_refused(settings, message):

@@ -1,0 +1,98 @@
+"""The operand reader: numbers and lists from token ids, checked against the text they came from."""
+import random
+import re
+
+import pytest
+
+from modeling_nclama.reader import OperandReader
+from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def reader(tok):
+    return OperandReader(reader_tokens(tok))
+
+
+def found(reader, tok, text):
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return ids, reader.read(ids)
+
+
+def expected_from_text(text):
+    """What a person reads in the text: every number, bracketed lists, and space-separated runs of numbers."""
+    numbers = [("number", (m.group(),)) for m in re.finditer(r"\d+", text)]
+    lists = [("list", tuple(re.findall(r"\d+", m.group()))) for m in re.finditer(r"\[\d+(?:, ?\d+)*\]", text)]
+    bracketed = [m.span() for m in re.finditer(r"\[\d+(?:, ?\d+)*\]", text)]
+    for m in re.finditer(r"(?<![\d\[,] )(?<![\d\[,])\d+(?: \d+)+", text):
+        if not any(a <= m.start() < b for a, b in bracketed):
+            lists.append(("list", tuple(m.group().split())))
+    return sorted(numbers), sorted(lists)
+
+
+@pytest.mark.parametrize(
+    "text, numbers, lists",
+    [
+        ("81273+4406=", ["81273", "4406"], []),
+        ("What is 81273 plus 4406?", ["81273", "4406"], []),
+        ("Sort the list [5, 3, 9, 1].", ["5", "3", "9", "1"], [["5", "3", "9", "1"]]),
+        ("sort: 5 3 9 1 ->", ["5", "3", "9", "1"], [["5", "3", "9", "1"]]),
+        ("What is the largest number in [5, 3, 9, 1]?", ["5", "3", "9", "1"], [["5", "3", "9", "1"]]),
+        ("gcd(84, 36)=", ["84", "36"], []),
+        ("7!=", ["7"], []),
+        ("[12,7]", ["12", "7"], [["12", "7"]]),
+        ("1000000000007 and 42", ["1000000000007", "42"], []),
+    ],
+)
+def test_canonical_prompts(reader, tok, text, numbers, lists):
+    ids, operands = found(reader, tok, text)
+    assert [o.items[0] for o in operands if o.kind == "number"] == numbers
+    assert [list(o.items) for o in operands if o.kind == "list"] == lists
+    for o in operands:  # positions point at the tokens that spell the operand
+        spelled = tok.decode(ids[o.start : o.end])
+        assert "".join(re.findall(r"\d+", spelled)) == "".join(o.items)
+
+
+def test_random_prompts_match_the_text(reader, tok):
+    rng = random.Random(0)
+    words = ["What", "is", "sum", "of", "the", "list", "sort:", "->", "and", "plus", "Sort"]
+
+    def number():
+        return str(rng.randrange(10 ** rng.randint(1, 12)))
+
+    for _ in range(300):
+        parts = []
+        for _ in range(rng.randint(1, 6)):
+            r = rng.random()
+            if r < 0.4:
+                parts.append(number())
+            elif r < 0.6:
+                parts.append("[" + ", ".join(number() for _ in range(rng.randint(1, 6))) + "]")
+            else:
+                parts.append(rng.choice(words))
+        text = " ".join(parts) + rng.choice(["?", ".", "", "="])
+        _, operands = found(reader, tok, text)
+        numbers, lists = expected_from_text(text)
+        assert sorted((o.kind, o.items) for o in operands if o.kind == "number") == numbers, text
+        assert sorted((o.kind, o.items) for o in operands if o.kind == "list") == lists, text
+
+
+def test_number_tokens_split_like_llama3(reader, tok):
+    for digits in ["7", "42", "999", "1000", "81273", "1000007", "0", "0042"]:
+        assert reader.number_tokens(digits) == tok(digits, add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match="not a digit string"):
+        reader.number_tokens("12a")
+
+
+def test_operand_values():
+    r = OperandReader({"1": "12", "2": "3", "3": " "})
+    (n,) = [o for o in r.read([1, 2]) if o.kind == "number"]
+    assert n.number == 123
+    lst = [o for o in r.read([1, 3, 2]) if o.kind == "list"][0]
+    assert lst.values == [12, 3]
+    with pytest.raises(ValueError):
+        lst.number
