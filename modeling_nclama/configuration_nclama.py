@@ -22,10 +22,15 @@ class NCLlamaConfig(LlamaConfig):
         differentiable machine runs on the heads' distributions (gradients also reach the programs' weights).
     nc_top_k (`int`, defaults to 4):
         Number of (call, operands) combinations executed and marginalized per position in hard mode.
-    nc_value_size, nc_memory_size, nc_stack_depth, nc_max_steps:
+    nc_value_size, nc_memory_size, nc_stack_depth:
         The machine the library was compiled for (`nc_memory_size` at most `nc_value_size - 1`).
+    nc_max_steps (`int`, defaults to 20000):
+        Step budget of one call made by the model; a call that exceeds it proposes only the end of text.
     nc_programs (`list[str]`):
         The library programs the call head chooses among, in order.
+    nc_tape_programs (`list[str]`):
+        Programs whose list parameters and list results are digit tapes (numbers, least significant digit first):
+        a number operand is passed to them as a tape, and their list result is written as a number.
     nc_library_fingerprint (`str`, optional):
         sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
     nc_operand_reader (`str`, defaults to `"pointer"`):
@@ -52,8 +57,9 @@ class NCLlamaConfig(LlamaConfig):
     nc_value_size: int = 256
     nc_memory_size: int | None = None
     nc_stack_depth: int = 32
-    nc_max_steps: int = 200_000
+    nc_max_steps: int = 20_000
     nc_programs: list | None = None
+    nc_tape_programs: list | None = None
     nc_library_fingerprint: str | None = None
     nc_operand_reader: str = "pointer"
     nc_max_operands: int = 2
@@ -67,6 +73,8 @@ class NCLlamaConfig(LlamaConfig):
             self.nc_memory_size = self.nc_value_size - 1
         if self.nc_programs is None:
             self.nc_programs = []
+        if self.nc_tape_programs is None:
+            self.nc_tape_programs = []
         if self.nc_reader_tokens is None:
             self.nc_reader_tokens = {}
         super().__post_init__(**kwargs)
@@ -92,6 +100,9 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_memory_size must be in [2, nc_value_size - 1 = {self.nc_value_size - 1}], got {self.nc_memory_size}")
         if len(set(self.nc_programs)) != len(self.nc_programs) or not all(isinstance(p, str) for p in self.nc_programs):
             raise ValueError(f"nc_programs must be distinct program names, got {self.nc_programs!r}")
+        unknown = set(self.nc_tape_programs) - set(self.nc_programs)
+        if unknown:
+            raise ValueError(f"nc_tape_programs names programs that are not in nc_programs: {sorted(unknown)}")
         for token, text in self.nc_reader_tokens.items():
             if not str(token).isdigit() or int(token) >= self.vocab_size:
                 raise ValueError(f"nc_reader_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")

@@ -55,6 +55,8 @@ class OperandReader:
                 if not text.strip(" "):
                     self.spaces.add(token)
         self.token_of_digits = {text: token for token, text in self.digits.items()}
+        spaces = sorted(int(t) for t, text in reader_tokens.items() if text == " ")
+        self.space_token = spaces[0] if spaces else None  # separates the items of a list the library writes
 
     def numbers(self, ids: Sequence[int]) -> list[Operand]:
         """Maximal runs of digit tokens."""

@@ -1,0 +1,114 @@
+"""NCLlamaForCausalLM: exactly LLaMA at initialization, the library inside the forward pass, gradients to the heads."""
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from modeling_nclama import Library, LibraryError
+from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+
+PROMPTS = ["81273+4406=", "Sort the list [5, 3, 9, 1].", "gcd(84, 36)="]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return Library.standard(256)
+
+
+@pytest.fixture(scope="module")
+def llama(tok):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def model(llama, lib, tok):
+    return NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok)).eval()
+
+
+def test_closed_gate_gives_the_llama_logits(llama, model, tok):
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected, got = llama(**batch).logits, model(**batch).logits
+    assert (expected - got).abs().max().item() <= 1e-5
+    for name, value in llama.state_dict().items():  # every pretrained weight kept
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_gradients_reach_every_head(model, tok):
+    model.train()
+    batch = tok(["81273+4406=85679"], return_tensors="pt")
+    heads = dict(model.nc_heads.named_parameters())
+    model(**batch, labels=batch["input_ids"]).loss.backward()  # closed gate: only its scale can move first
+    assert heads["gate_scale"].grad.abs() > 0 and heads["call.weight"].grad.abs().sum() == 0
+    model.zero_grad()
+    with torch.no_grad():
+        heads["gate_scale"].fill_(0.5)
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    for name in ("gate.weight", "call.weight", "operand_query.weight", "operand_key.weight", "site_query.weight", "site_key.weight"):
+        assert heads[name].grad is not None and heads[name].grad.abs().sum() > 0, name
+
+
+class ForcedSites(nn.Module):
+    """Site keys that make every position after ``site`` point at ``site`` (a test stands in for training)."""
+
+    def __init__(self, site: int, dim: int):
+        super().__init__()
+        self.site, self.dim = site, dim
+
+    def forward(self, hidden):
+        keys = torch.zeros(*hidden.shape[:-1], self.dim)
+        keys[:, self.site] = 100.0
+        return keys
+
+
+def force(model, program: str, site: int):
+    """Open the gate, call ``program`` at every position, and answer the call made at ``site``."""
+    heads = model.nc_heads
+    with torch.no_grad():
+        heads.gate_scale.fill_(1.0)
+        heads.gate.weight.zero_(), heads.gate.bias.fill_(30.0)
+        heads.call.weight.zero_(), heads.call.bias.fill_(-30.0)
+        heads.call.bias[model.config.nc_programs.index(program)] = 30.0
+        heads.site_query.weight.zero_(), heads.site_query.bias.fill_(1.0)
+    heads.site_key = ForcedSites(site, heads.dim)
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_the_library_answers_inside_the_forward_pass(model, tok, use_cache):
+    prompt = tok("81273+4406=", return_tensors="pt")
+    force(model, "long_add", site=prompt["input_ids"].shape[1] - 1)
+    out = model.generate(**prompt, max_new_tokens=8, do_sample=False, use_cache=use_cache)
+    new = out[0, prompt["input_ids"].shape[1]:]
+    assert tok.decode(new, skip_special_tokens=True) == "85679"
+    assert new[-1].item() == tok.eos_token_id or tok.eos_token_id in new.tolist()
+
+
+def test_save_and_load_carry_the_library(model, tok, tmp_path, lib):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "library.json").is_file() and (tmp_path / "library.safetensors").is_file()
+    loaded = NCLlamaForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.library.fingerprint() == lib.fingerprint()
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-6)
+    (tmp_path / "library.json").unlink()
+    with pytest.raises(LibraryError, match="library files are missing"):
+        NCLlamaForCausalLM.from_pretrained(tmp_path)
+
+
+def test_a_mismatched_library_is_refused(model):
+    with pytest.raises(LibraryError, match="value_size"):
+        model.attach_library(Library.standard(128))
+    other = Library.from_source("def gcd(a, b):\n    return a\n", value_size=256)
+    with pytest.raises(LibraryError, match="lacks programs"):
+        model.attach_library(other)
