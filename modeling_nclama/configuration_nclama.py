@@ -77,6 +77,12 @@ class NCLlamaConfig(LlamaConfig):
             self.nc_tape_programs = []
         if self.nc_reader_tokens is None:
             self.nc_reader_tokens = {}
+        if not getattr(self, "auto_map", None):
+            self.auto_map = {
+                "AutoConfig": "configuration_nclama.NCLlamaConfig",
+                "AutoModel": "modeling_nclama.NCLlamaModel",
+                "AutoModelForCausalLM": "modeling_nclama.NCLlamaForCausalLM",
+            }
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):

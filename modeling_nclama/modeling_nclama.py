@@ -332,4 +332,10 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return out + eos
 
 
+# save_pretrained writes these files and the auto_map into the folder, so that the Auto classes load it with
+# trust_remote_code=True wherever it goes (a local folder, the Hub).
+NCLlamaConfig.register_for_auto_class()
+NCLlamaModel.register_for_auto_class("AutoModel")
+NCLlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
 __all__ = ["NCLlamaForCausalLM", "NCLlamaModel", "NCLlamaPreTrainedModel", "NCInterpreterHeads"]
