@@ -5,6 +5,7 @@
   nclama run DIR|std NAME ARGS... [--mode hard|soft] [--trace]
                                                      run a program (ARGS: 12, or lists like [5,3,9] / 5,3,9)
   nclama disasm DIR|std NAME                         print a program's source and assembly
+  nclama init --preset NAME -o DIR                   a freshly initialized NCLlama model folder
   nclama bench ops|machine                           benchmarks (results belong in BENCHMARKS.md)
   nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
   nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
@@ -128,6 +129,15 @@ def _cmd_repair(args) -> int:
     return 0
 
 
+def _cmd_init(args) -> int:
+    from .checkpoints import init_model
+
+    model = init_model(args.preset, args.output, tokenizer=args.tokenizer, seed=args.seed)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"initialized {args.preset} ({count / 1e6:.1f}M parameters, {len(model.library)} library programs) in {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nclama", description="NCLlama: compiled algorithm libraries for LLaMA.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--value-size", type=int, default=256, help="for 'std'")
     p.set_defaults(func=_cmd_disasm)
+
+    p = sub.add_parser("init", help="a freshly initialized NCLlama model folder from a preset")
+    p.add_argument("--preset", required=True, help="a name in configuration/models: tiny, small, llama-3.2-1b")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--tokenizer", default=None, help="a tokenizer folder or Hub id (default: the project's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=("ops", "machine"))

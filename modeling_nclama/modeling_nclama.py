@@ -37,6 +37,24 @@ from .reader import Operand, OperandReader
 _RESULT_CACHE_SIZE = 100_000
 
 
+def library_settings(library: Library, reader_tokens: dict, **nc_settings) -> dict:
+    """The ``nc_*`` configuration of a model that calls ``library``: its programs (tape programs: those named
+    ``long_*`` or ``*_tape``), machine, fingerprint and operand slots, plus the reader's table; ``nc_settings``
+    override or add to them."""
+    programs = nc_settings.pop("nc_programs", library.names)
+    settings = {
+        "nc_programs": programs,
+        "nc_tape_programs": [p for p in programs if p.startswith("long_") or p.endswith("_tape")],
+        "nc_value_size": library.value_size,
+        "nc_memory_size": library.machine.memory_size,
+        "nc_stack_depth": library.machine.stack_depth,
+        "nc_max_operands": max(library[p].arity for p in programs),
+        "nc_library_fingerprint": library.fingerprint(),
+        "nc_reader_tokens": reader_tokens,
+    }
+    return {**settings, **nc_settings}
+
+
 class NCInterpreterHeads(nn.Module):
     """Gate, call, operand-pointer and site-pointer heads on the decoder's hidden state."""
 
@@ -136,21 +154,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         """
         llama = model_or_path if isinstance(model_or_path, nn.Module) else LlamaForCausalLM.from_pretrained(model_or_path)
         settings = {k: v for k, v in llama.config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
-        programs = nc_settings.pop("nc_programs", library.names)
-        tapes = [p for p in programs if p.startswith("long_") or p.endswith("_tape")]
-        config = NCLlamaConfig(
-            **settings,
-            nc_programs=programs,
-            nc_tape_programs=nc_settings.pop("nc_tape_programs", tapes),
-            nc_value_size=library.value_size,
-            nc_memory_size=library.machine.memory_size,
-            nc_stack_depth=library.machine.stack_depth,
-            nc_max_steps=nc_settings.pop("nc_max_steps", 20_000),
-            nc_max_operands=nc_settings.pop("nc_max_operands", max(p.arity for p in library.programs)),
-            nc_library_fingerprint=library.fingerprint(),
-            nc_reader_tokens=reader_tokens,
-            **nc_settings,
-        )
+        config = NCLlamaConfig(**settings, **library_settings(library, reader_tokens, **nc_settings))
         model = cls(config)
         missing, unexpected = model.load_state_dict(llama.state_dict(), strict=False)
         if unexpected or any(not key.startswith("nc_heads.") for key in missing):
