@@ -4,7 +4,8 @@ The Hub is unreachable from where the tests run, so the toolchain's push code (t
 is tested against this small threaded HTTP server (standard library only). It implements the endpoints that
 ``HfApi.create_repo``, ``create_branch``, ``upload_folder`` / ``create_commit`` (with ``HF_HUB_DISABLE_XET=1``:
 preupload, LFS batch + basic or multipart upload + verify, NDJSON commit), ``model_info`` / ``repo_info``,
-``list_repo_tree``, ``get_paths_info``, ``list_repo_refs``, ``list_repo_commits``, ``whoami`` and the
+``list_repo_tree``, ``get_paths_info``, ``list_repo_refs``, ``list_repo_commits``, ``whoami``, the registry of
+``/api/agent-harnesses`` that huggingface_hub 2.4 fetches once per process for its user agent, and the
 ``/resolve/`` HEAD/GET used by ``hf_hub_download``, ``snapshot_download`` and ``transformers``' ``from_pretrained``.
 
 Repositories live in memory: per repo, branches point at commits, commits hold a full file table (path -> blob),
@@ -538,6 +539,8 @@ class _Handler(BaseHTTPRequestHandler):
                 hub._auth(self.headers, required=True)
                 return ok({"type": "user", "name": hub.user, "fullname": hub.user, "orgs": [],
                            "auth": {"type": "access_token", "accessToken": {"displayName": "double", "role": "write"}}})
+            if method == "GET" and rest == ["agent-harnesses"]:  # huggingface_hub's user-agent agent detection
+                return ok({"standardEnvVars": [], "harnesses": {}})
             if method == "POST" and rest == ["repos", "create"]:
                 return (*hub.create_repo(self.headers, self._json(body)), None, None)
             if method == "POST" and rest == ["validate-yaml"]:
