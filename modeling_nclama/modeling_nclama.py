@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -53,6 +54,20 @@ def library_settings(library: Library, reader_tokens: dict, **nc_settings) -> di
         "nc_reader_tokens": reader_tokens,
     }
     return {**settings, **nc_settings}
+
+
+@dataclass
+class InterpreterState:
+    """What the interpreter computed for the positions generated so far (kept on the KV cache)."""
+
+    ids: torch.Tensor  # [B, T] token ids
+    hidden: torch.Tensor  # [B, T, H] hidden states the heads read
+    site_keys: torch.Tensor  # [B, T, d]
+    tokens: torch.Tensor  # [B, T, K, W] result tokens of each position's top-k calls
+    probs: torch.Tensor  # [B, T, K] their probabilities
+
+    def select(self, index: torch.Tensor) -> "InterpreterState":
+        return InterpreterState(*(t.index_select(0, index) for t in (self.ids, self.hidden, self.site_keys, self.tokens, self.probs)))
 
 
 class NCInterpreterHeads(nn.Module):
@@ -202,81 +217,95 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
 
     def _fuse(self, input_ids: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor, cache: Optional[Cache]) -> torch.Tensor:
         """LM logits -> log of the gated mixture with the library's proposal (plus the LM's log-normalizer, so that
-        a closed gate returns the LM logits themselves)."""
-        ids, states = input_ids, hidden
-        if cache is not None and hidden.shape[1] < cache.get_seq_length():  # generating: keep the whole sequence
-            history = getattr(cache, "nc_history", None)
-            if history is not None:
-                ids, states = torch.cat([history[0], input_ids], 1), torch.cat([history[1], hidden], 1)
+        a closed gate returns the LM logits themselves). While generating, the interpreter's work on earlier
+        positions is kept on the cache, so each position is read, called and executed once."""
+        state = getattr(cache, "nc_state", None) if cache is not None else None
+        if state is not None and state.ids.shape[1] + input_ids.shape[1] != cache.get_seq_length():
+            state = None  # not this cache's continuation
+        proposal, gate, state = self.library_proposal(input_ids, hidden, state)
         if cache is not None:
-            cache.nc_history = (ids, states.detach())
-        new = hidden.shape[1]
-        proposal, gate = self.library_proposal(ids, states)
-        proposal, gate = proposal[:, -new:], gate[:, -new:]
+            cache.nc_state = state
         log_lm = torch.log_softmax(logits.float(), dim=-1)
         mass = proposal.sum(-1)
         from_library = gate.unsqueeze(-1) * proposal
         # log of the library term, -inf where it is 0 (clamped first, so no 0 * inf reaches the gradient)
         log_library = torch.where(from_library > 0, from_library.clamp_min(1e-30).log(), float("-inf"))
-        mixed = torch.logaddexp(torch.log1p(-(gate * mass)).unsqueeze(-1) + log_lm, log_library)
+        lm_weight = torch.log1p(-(gate * mass).clamp(max=1.0))  # the mass may exceed 1 by rounding
+        mixed = torch.logaddexp(lm_weight.unsqueeze(-1) + log_lm, log_library)
         return (mixed + torch.logsumexp(logits.float(), dim=-1, keepdim=True)).to(logits.dtype)
 
-    def library_proposal(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, T, vocab] unnormalized library proposal for the next token, [B, T] gate)."""
-        B, T, _ = hidden.shape
-        heads, window = self.nc_heads, self.config.nc_answer_window
-        gate = heads.gate_probability(hidden)
-        proposal = hidden.new_zeros(B, T, self.config.vocab_size, dtype=torch.float32)
-        # Site pointer: position t answers the call made at t - j, j in [0, window).
-        offsets = torch.arange(window)
-        sites = torch.arange(T).unsqueeze(1) - offsets  # [T, W]
-        valid_site = sites >= 0
-        site_keys = heads.site_key(hidden)  # [B, T, d]
-        gathered = site_keys[:, sites.clamp(min=0)]  # [B, T, W, d]
-        site_logits = torch.einsum("btd,btwd->btw", heads.site_query(hidden), gathered) / math.sqrt(heads.dim)
-        site_probs = torch.softmax(site_logits.float().masked_fill(~valid_site, float("-inf")), dim=-1)
-        for b in range(B):
-            tokens, probs = self._site_results(input_ids[b].tolist(), hidden[b])  # [T, K, W], [T, K]
-            if tokens is None:
-                continue
-            at_site = tokens[sites.clamp(min=0), :, offsets.unsqueeze(0).expand(T, -1)]  # [T, W, K]
-            weight = site_probs[b].unsqueeze(-1) * probs[sites.clamp(min=0)]  # [T, W, K]
-            weight = weight * (at_site >= 0) * valid_site.unsqueeze(-1)
-            proposal[b] = proposal[b].scatter_add(1, at_site.clamp(min=0).reshape(T, -1), weight.reshape(T, -1))
-        return proposal, gate
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search: reorder the KV cache and the interpreter's state together."""
+        cache.reorder_cache(beam_idx)
+        state = getattr(cache, "nc_state", None)
+        if state is not None:
+            cache.nc_state = state.select(beam_idx)
+        return cache
 
-    def _site_results(self, ids: list[int], hidden: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """For every position as a call site: the top-k (program, operands) choices with their probabilities
-        ([T, K], differentiable) and the tokens of their results ([T, K, W], -1 past the end)."""
+    def library_proposal(
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional["InterpreterState"] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, "InterpreterState"]:
+        """For the positions of ``input_ids`` (following those in ``state``, if any): the unnormalized library
+        proposal for the next token [B, N, vocab], the gate [B, N], and the state including them."""
         heads, config = self.nc_heads, self.config
-        T, W, K = len(ids), config.nc_answer_window, config.nc_top_k
+        B, N = input_ids.shape
+        W = config.nc_answer_window
+        if state is None:
+            ids, states, start = input_ids, hidden, 0
+        else:
+            ids, states, start = torch.cat([state.ids, input_ids], 1), torch.cat([state.hidden, hidden.detach()], 1), state.ids.shape[1]
+        T = ids.shape[1]
+        site_keys = heads.site_key(hidden)
+        tokens, probs = [], []
+        for b in range(B):
+            row = [self._site(ids[b, : s + 1].tolist(), states[b, : s + 1]) for s in range(start, T)]
+            tokens.append(torch.stack([t for t, _ in row]))
+            probs.append(torch.stack([p for _, p in row]))
+        tokens, probs = torch.stack(tokens), torch.stack(probs)  # [B, N, K, W], [B, N, K]
+        if state is not None:
+            site_keys = torch.cat([state.site_keys, site_keys], 1)
+            tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
+        # Site pointer: position t answers the call made at t - j, j in [0, W), with token j of its result.
+        offsets = torch.arange(W)
+        sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
+        valid = sites >= 0
+        sites = sites.clamp(min=0)
+        site_logits = torch.einsum("bnd,bnwd->bnw", heads.site_query(hidden), site_keys[:, sites]) / math.sqrt(heads.dim)
+        site_probs = torch.softmax(site_logits.float().masked_fill(~valid, float("-inf")), dim=-1)
+        at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
+        weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
+        proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32)
+        proposal = proposal.scatter_add(2, at_site.clamp(min=0).reshape(B, N, -1), weight.reshape(B, N, -1))
+        new_state = InterpreterState(ids, states.detach(), site_keys.detach(), tokens, probs.detach())
+        return proposal, heads.gate_probability(hidden), new_state
+
+    def _site(self, ids: list[int], hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The call made at the last position of ``ids``: its top-k (program, operands) choices' probabilities [K]
+        (differentiable) and result tokens [K, W] (-1 past the end, and for missing choices). Operands are those
+        the reader finds in the prefix, so that a position's call never depends on what comes after it."""
+        heads, config = self.nc_heads, self.config
+        K, W = config.nc_top_k, config.nc_answer_window
+        tokens = torch.full((K, W), -1, dtype=torch.long)
+        probs = hidden.new_zeros(K, dtype=torch.float32)
         operands = self.reader.read(ids)
         combos = self._combinations(operands)
-        if not operands or not combos:
-            return None, None
-        ends = torch.tensor([o.end - 1 for o in operands])
-        keys = heads.operand_key(hidden[ends])  # [C, d]
-        queries = heads.operand_query(hidden).view(T, heads.slots, heads.dim)
-        pointer_logits = torch.einsum("tsd,cd->tsc", queries, keys).float() / math.sqrt(heads.dim)
-        available = ends.unsqueeze(0) <= torch.arange(T).unsqueeze(1)  # [T, C]: an operand is usable once read
-        pointer = torch.softmax(pointer_logits.masked_fill(~available.unsqueeze(1), -1e9), dim=-1)  # [T, S, C]
-        call = torch.softmax(heads.call(hidden).float(), dim=-1)  # [T, P]
-        probs = []
-        for program_index, chosen, _ in combos:
-            p = call[:, program_index]
-            for slot, operand_index in enumerate(chosen):
-                p = p * pointer[:, slot, operand_index] * available[:, operand_index]
-            probs.append(p)
-        probs = torch.stack(probs, dim=1)  # [T, combos]
-        top = probs.detach().topk(min(K, len(combos)), dim=1).indices  # [T, K]
-        top_probs = probs.gather(1, top)
-        self._execute([combos[i] for i in set(top.flatten().tolist())])
-        tokens = torch.full((T, top.shape[1], W), -1, dtype=torch.long)
-        for t, row in enumerate(top.tolist()):
-            for k, combo_index in enumerate(row):
-                result = self._results[self._key(combos[combo_index])]
-                tokens[t, k, : len(result[:W])] = torch.tensor(result[:W], dtype=torch.long)
-        return tokens, top_probs
+        if not combos:
+            return tokens, probs
+        keys = heads.operand_key(hidden[torch.tensor([o.end - 1 for o in operands])])  # [C, d]
+        query = heads.operand_query(hidden[-1]).view(heads.slots, heads.dim)
+        pointer = torch.softmax((query @ keys.T).float() / math.sqrt(heads.dim), dim=-1)  # [S, C]
+        call = torch.softmax(heads.call(hidden[-1]).float(), dim=-1)  # [P]
+        p = call[torch.tensor([c[0] for c in combos])]
+        for slot in range(heads.slots):
+            chosen = torch.tensor([c[1][slot] if slot < len(c[1]) else -1 for c in combos])
+            p = p * torch.where(chosen >= 0, pointer[slot, chosen.clamp(min=0)], torch.ones_like(p))
+        top = p.detach().topk(min(K, len(combos))).indices
+        self._execute([combos[i] for i in top.tolist()])
+        for k, i in enumerate(top.tolist()):
+            result = self._results[self._key(combos[i])][:W]
+            tokens[k, : len(result)] = torch.tensor(result, dtype=torch.long)
+        probs = torch.cat([p[top], probs[len(top):]])
+        return tokens, probs
 
     def _combinations(self, operands: list[Operand]) -> list[tuple[int, tuple[int, ...], tuple]]:
         """Every (program, operand choice) whose operand types fit the program's parameters, with its arguments."""

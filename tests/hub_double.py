@@ -120,9 +120,11 @@ class Repo:
 
 
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None,
+                 extra: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        self.extra = extra or {}  # more keys for the JSON error body
 
 
 class HubHandle(NamedTuple):
@@ -175,7 +177,8 @@ class HubDouble:
         self._server.daemon_threads = True
         host, port = self._server.server_address[:2]
         self.endpoint = f"http://{host}:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hub-double", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="hub-double", daemon=True)
         self._thread.start()
         return self
 
@@ -267,7 +270,8 @@ class HubDouble:
         repo_id = f"{org}/{name}"
         url = f"{self.endpoint}/{URL_PREFIXES[repo_type]}{repo_id}"
         if (repo_type, repo_id) in self.repos:
-            raise HubError(409, "You already created this model repo", headers={"X-Error-Code": "RepoExists"})
+            # The Hub's 409 carries the repo url: create_repo(exist_ok=True) reads it from this error body.
+            raise HubError(409, "You already created this model repo", "RepoExists", extra={"url": url})
         repo = Repo(repo_type, repo_id, body.get("visibility") == "private" or bool(body.get("private")), _now())
         initial = Blob(git_blob_sha1(GITATTRIBUTES), len(GITATTRIBUTES), content=GITATTRIBUTES)
         commit = self._new_commit(repo, None, {".gitattributes": initial}, "initial commit", "")
@@ -501,14 +505,16 @@ class _Handler(BaseHTTPRequestHandler):
             if e.code:
                 headers.setdefault("X-Error-Code", e.code)
             headers.setdefault("X-Error-Message", e.message)
-            self._send(e.status, {"error": e.message}, headers, head=method == "HEAD")
+            self._send(e.status, {"error": e.message, **e.extra}, headers, head=method == "HEAD")
             return
         except Exception as e:  # a bug in the double: make it visible as a 500 with the reason
             self._send(500, {"error": f"hub double: {type(e).__name__}: {e}"}, head=method == "HEAD")
             return
         if result is None:
             hub.unhandled.append(f"{method} {self.path}")
-            self._send(404, {"error": f"hub double: no endpoint for {method} {split.path}"}, head=method == "HEAD")
+            hint = " (Xet storage is not implemented: set HF_HUB_DISABLE_XET=1)" if "xet" in split.path else ""
+            self._send(404, {"error": f"hub double: no endpoint for {method} {split.path}{hint}"},
+                       head=method == "HEAD")
             return
         status, payload, headers, raw = result
         self._send(status, payload, headers, raw=raw, head=method == "HEAD",

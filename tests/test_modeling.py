@@ -63,11 +63,15 @@ class ForcedSites(nn.Module):
 
     def __init__(self, site: int, dim: int):
         super().__init__()
-        self.site, self.dim = site, dim
+        self.site, self.dim, self.seen = site, dim, 0
 
-    def forward(self, hidden):
+    def forward(self, hidden):  # called on the prompt, then (with a KV cache) on one new position at a time
+        if hidden.shape[1] > 1:
+            self.seen = 0
         keys = torch.zeros(*hidden.shape[:-1], self.dim)
-        keys[:, self.site] = 100.0
+        if 0 <= self.site - self.seen < hidden.shape[1]:
+            keys[:, self.site - self.seen] = 100.0
+        self.seen += hidden.shape[1]
         return keys
 
 
