@@ -1,5 +1,6 @@
-"""Model folders (toolchain): ``nclama init`` makes a freshly initialized NCLlama from a preset; the folder is the
-same kind ``save_pretrained`` writes (config, weights, tokenizer, library files, runtime code)."""
+"""Model folders (toolchain): ``nclama init`` makes a freshly initialized NCLlama from a preset (the same kind of
+folder ``save_pretrained`` writes: config, weights, tokenizer, library files, runtime code); ``nclama export`` turns
+a model folder into a complete Hub repo folder with its model card."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,8 @@ from .modeling_nclama import NCLlamaForCausalLM, library_settings
 from .tokenization import default_tokenizer, reader_tokens
 
 PRESETS = Path(__file__).resolve().parents[1] / "configuration" / "models"
+MODEL_CARD = Path(__file__).resolve().parents[1] / "hub_assets" / "templates" / "model_card.md"
+EVAL_RESULTS = "eval_results.json"  # written by evaluation: {"rows": [{"task": ..., "length": ..., "exact_match": ...}]}
 
 
 def preset(name: str) -> dict:
@@ -45,3 +48,44 @@ def init_model(name: str, output: Union[str, Path], *, tokenizer: Optional[str] 
     model.save_pretrained(output)
     tok.save_pretrained(output)
     return model
+
+
+def export_model(model_dir: Union[str, Path], output: Union[str, Path], *, repo_id: Optional[str] = None) -> Path:
+    """A complete Hub repo folder: config (with auto_map), weights, library files, tokenizer, generation config, the
+    runtime ``.py`` files only, and a model card with Hub metadata and the evaluation table where results exist."""
+    model_dir, output = Path(model_dir), Path(output)
+    model = NCLlamaForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    tok.save_pretrained(output)
+    if (model_dir / EVAL_RESULTS).is_file():
+        (output / EVAL_RESULTS).write_bytes((model_dir / EVAL_RESULTS).read_bytes())
+    (output / "README.md").write_text(model_card(model, output / EVAL_RESULTS, repo_id or output.name))
+    return output
+
+
+def model_card(model: NCLlamaForCausalLM, eval_results: Path, repo_id: str) -> str:
+    c = model.config
+    base = getattr(c, "nc_base_model", None)
+    if eval_results.is_file():
+        rows = json.loads(eval_results.read_text())["rows"]
+        lines = ["| task | length | exact match |", "| --- | --- | ---: |"]
+        lines += [f"| {r['task']} | {r['length']} | {100 * r['exact_match']:.1f}% |" for r in rows]
+        evaluation = "\n".join(lines)
+    else:
+        evaluation = "No evaluation results recorded for this checkpoint yet (`nclama eval` writes them)."
+    return MODEL_CARD.read_text().format(
+        base_model=f"base_model: {base}\n" if base else "",
+        name=repo_id.split("/")[-1],
+        repo_hint=repo_id,
+        parameters=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M",
+        shape=f"{c.num_hidden_layers} / {c.hidden_size} / {c.num_attention_heads}",
+        num_programs=len(c.nc_programs),
+        value_size=c.nc_value_size,
+        memory_size=c.nc_memory_size,
+        mode=c.nc_mode,
+        top_k=c.nc_top_k,
+        programs=", ".join(f"`{p}`" for p in c.nc_programs),
+        evaluation=evaluation,
+    )

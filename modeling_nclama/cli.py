@@ -6,6 +6,8 @@
                                                      run a program (ARGS: 12, or lists like [5,3,9] / 5,3,9)
   nclama disasm DIR|std NAME                         print a program's source and assembly
   nclama init --preset NAME -o DIR                   a freshly initialized NCLlama model folder
+  nclama export MODEL_DIR -o HUB_DIR                 a complete Hub repo folder with its model card
+  nclama push HUB_DIR --repo-id ORG/NAME [--private] [--revision B]   upload it to the Hub
   nclama bench ops|machine                           benchmarks (results belong in BENCHMARKS.md)
   nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
   nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
@@ -138,6 +140,25 @@ def _cmd_init(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .checkpoints import export_model
+
+    out = export_model(args.model, args.output, repo_id=args.repo_id)
+    print(f"wrote the Hub repo folder {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from .hub import HubPushError, push_folder
+
+    try:
+        result = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision, token=args.token)
+    except HubPushError as error:
+        raise ValueError(str(error)) from None
+    print(f"pushed {args.folder} to {args.repo_id}: {result}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nclama", description="NCLlama: compiled algorithm libraries for LLaMA.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="a tokenizer folder or Hub id (default: the project's own)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_init)
+
+    p = sub.add_parser("export", help="a complete Hub repo folder (with model card) from a model folder")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--repo-id", default=None, help="the Hub id the card's example uses (default: the folder name)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("push", help="upload a Hub repo folder to the Hugging Face Hub")
+    p.add_argument("folder")
+    p.add_argument("--repo-id", required=True)
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", default=None, help="a branch (created if missing)")
+    p.add_argument("--token", default=None, help="default: HF_TOKEN, then the token of `hf auth login`")
+    p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=("ops", "machine"))

@@ -45,6 +45,8 @@ class NCLlamaConfig(LlamaConfig):
         list punctuation: the operand reader's table (``reader.py``), built by ``tokenization.reader_tokens``.
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
+    nc_base_model (`str`, optional):
+        The LLaMA checkpoint this model was converted from (`from_llama` with a path or Hub id), for the model card.
     nc_residual_injection (`bool`, defaults to `False`):
         Also add an embedding of the library's result to the hidden states of later layers.
     """
@@ -66,6 +68,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_pointer_dim: int = 64
     nc_reader_tokens: dict | None = None
     nc_answer_window: int = 64
+    nc_base_model: str | None = None
     nc_residual_injection: bool = False
 
     def __post_init__(self, **kwargs):

@@ -169,6 +169,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         """
         llama = model_or_path if isinstance(model_or_path, nn.Module) else LlamaForCausalLM.from_pretrained(model_or_path)
         settings = {k: v for k, v in llama.config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
+        if isinstance(model_or_path, str):
+            nc_settings.setdefault("nc_base_model", model_or_path)
         config = NCLlamaConfig(**settings, **library_settings(library, reader_tokens, **nc_settings))
         model = cls(config)
         missing, unexpected = model.load_state_dict(llama.state_dict(), strict=False)

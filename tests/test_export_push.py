@@ -1,0 +1,63 @@
+"""nclama export and nclama push: a complete Hub repo folder, uploaded with huggingface_hub to the local Hub double,
+then loaded back through the Auto classes from that endpoint."""
+import json
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import constants
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hub_double import HubDouble, pointed_at
+from modeling_nclama.cli import main
+from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
+RUNTIME = {"configuration_nclama.py", "modeling_nclama.py", "library.py", "machine.py", "program.py", "ops.py", "reader.py"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    assert main(["init", "--preset", "tiny", "-o", str(root / "model")]) == 0
+    rows = [{"task": "add", "length": 10, "exact_match": 0.995}]
+    (root / "model" / "eval_results.json").write_text(json.dumps({"rows": rows}))
+    assert main(["export", str(root / "model"), "-o", str(root / "hub"), "--repo-id", "org/nclama-tiny"]) == 0
+    return root / "hub"
+
+
+def test_the_folder_is_a_complete_hub_repo(exported):
+    files = {p.name for p in exported.iterdir()}
+    assert RUNTIME | {"config.json", "model.safetensors", "library.json", "library.safetensors", "tokenizer.json",
+                      "generation_config.json", "README.md"} <= files
+    assert not {"cli.py", "bench.py", "analysis.py", "stdlib.py"} & files  # the toolchain stays home
+    card = (exported / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert "nclama" in meta["tags"] and meta["license"] == "apache-2.0"
+    assert "| add | 10 | 99.5% |" in card and 'from_pretrained("org/nclama-tiny", trust_remote_code=True)' in card
+
+
+def test_push_then_load_from_the_hub(exported, tmp_path, monkeypatch, capsys):
+    home = tmp_path / "hf_home"
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with HubDouble() as hub, pointed_at(hub.endpoint):
+        assert main(["push", str(exported), "--repo-id", "org/nclama-tiny", "--token", "wrong"]) == 2
+        assert "token" in capsys.readouterr().err.lower()
+        assert main(["push", str(exported), "--repo-id", "org/nclama-tiny", "--private", "--token", hub.token]) == 0
+        assert "pushed" in capsys.readouterr().out
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        remote = AutoModelForCausalLM.from_pretrained("org/nclama-tiny", trust_remote_code=True, cache_dir=tmp_path / "c").eval()
+        tok = AutoTokenizer.from_pretrained("org/nclama-tiny", trust_remote_code=True, cache_dir=tmp_path / "c")
+        assert not hub.unhandled
+    local = NCLlamaForCausalLM.from_pretrained(exported).eval()
+    batch = tok(["What is 81273 plus 4406?"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(remote(**batch).logits, local(**batch).logits, atol=1e-6)
+    assert remote.library.fingerprint() == local.library.fingerprint()
