@@ -8,18 +8,21 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-NC_MODES = ("hard", "soft")
-NC_OPERAND_READERS = ("pointer", "projection")
+# What the model implements so far: hard execution with exact top-k marginalization, operands by pointer attention.
+# (Soft execution inside the model, the paper's learned projection reader and residual injection are planned.)
+NC_MODES = ("hard",)
+NC_OPERAND_READERS = ("pointer",)
 
 
 @strict
 class NCLlamaConfig(LlamaConfig):
     r"""
     nc_layer (`int`, defaults to -1):
-        Decoder layer whose output the interpreter heads read (0-based; -1: the last layer, after the final norm).
+        Decoder layer whose output the interpreter heads read (0-based, or negative from the end; -1: the last
+        layer, whose output the heads read after the final norm, as the LM head does).
     nc_mode (`str`, defaults to `"hard"`):
-        `"hard"`: exact execution of the top-k (call, operands) choices, marginalized exactly; `"soft"`: the
-        differentiable machine runs on the heads' distributions (gradients also reach the programs' weights).
+        `"hard"`: exact execution of the top-k (call, operands) choices, marginalized exactly. (Soft execution of
+        the differentiable machine inside the model is not available yet; the library runs soft on its own.)
     nc_top_k (`int`, defaults to 4):
         Number of (call, operands) combinations executed and marginalized per position in hard mode.
     nc_value_size, nc_memory_size, nc_stack_depth:
@@ -35,7 +38,7 @@ class NCLlamaConfig(LlamaConfig):
         sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
     nc_operand_reader (`str`, defaults to `"pointer"`):
         `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
-        attention; `"projection"`: the paper's variant, a learned projection from the hidden state to a value.
+        attention (the paper's learned projection from the hidden state to a value is not available yet).
     nc_max_operands (`int`, defaults to 2):
         Operand slots of the heads (at most the library's argument registers).
     nc_pointer_dim (`int`, defaults to 64):
@@ -47,8 +50,6 @@ class NCLlamaConfig(LlamaConfig):
         How many positions after a call its result may be emitted over.
     nc_base_model (`str`, optional):
         The LLaMA checkpoint this model was converted from (`from_llama` with a path or Hub id), for the model card.
-    nc_residual_injection (`bool`, defaults to `False`):
-        Also add an embedding of the library's result to the hidden states of later layers.
     """
 
     model_type = "nclama"
@@ -69,7 +70,6 @@ class NCLlamaConfig(LlamaConfig):
     nc_reader_tokens: dict | None = None
     nc_answer_window: int = 64
     nc_base_model: str | None = None
-    nc_residual_injection: bool = False
 
     def __post_init__(self, **kwargs):
         if self.nc_memory_size is None:

@@ -194,19 +194,31 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        active = self.library is not None and input_ids is not None and bool(self.config.nc_programs)
+        layer = self.config.nc_layer % self.config.num_hidden_layers
+        captured: list[torch.Tensor] = []
+        hook = None
+        if active and layer != self.config.num_hidden_layers - 1:  # the heads read an inner layer's output
+            hook = self.model.layers[layer].register_forward_hook(
+                lambda module, args, out: captured.append(out[0] if isinstance(out, tuple) else out)
+            )
+        try:
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(hidden_states)
-        if self.library is not None and input_ids is not None and self.config.nc_programs:
-            logits = self._fuse(input_ids, hidden_states, logits, cache)
+        if active:
+            logits = self._fuse(input_ids, captured[0] if captured else hidden_states, logits, cache)
         if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = logits[:, keep, :]

@@ -44,6 +44,19 @@ def test_closed_gate_gives_the_llama_logits(llama, model, tok):
         assert torch.equal(model.state_dict()[name], value), name
 
 
+def test_heads_can_read_an_inner_layer(llama, lib, tok):
+    inner = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_layer=0).eval()
+    batch = tok(PROMPTS[:1], return_tensors="pt")
+    with torch.no_grad():
+        assert (inner(**batch).logits - llama(**batch).logits).abs().max() <= 1e-5  # closed gate: still the LLaMA
+        hidden = inner.model(**batch, output_hidden_states=True).hidden_states
+        inner.nc_heads.gate_scale.fill_(1.0)
+        seen = []
+        inner.nc_heads.gate.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+        inner(**batch)
+    assert torch.equal(seen[0], hidden[1])  # the output of decoder layer 0
+
+
 def test_gradients_reach_every_head(model, tok):
     model.train()
     batch = tok(["81273+4406=85679"], return_tensors="pt")
