@@ -195,30 +195,20 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         active = self.library is not None and input_ids is not None and bool(self.config.nc_programs)
-        layer = self.config.nc_layer % self.config.num_hidden_layers
-        captured: list[torch.Tensor] = []
-        hook = None
-        if active and layer != self.config.num_hidden_layers - 1:  # the heads read an inner layer's output
-            hook = self.model.layers[layer].register_forward_hook(
-                lambda module, args, out: captured.append(out[0] if isinstance(out, tuple) else out)
-            )
-        try:
-            outputs = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                inputs_embeds=inputs_embeds,
-                use_cache=use_cache,
-                **kwargs,
-            )
-        finally:
-            if hook is not None:
-                hook.remove()
+        outputs, heads_hidden = self._run_decoder(
+            active,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(hidden_states)
         if active:
-            logits = self._fuse(input_ids, captured[0] if captured else hidden_states, logits, cache)
+            logits = self._fuse(input_ids, heads_hidden, logits, cache)
         if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = logits[:, keep, :]
@@ -228,6 +218,22 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
+
+    def _run_decoder(self, active: bool, **inputs):
+        """The decoder's outputs, and the hidden states the heads read (layer ``nc_layer``)."""
+        layer = self.config.nc_layer % self.config.num_hidden_layers
+        captured: list[torch.Tensor] = []
+        hook = None
+        if active and layer != self.config.num_hidden_layers - 1:
+            hook = self.model.layers[layer].register_forward_hook(
+                lambda module, args, out: captured.append(out[0] if isinstance(out, tuple) else out)
+            )
+        try:
+            outputs = self.model(**inputs)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return outputs, captured[0] if captured else outputs.last_hidden_state
 
     def _fuse(self, input_ids: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor, cache: Optional[Cache]) -> torch.Tensor:
         """LM logits -> log of the gated mixture with the library's proposal (plus the LM's log-normalizer, so that
@@ -247,6 +253,65 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         lm_weight = torch.log1p(-(gate * mass).clamp(max=1.0))  # the mass may exceed 1 by rounding
         mixed = torch.logaddexp(lm_weight.unsqueeze(-1) + log_lm, log_library)
         return (mixed + torch.logsumexp(logits.float(), dim=-1, keepdim=True)).to(logits.dtype)
+
+    @torch.no_grad()
+    def generate_with_trace(self, input_ids: torch.LongTensor, max_trace_rows: int = 200, **generate_kwargs):
+        """``generate`` for one prompt, plus its trace: per generated token, the gate, the call site answered (and
+        its probability), the top calls there with their probabilities, operands (token positions and values),
+        results and machine steps, and the machine's step table for the most likely call."""
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"generate_with_trace takes one prompt, got a batch of {input_ids.shape[0]}")
+        sequence = self.generate(input_ids=input_ids, **generate_kwargs)
+        return sequence, self.explain(sequence[0], input_ids.shape[1], max_trace_rows=max_trace_rows)
+
+    @torch.no_grad()
+    def explain(self, sequence: torch.LongTensor, prompt_length: int, max_trace_rows: int = 200) -> list[dict]:
+        """What the interpreter did for each token of ``sequence`` after the first ``prompt_length`` (see
+        ``generate_with_trace``). Recomputed in one forward pass, which equals what generation computed."""
+        if self.library is None:
+            raise LibraryError("the model has no library attached")
+        heads, W = self.nc_heads, self.config.nc_answer_window
+        ids = sequence.tolist()
+        _, hidden = self._run_decoder(True, input_ids=sequence[None], use_cache=False)
+        gate = heads.gate_probability(hidden)[0]
+        keys, queries = heads.site_key(hidden)[0], heads.site_query(hidden)[0]  # the heads see [B, T, H], as in forward
+        hidden = hidden[0]
+        rows = []
+        for t in range(prompt_length - 1, len(ids) - 1):
+            first = max(0, t - W + 1)
+            site_probs = torch.softmax((keys[first : t + 1] @ queries[t]).float() / math.sqrt(heads.dim), dim=-1)
+            p_site, index = site_probs.max(-1)
+            site = first + int(index)
+            choices, probs, operands = self._choices(ids[: site + 1], hidden[: site + 1])
+            self._execute(choices)
+            calls = []
+            for combo, p in zip(choices, probs.tolist()):
+                name = self.config.nc_programs[combo[0]]
+                run = self.library.run_batch(name, [combo[2]], max_steps=self.config.nc_max_steps)
+                calls.append({
+                    "program": name,
+                    "probability": p,
+                    "operands": [{"start": operands[i].start, "end": operands[i].end, "text": " ".join(operands[i].items)} for i in combo[1]],
+                    "arguments": list(combo[2]),
+                    "result": run.values[0],
+                    "result_tokens": self._results[self._key(combo)],
+                    "steps": run.steps[0],
+                    "status": run.status[0],
+                })
+            row = {
+                "position": t + 1,
+                "token": ids[t + 1],
+                "gate": float(gate[t]),
+                "site": site,
+                "site_probability": float(p_site),
+                "offset": t - site,
+                "calls": calls,
+            }
+            if calls and calls[0]["status"] == "ok":
+                _, trace = self.library.run(calls[0]["program"], *calls[0]["arguments"], trace=True, max_steps=self.config.nc_max_steps)
+                row["machine_trace"] = trace.format(max_rows=max_trace_rows)
+            rows.append(row)
+        return rows
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         """Beam search: reorder the KV cache and the interpreter's state together."""
@@ -294,17 +359,29 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return proposal, heads.gate_probability(hidden), new_state
 
     def _site(self, ids: list[int], hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The call made at the last position of ``ids``: its top-k (program, operands) choices' probabilities [K]
-        (differentiable) and result tokens [K, W] (-1 past the end, and for missing choices). Operands are those
-        the reader finds in the prefix, so that a position's call never depends on what comes after it."""
-        heads, config = self.nc_heads, self.config
-        K, W = config.nc_top_k, config.nc_answer_window
+        """The call made at the last position of ``ids``: its top-k choices' probabilities [K] (differentiable) and
+        result tokens [K, W] (-1 past the end, and for missing choices)."""
+        K, W = self.config.nc_top_k, self.config.nc_answer_window
         tokens = torch.full((K, W), -1, dtype=torch.long)
         probs = hidden.new_zeros(K, dtype=torch.float32)
+        choices, chosen_probs, _ = self._choices(ids, hidden)
+        if not choices:
+            return tokens, probs
+        self._execute(choices)
+        for k, combo in enumerate(choices):
+            result = self._results[self._key(combo)][:W]
+            tokens[k, : len(result)] = torch.tensor(result, dtype=torch.long)
+        return tokens, torch.cat([chosen_probs, probs[len(choices):]])
+
+    def _choices(self, ids: list[int], hidden: torch.Tensor) -> tuple[list, torch.Tensor, list[Operand]]:
+        """The top-k (program, operands) choices of the call at the last position of ``ids``, their probabilities,
+        and the operands the reader found. Operands are those in the prefix, so that a position's call never
+        depends on what comes after it."""
+        heads = self.nc_heads
         operands = self.reader.read(ids)
         combos = self._combinations(operands)
         if not combos:
-            return tokens, probs
+            return [], hidden.new_zeros(0, dtype=torch.float32), operands
         keys = heads.operand_key(hidden[torch.tensor([o.end - 1 for o in operands])])  # [C, d]
         query = heads.operand_query(hidden[-1]).view(heads.slots, heads.dim)
         pointer = torch.softmax((query @ keys.T).float() / math.sqrt(heads.dim), dim=-1)  # [S, C]
@@ -313,13 +390,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         for slot in range(heads.slots):
             chosen = torch.tensor([c[1][slot] if slot < len(c[1]) else -1 for c in combos])
             p = p * torch.where(chosen >= 0, pointer[slot, chosen.clamp(min=0)], torch.ones_like(p))
-        top = p.detach().topk(min(K, len(combos))).indices
-        self._execute([combos[i] for i in top.tolist()])
-        for k, i in enumerate(top.tolist()):
-            result = self._results[self._key(combos[i])][:W]
-            tokens[k, : len(result)] = torch.tensor(result, dtype=torch.long)
-        probs = torch.cat([p[top], probs[len(top):]])
-        return tokens, probs
+        top = p.detach().topk(min(self.config.nc_top_k, len(combos))).indices
+        return [combos[i] for i in top.tolist()], p[top], operands
 
     def _combinations(self, operands: list[Operand]) -> list[tuple[int, tuple[int, ...], tuple]]:
         """Every (program, operand choice) whose operand types fit the program's parameters, with its arguments."""

@@ -110,6 +110,24 @@ def test_the_library_answers_inside_the_forward_pass(model, tok, use_cache):
     assert new[-1].item() == tok.eos_token_id or tok.eos_token_id in new.tolist()
 
 
+def test_generate_with_trace_explains_every_token(model, tok):
+    prompt = tok("81273+4406=", return_tensors="pt")
+    site = prompt["input_ids"].shape[1] - 1
+    force(model, "long_add", site=site)
+    sequence, trace = model.generate_with_trace(prompt["input_ids"], max_new_tokens=8, do_sample=False)
+    generated = sequence[0, site + 1 :].tolist()
+    assert [row["token"] for row in trace] == generated and len(trace) == 3  # "856", "79", end of text
+    for offset, row in enumerate(trace):
+        assert row["site"] == site and row["offset"] == offset and row["gate"] > 0.99
+        assert all(call["program"] == "long_add" and call["steps"] > 0 for call in row["calls"])
+        # untrained pointers: both orders of the two numbers, and each number twice; a + b and b + a win together
+        right = [c for c in row["calls"] if {o["text"] for o in c["operands"]} == {"81273", "4406"}]
+        assert len(right) == 2 and all(c["result"][:5] == [9, 7, 6, 5, 8] for c in right)
+        assert all(c["result_tokens"][offset] == row["token"] for c in right)
+        assert sum(c["probability"] for c in right) >= 0.5 - 1e-6
+        assert "long_add" in row["machine_trace"] and "ret" in row["machine_trace"]
+
+
 def test_save_and_load_carry_the_library(model, tok, tmp_path, lib):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "library.json").is_file() and (tmp_path / "library.safetensors").is_file()
