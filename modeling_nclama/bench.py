@@ -205,3 +205,82 @@ def format_machine_tables(report: dict) -> str:
     for r in report["fib"]:
         lines.append(f"| {r['depth']} | {r['steps']:.0f} | {r['steps_per_s']:.0f} | {r['autograd_mib']:.1f} |")
     return "\n".join(lines)
+
+
+BENCH_PROMPTS = ("What is 81273 plus 4406?", "Sort the list [5, 3, 9, 1].", "gcd(84, 36)=", "What is 734 times 58?")
+
+
+def bench_model(presets: Sequence[str] = ("tiny", "llama-3.2-1b"), batch: int = 4, new_tokens: int = 8,
+                repeats: int = 3, num_threads: int | None = None) -> list[dict]:
+    """NCLlama (hard mode, library attached) against ``LlamaForCausalLM`` of the same preset and weights, in this
+    process, on the same batch: forward+backward time, greedy generation tokens/s (batch 1), and the memory autograd
+    keeps for backward. The NCLlama is converted from that LLaMA with ``from_llama`` after the LLaMA was measured."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .analysis import SavedBytes
+    from .checkpoints import preset
+    from .library import Library
+    from .modeling_nclama import NCLlamaForCausalLM
+    from .tokenization import default_tokenizer, reader_tokens
+
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    tok = default_tokenizer()
+    tok.padding_side = "left"
+    library = Library.standard(256)
+    table = reader_tokens(tok)
+    prompts = [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(batch)]
+    inputs = tok(prompts, return_tensors="pt", padding=True)
+    one = tok(prompts[:1], return_tensors="pt")
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+
+    def measure(model) -> dict:
+        model.train()
+        saved = SavedBytes()
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(**inputs, labels=inputs["input_ids"]).loss.backward()
+
+        with saved.hooks():
+            step()
+        train_ms = _time_ms(step, repeats, warmup=0)
+        model.eval()
+        with torch.no_grad():
+            generate = lambda: model.generate(**one, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)  # noqa: E731
+            generate_ms = _time_ms(generate, repeats, warmup=1)
+        return {"train_ms": train_ms, "tokens_per_s": new_tokens / (generate_ms / 1e3), "autograd_mib": saved.megabytes}
+
+    rows = []
+    try:
+        for name in presets:
+            settings = {k: v for k, v in preset(name).items() if not k.startswith("nc_")}
+            torch.manual_seed(0)
+            llama = LlamaForCausalLM(LlamaConfig(**{**settings, **ids}))
+            base = measure(llama)
+            model = NCLlamaForCausalLM.from_llama(llama, library, reader_tokens=table)
+            del llama
+            mine = measure(model)
+            del model
+            rows.append({
+                "preset": name, "batch": batch, "seq": inputs["input_ids"].shape[1], "llama": base, "nclama": mine,
+                "train_overhead": mine["train_ms"] / base["train_ms"] - 1.0,
+                "generate_ratio": mine["tokens_per_s"] / base["tokens_per_s"],
+                "threads": torch.get_num_threads(),
+            })
+    finally:
+        torch.set_num_threads(previous_threads)
+    return rows
+
+
+def format_model_table(rows: list[dict]) -> str:
+    """Markdown table of ``bench_model``."""
+    lines = ["| preset | batch x seq | threads | forward+backward ms (LLaMA / NCLlama) | overhead | generate tokens/s "
+             "(LLaMA / NCLlama) | ratio | autograd MiB (LLaMA / NCLlama) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        a, b = r["llama"], r["nclama"]
+        lines.append(f"| {r['preset']} | {r['batch']} x {r['seq']} | {r['threads']} | {a['train_ms']:.0f} / {b['train_ms']:.0f} | "
+                     f"{100 * r['train_overhead']:+.0f}% | {a['tokens_per_s']:.1f} / {b['tokens_per_s']:.1f} | "
+                     f"{r['generate_ratio']:.2f}x | {a['autograd_mib']:.1f} / {b['autograd_mib']:.1f} |")
+    return "\n".join(lines)

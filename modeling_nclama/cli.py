@@ -8,7 +8,7 @@
   nclama init --preset NAME -o DIR                   a freshly initialized NCLlama model folder
   nclama export MODEL_DIR -o HUB_DIR                 a complete Hub repo folder with its model card
   nclama push HUB_DIR --repo-id ORG/NAME [--private] [--revision B]   upload it to the Hub
-  nclama bench ops|machine                           benchmarks (results belong in BENCHMARKS.md)
+  nclama bench ops|machine|model                     benchmarks (results belong in BENCHMARKS.md)
   nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
   nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
 """
@@ -104,6 +104,9 @@ def _cmd_bench(args) -> int:
     if args.what == "ops":
         rows = bench.bench_ops(value_sizes=args.value_sizes or (16, 128, 1000), batch=args.batch or 256)
         print(bench.format_ops_table(rows))
+    elif args.what == "model":
+        rows = bench.bench_model(presets=args.presets, batch=args.batch or 4)
+        print(bench.format_model_table(rows))
     else:
         report = bench.bench_machine(batch=args.batch or 4096)
         print(bench.format_machine_tables(report))
@@ -211,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=("ops", "machine"))
+    p.add_argument("what", choices=("ops", "machine", "model"))
+    p.add_argument("--presets", nargs="+", default=["tiny", "llama-3.2-1b"], help="for 'model'")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--value-sizes", type=int, nargs="+", default=None, help="for 'ops'")
     p.set_defaults(func=_cmd_bench)
