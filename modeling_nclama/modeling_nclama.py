@@ -116,6 +116,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         self.reader = OperandReader(config.nc_reader_tokens)
         self.library: Optional[Library] = None
         self._results: dict = {}
+        self._combination_cache: dict = {}
         self.post_init()
 
     # ------------------------------------------------------------------ library
@@ -133,7 +134,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if c.nc_library_fingerprint and library.fingerprint() != c.nc_library_fingerprint:
             raise LibraryError("the library's fingerprint differs from the model's nc_library_fingerprint")
         self.library = library
-        self._results = {}
+        self._results, self._combination_cache = {}, {}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Weights and config as usual, plus the library files (``library.safetensors``, ``library.json``)."""
@@ -275,14 +276,16 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         _, hidden = self._run_decoder(True, input_ids=sequence[None], use_cache=False)
         gate = heads.gate_probability(hidden)[0]
         keys, queries = heads.site_key(hidden)[0], heads.site_query(hidden)[0]  # the heads see [B, T, H], as in forward
-        hidden = hidden[0]
+        call_probs = torch.softmax(heads.call(hidden).float(), dim=-1)[0]
+        operand_queries = heads.operand_query(hidden)[0].view(-1, heads.slots, heads.dim)
+        operand_keys = heads.operand_key(hidden)[0]
         rows = []
         for t in range(prompt_length - 1, len(ids) - 1):
             first = max(0, t - W + 1)
             site_probs = torch.softmax((keys[first : t + 1] @ queries[t]).float() / math.sqrt(heads.dim), dim=-1)
             p_site, index = site_probs.max(-1)
             site = first + int(index)
-            choices, probs, operands = self._choices(ids[: site + 1], hidden[: site + 1])
+            choices, probs, operands = self._choices(ids[: site + 1], call_probs[site], operand_queries[site], operand_keys)
             self._execute(choices)
             calls = []
             for combo, p in zip(choices, probs.tolist()):
@@ -335,9 +338,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             ids, states, start = torch.cat([state.ids, input_ids], 1), torch.cat([state.hidden, hidden.detach()], 1), state.ids.shape[1]
         T = ids.shape[1]
         site_keys = heads.site_key(hidden)
+        calls = torch.softmax(heads.call(hidden).float(), dim=-1)  # [B, N, P]
+        queries = heads.operand_query(hidden).view(B, N, heads.slots, heads.dim)
+        operand_keys = heads.operand_key(states)  # [B, T, d]: an operand is keyed by its last token
         tokens, probs = [], []
         for b in range(B):
-            row = [self._site(ids[b, : s + 1].tolist(), states[b, : s + 1]) for s in range(start, T)]
+            prefix = ids[b].tolist()
+            row = [self._site(prefix[: s + 1], calls[b, s - start], queries[b, s - start], operand_keys[b]) for s in range(start, T)]
             tokens.append(torch.stack([t for t, _ in row]))
             probs.append(torch.stack([p for _, p in row]))
         tokens, probs = torch.stack(tokens), torch.stack(probs)  # [B, N, K, W], [B, N, K]
@@ -358,13 +365,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         new_state = InterpreterState(ids, states.detach(), site_keys.detach(), tokens, probs.detach())
         return proposal, heads.gate_probability(hidden), new_state
 
-    def _site(self, ids: list[int], hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _site(self, ids: list[int], call: torch.Tensor, query: torch.Tensor, operand_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The call made at the last position of ``ids``: its top-k choices' probabilities [K] (differentiable) and
         result tokens [K, W] (-1 past the end, and for missing choices)."""
         K, W = self.config.nc_top_k, self.config.nc_answer_window
         tokens = torch.full((K, W), -1, dtype=torch.long)
-        probs = hidden.new_zeros(K, dtype=torch.float32)
-        choices, chosen_probs, _ = self._choices(ids, hidden)
+        probs = call.new_zeros(K)
+        choices, chosen_probs, _ = self._choices(ids, call, query, operand_keys)
         if not choices:
             return tokens, probs
         self._execute(choices)
@@ -373,19 +380,18 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             tokens[k, : len(result)] = torch.tensor(result, dtype=torch.long)
         return tokens, torch.cat([chosen_probs, probs[len(choices):]])
 
-    def _choices(self, ids: list[int], hidden: torch.Tensor) -> tuple[list, torch.Tensor, list[Operand]]:
-        """The top-k (program, operands) choices of the call at the last position of ``ids``, their probabilities,
-        and the operands the reader found. Operands are those in the prefix, so that a position's call never
-        depends on what comes after it."""
+    def _choices(self, ids: list[int], call: torch.Tensor, query: torch.Tensor, operand_keys: torch.Tensor) -> tuple[list, torch.Tensor, list[Operand]]:
+        """The top-k (program, operands) choices of the call at the last position of ``ids`` (``call`` [P]: the call
+        head's distribution there, ``query`` [S, d]: its operand queries, ``operand_keys`` [>= len(ids), d]), their
+        probabilities, and the operands the reader found. Operands are those in the prefix, so that a position's call
+        never depends on what comes after it."""
         heads = self.nc_heads
         operands = self.reader.read(ids)
         combos = self._combinations(operands)
         if not combos:
-            return [], hidden.new_zeros(0, dtype=torch.float32), operands
-        keys = heads.operand_key(hidden[torch.tensor([o.end - 1 for o in operands])])  # [C, d]
-        query = heads.operand_query(hidden[-1]).view(heads.slots, heads.dim)
+            return [], call.new_zeros(0), operands
+        keys = operand_keys[torch.tensor([o.end - 1 for o in operands])]  # [C, d]
         pointer = torch.softmax((query @ keys.T).float() / math.sqrt(heads.dim), dim=-1)  # [S, C]
-        call = torch.softmax(heads.call(hidden[-1]).float(), dim=-1)  # [P]
         p = call[torch.tensor([c[0] for c in combos])]
         for slot in range(heads.slots):
             chosen = torch.tensor([c[1][slot] if slot < len(c[1]) else -1 for c in combos])
@@ -394,7 +400,16 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return [combos[i] for i in top.tolist()], p[top], operands
 
     def _combinations(self, operands: list[Operand]) -> list[tuple[int, tuple[int, ...], tuple]]:
-        """Every (program, operand choice) whose operand types fit the program's parameters, with its arguments."""
+        """Every (program, operand choice) whose operand types fit the program's parameters, with its arguments
+        (memoized: consecutive positions of a sequence mostly see the same operands)."""
+        key = tuple((o.kind, o.items) for o in operands)
+        if key not in self._combination_cache:
+            if len(self._combination_cache) >= _RESULT_CACHE_SIZE:
+                self._combination_cache.clear()
+            self._combination_cache[key] = self._enumerate(operands)
+        return self._combination_cache[key]
+
+    def _enumerate(self, operands: list[Operand]) -> list[tuple[int, tuple[int, ...], tuple]]:
         V, library, config = self.config.nc_value_size, self.library, self.config
         out = []
         for program_index, name in enumerate(config.nc_programs):
