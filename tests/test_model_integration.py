@@ -79,7 +79,7 @@ def test_trainer_smoke_run_lowers_the_loss_and_trains_the_heads(model, tok, tmp_
     before = {n: p.detach().clone() for n, p in model.nc_heads.named_parameters()}
     data = Sums(tok)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=1, per_device_eval_batch_size=1, max_steps=12, learning_rate=3e-3,
-                             logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True)
+                             logging_steps=1, save_strategy="steps", save_steps=12, report_to=[], disable_tqdm=True, use_cpu=True)
     trainer = Trainer(model=model, args=args, train_dataset=data)
     first = trainer.evaluate(eval_dataset=Sums(tok, n=8, seed=1))["eval_loss"]
     trainer.train()
@@ -87,3 +87,9 @@ def test_trainer_smoke_run_lowers_the_loss_and_trains_the_heads(model, tok, tmp_
     assert last < first
     moved = [n for n, p in model.nc_heads.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert {"gate_scale", "call.weight", "site_query.weight"} <= set(moved)
+    checkpoint = tmp_path / "checkpoint-12"  # Trainer checkpoints carry the library and reload with it
+    assert (checkpoint / "library.json").is_file() and (checkpoint / "library.safetensors").is_file()
+    reloaded = NCLlamaForCausalLM.from_pretrained(checkpoint).eval()
+    batch = tok(["81273+4406="], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, model.eval()(**batch).logits, atol=1e-5)
