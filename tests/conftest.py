@@ -84,3 +84,18 @@ def user_lib():
 @pytest.fixture(scope="session")
 def faulty_lib():
     return Library.from_source(FAULTY_SOURCE, value_size=V)
+
+
+@pytest.fixture(scope="session")
+def make_llama():
+    """A tiny random LLaMA for a tokenizer (seeded), the base that model tests convert with ``from_llama``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def make(tok, seed: int = 0):
+        torch.manual_seed(seed)
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
+                             bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+        return LlamaForCausalLM(config)
+
+    return make

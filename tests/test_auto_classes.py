@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from modeling_nclama import Library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
@@ -34,13 +33,9 @@ print(json.dumps({"class": type(model).__name__, "library": len(model.library.na
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(tmp_path_factory, make_llama):
     tok = default_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
-                         bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
-    model = NCLlamaForCausalLM.from_llama(LlamaForCausalLM(config), Library.standard(256), reader_tokens=reader_tokens(tok))
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), Library.standard(256), reader_tokens=reader_tokens(tok))
     folder = tmp_path_factory.mktemp("nclama")
     model.eval().save_pretrained(folder)
     tok.save_pretrained(folder)

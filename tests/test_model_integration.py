@@ -3,7 +3,7 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from modeling_nclama import Library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
@@ -16,12 +16,8 @@ def tok():
 
 
 @pytest.fixture
-def model(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
-                         bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
-    model = NCLlamaForCausalLM.from_llama(LlamaForCausalLM(config), Library.standard(256), reader_tokens=reader_tokens(tok))
+def model(tok, make_llama):
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), Library.standard(256), reader_tokens=reader_tokens(tok))
     with torch.no_grad():
         model.nc_heads.gate_scale.fill_(0.5)  # open the gate, so the library takes part
     return model

@@ -2,7 +2,6 @@
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from modeling_nclama import Library, LibraryError
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
@@ -22,12 +21,8 @@ def lib():
 
 
 @pytest.fixture(scope="module")
-def llama(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
-                         bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
-    return LlamaForCausalLM(config).eval()
+def llama(tok, make_llama):
+    return make_llama(tok).eval()
 
 
 @pytest.fixture
