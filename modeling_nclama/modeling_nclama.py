@@ -27,6 +27,7 @@ from transformers import LlamaForCausalLM, LlamaModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 from transformers.utils import can_return_tuple, cached_file
 from transformers.utils.deprecation import deprecate_kwarg
@@ -210,9 +211,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         logits = self.lm_head(hidden_states)
         if active:
             logits = self._fuse(input_ids, heads_hidden, logits, cache)
-        if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
-            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = logits[:, keep, :]
+        logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
