@@ -401,7 +401,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
     def _combinations(self, operands: list[Operand]) -> list[tuple[int, tuple[int, ...], tuple]]:
         """Every (program, operand choice) whose operand types fit the program's parameters, with its arguments
         (memoized: consecutive positions of a sequence mostly see the same operands)."""
-        key = tuple((o.kind, o.items) for o in operands)
+        key = tuple((o.kind, o.items, o.bracketed) for o in operands)
         if key not in self._combination_cache:
             if len(self._combination_cache) >= _RESULT_CACHE_SIZE:
                 self._combination_cache.clear()
@@ -427,11 +427,12 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                         fits.append((i, o.values))
                 choices.append(fits)
             for picked in itertools.product(*choices):
-                out.append((program_index, tuple(i for i, _ in picked), tuple(v for _, v in picked)))
+                bracketed = any(operands[i].bracketed for i, _ in picked)  # a list result is written the same way
+                out.append((program_index, tuple(i for i, _ in picked), tuple(v for _, v in picked), bracketed))
         return out
 
-    def _key(self, combo: tuple) -> tuple[str, str]:
-        return self.config.nc_programs[combo[0]], repr(combo[2])
+    def _key(self, combo: tuple) -> tuple[str, str, bool]:
+        return self.config.nc_programs[combo[0]], repr(combo[2]), combo[3]
 
     def _execute(self, combos: list) -> None:
         """Run the calls whose results are not cached yet: one vectorized hard run per program."""
@@ -439,15 +440,15 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         for combo in combos:
             key = self._key(combo)
             if key not in self._results:
-                todo.setdefault(key[0], {})[key] = combo[2]
+                todo.setdefault(key[0], {})[key] = combo
         if len(self._results) + sum(map(len, todo.values())) > _RESULT_CACHE_SIZE:
             self._results.clear()
         for name, calls in todo.items():
-            result = self.library.run_batch(name, list(calls.values()), max_steps=self.config.nc_max_steps)
-            for key, value in zip(calls, result.values):  # a failed call (None) proposes only the end of text
-                self._results[key] = self._text_tokens(name, value)
+            result = self.library.run_batch(name, [c[2] for c in calls.values()], max_steps=self.config.nc_max_steps)
+            for (key, combo), value in zip(calls.items(), result.values):  # a failed call proposes only the end
+                self._results[key] = self._text_tokens(name, value, combo[3])
 
-    def _text_tokens(self, name: str, value) -> list[int]:
+    def _text_tokens(self, name: str, value, bracketed: bool) -> list[int]:
         eos = self.config.eos_token_id
         eos = [eos[0] if isinstance(eos, list) else eos] if eos is not None else []
         if value is None:
@@ -457,12 +458,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if name in self.config.nc_tape_programs:
             digits = "".join(str(d) for d in reversed(value)).lstrip("0") or "0"
             return self.reader.number_tokens(digits) + eos
-        out = []
-        for i, item in enumerate(value):
-            if i and self.reader.space_token is not None:
-                out.append(self.reader.space_token)
-            out += self.reader.number_tokens(str(item))
-        return out + eos
+        return self.reader.list_tokens(value, bracketed) + eos
 
 
 # save_pretrained writes these files and the auto_map into the folder, so that the Auto classes load it with

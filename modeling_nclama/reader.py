@@ -23,6 +23,7 @@ class Operand:
     start: int
     end: int
     items: tuple[str, ...]  # the digit strings: one for a number, one per item for a list
+    bracketed: bool = False  # a list written "[5, 3, 9]" rather than "5 3 9"
 
     @property
     def number(self) -> int:
@@ -55,8 +56,9 @@ class OperandReader:
                 if not text.strip(" "):
                     self.spaces.add(token)
         self.token_of_digits = {text: token for token, text in self.digits.items()}
-        spaces = sorted(int(t) for t, text in reader_tokens.items() if text == " ")
-        self.space_token = spaces[0] if spaces else None  # separates the items of a list the library writes
+        self.token_of_text: dict[str, int] = {}  # the punctuation a written list needs: "[", ",", " ", "]"
+        for token, text in sorted(reader_tokens.items(), key=lambda kv: -int(kv[0])):
+            self.token_of_text[text] = int(token)
 
     def numbers(self, ids: Sequence[int]) -> list[Operand]:
         """Maximal runs of digit tokens."""
@@ -87,7 +89,7 @@ class OperandReader:
                     m += 1
                     run.append(numbers[m])
                 if run[-1].end < len(ids) and ids[run[-1].end] in self.closers:
-                    lists.append(Operand("list", first.start - 1, run[-1].end + 1, tuple(n.items[0] for n in run)))
+                    lists.append(Operand("list", first.start - 1, run[-1].end + 1, tuple(n.items[0] for n in run), True))
                     k = m + 1
                     continue
             # spaced: two or more numbers separated by spaces only
@@ -113,3 +115,15 @@ class OperandReader:
         if missing:
             raise ValueError(f"the reader has no token for {missing[0]!r}: rebuild nc_reader_tokens from the tokenizer")
         return [self.token_of_digits[c] for c in chunks]
+
+    def list_tokens(self, items: Sequence[int], bracketed: bool) -> list[int]:
+        """Token ids of a list as the prompt wrote its list: "[1, 3, 5, 9]" or "1 3 5 9"."""
+        pieces = ["[", ",", " ", "]"] if bracketed else [" "]
+        missing = [p for p in pieces if p not in self.token_of_text]
+        if missing:
+            raise ValueError(f"the reader has no token for {missing[0]!r}: rebuild nc_reader_tokens from the tokenizer")
+        separator = [self.token_of_text[","], self.token_of_text[" "]] if bracketed else [self.token_of_text[" "]]
+        out = [self.token_of_text["["]] if bracketed else []
+        for i, item in enumerate(items):
+            out += (separator if i else []) + self.number_tokens(str(item))
+        return out + ([self.token_of_text["]"]] if bracketed else [])

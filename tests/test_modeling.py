@@ -105,6 +105,16 @@ def test_the_library_answers_inside_the_forward_pass(model, tok, use_cache):
     assert new[-1].item() == tok.eos_token_id or tok.eos_token_id in new.tolist()
 
 
+def test_a_sorted_list_is_written_like_the_prompts_list(model, tok):
+    for prompt, answer in [("Sort the list [5, 3, 9, 1].", "[1, 3, 5, 9]"), ("sort: 5 3 9 1 ->", " 1 3 5 9")]:
+        inputs = tok(prompt, return_tensors="pt")
+        if answer.startswith(" "):  # after "->" the prompt's own space comes first; the call answers after it
+            inputs = tok(prompt + " ", return_tensors="pt")
+        force(model, "insertion_sort", site=inputs["input_ids"].shape[1] - 1)
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        assert tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == answer.strip()
+
+
 def test_generate_with_trace_explains_every_token(model, tok):
     prompt = tok("81273+4406=", return_tensors="pt")
     site = prompt["input_ids"].shape[1] - 1

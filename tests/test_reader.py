@@ -96,3 +96,11 @@ def test_operand_values():
     assert lst.values == [12, 3]
     with pytest.raises(ValueError):
         lst.number
+
+
+@pytest.mark.parametrize("text, items, bracketed", [("[1, 3, 5, 9]", [1, 3, 5, 9], True), ("1 3 5 9", [1, 3, 5, 9], False),
+                                                     ("[1000, 7]", [1000, 7], True), ("[]", [], True)])
+def test_lists_are_written_as_the_tokenizer_writes_them(reader, tok, text, items, bracketed):
+    assert reader.list_tokens(items, bracketed) == tok(text, add_special_tokens=False)["input_ids"]
+    operands = [o for o in reader.read(tok(text, add_special_tokens=False)["input_ids"]) if o.kind == "list"]
+    assert all(o.bracketed == bracketed for o in operands)
