@@ -62,13 +62,13 @@ class InterpreterState:
     """What the interpreter computed for the positions generated so far (kept on the KV cache)."""
 
     ids: torch.Tensor  # [B, T] token ids
-    hidden: torch.Tensor  # [B, T, H] hidden states the heads read
+    operand_keys: torch.Tensor  # [B, T, d] pointer keys of each position (an operand is keyed by its last token)
     site_keys: torch.Tensor  # [B, T, d]
     tokens: torch.Tensor  # [B, T, K, W] result tokens of each position's top-k calls
     probs: torch.Tensor  # [B, T, K] their probabilities
 
     def select(self, index: torch.Tensor) -> "InterpreterState":
-        return InterpreterState(*(t.index_select(0, index) for t in (self.ids, self.hidden, self.site_keys, self.tokens, self.probs)))
+        return InterpreterState(*(t.index_select(0, index) for t in (self.ids, self.operand_keys, self.site_keys, self.tokens, self.probs)))
 
 
 class NCInterpreterHeads(nn.Module):
@@ -332,14 +332,16 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         B, N = input_ids.shape
         W = config.nc_answer_window
         if state is None:
-            ids, states, start = input_ids, hidden, 0
+            ids, start = input_ids, 0
         else:
-            ids, states, start = torch.cat([state.ids, input_ids], 1), torch.cat([state.hidden, hidden.detach()], 1), state.ids.shape[1]
+            ids, start = torch.cat([state.ids, input_ids], 1), state.ids.shape[1]
         T = ids.shape[1]
         site_keys = heads.site_key(hidden)
         calls = torch.softmax(heads.call(hidden).float(), dim=-1)  # [B, N, P]
         queries = heads.operand_query(hidden).view(B, N, heads.slots, heads.dim)
-        operand_keys = heads.operand_key(states)  # [B, T, d]: an operand is keyed by its last token
+        operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
+        if state is not None:
+            operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
         tokens, probs = [], []
         for b in range(B):
             prefix = ids[b].tolist()
@@ -361,7 +363,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32)
         proposal = proposal.scatter_add(2, at_site.clamp(min=0).reshape(B, N, -1), weight.reshape(B, N, -1))
-        new_state = InterpreterState(ids, states.detach(), site_keys.detach(), tokens, probs.detach())
+        new_state = InterpreterState(ids, operand_keys.detach(), site_keys.detach(), tokens, probs.detach())
         return proposal, heads.gate_probability(hidden), new_state
 
     def _site(self, ids: list[int], call: torch.Tensor, query: torch.Tensor, operand_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
