@@ -8,6 +8,9 @@
   nclama init --preset NAME -o DIR                   a freshly initialized NCLlama model folder
   nclama export MODEL_DIR -o HUB_DIR                 a complete Hub repo folder with its model card
   nclama push HUB_DIR --repo-id ORG/NAME [--private] [--revision B]   upload it to the Hub
+  nclama eval MODEL [--tasks T...] [--lengths L...] [--n N] [--split train|heldout] [--seed S]
+                    [--output-dir DIR] [--batch-size B] [--max-new-tokens M]
+                                                     exact match per task and length (table + files)
   nclama bench ops|machine|model                     benchmarks (results belong in BENCHMARKS.md)
   nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
   nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
@@ -23,6 +26,7 @@ from typing import Optional, Sequence
 
 from .library import Library, LibraryError
 from .machine import MachineError
+from .tasks import SPLITS, TASKS
 
 
 def _library(where: str, value_size: int) -> Library:
@@ -162,6 +166,34 @@ def _cmd_push(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an int: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _cmd_eval(args) -> int:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluation import evaluate_model, format_table, write_results
+    from .tasks import validate
+
+    validate(args.tasks, args.lengths, args.split)  # a bad request fails before the model loads
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    rows = evaluate_model(model, tokenizer, tasks=args.tasks, lengths=args.lengths, n_per_length=args.n,
+                          seed=args.seed, split=args.split, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens)
+    print(format_table(rows))
+    paths = write_results(rows, args.output_dir or args.model)
+    print(f"\nwrote {paths[0]} and {paths[1]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nclama", description="NCLlama: compiled algorithm libraries for LLaMA.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=None, help="a branch (created if missing)")
     p.add_argument("--token", default=None, help="default: HF_TOKEN, then the token of `hf auth login`")
     p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("eval", help="exact match of greedy generation per task and length")
+    p.add_argument("model", help="a model folder or Hub id (loaded with trust_remote_code)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"default: {' '.join(TASKS)}")
+    p.add_argument("--lengths", type=int, nargs="+", default=None,
+                   help="lengths for every task (default: each task's own, up to 4x its training range)")
+    p.add_argument("--n", type=_positive_int, default=50, help="examples per (task, length)")
+    p.add_argument("--split", choices=SPLITS, default="train", help="heldout: the evaluation-only templates")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", default=None, help="where eval_results.json/.md go (default: the model folder)")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: what the answer needs")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=("ops", "machine", "model"))

@@ -1,0 +1,403 @@
+"""Algorithmic tasks (toolchain): seeded generators of prompt/answer data as ``datasets.Dataset``.
+
+Every task renders its operands through natural-language templates. Training templates are what the model is
+trained on; held-out templates (``split="heldout"``) are used only in evaluation, to tell whether the model learned
+the task or the wording. The answer is always computed here, in Python, from the operands.
+
+Text conventions:
+
+- ``answer`` is what a model must write after ``prompt``: the generated text up to the end of sequence or the first
+  newline, stripped (:func:`modeling_nclama.evaluation.exact_match`).
+- ``text`` (what the language model trains on) is ``prompt + separator + answer``: the separator is empty when the
+  prompt ends with ``=`` (``81273+4406=85679``, ``gcd(84, 36)=12``) and one space otherwise
+  (``What is 81273 plus 4406? 85679``, ``sort: 5 3 9 1 -> 1 3 5 9``). ``text`` carries no end-of-sequence token:
+  the training collator appends the tokenizer's.
+- A list answer is written the way the prompt wrote its list: ``[1, 3, 5, 9]`` after a bracketed list, ``1 3 5 9``
+  after a spaced one. Comparisons answer ``yes`` or ``no``. ``fib(0) = 0``, ``fib(1) = 1``, ``0! = 1``.
+- A list has at least 2 elements: the model's operand reader reads a single number as a number, not a list.
+
+Length (the unit of per-length evaluation, sampled uniformly over lengths rather than values, so short operands
+appear as often as long ones): the digits of the longer operand for add, sub, mul, less_than and gcd; the number of
+elements for sort, max and sum; ``n`` for factorial and fib. An operand of ``d`` digits is uniform over the
+``d``-digit numbers (0-9 for ``d = 1``); the other operand of a two-operand task has a uniform number of digits
+between 1 and the length.
+
+``clrs_insertion_sort`` reproduces CLRS-Text's (DeepMind, 2024) text format for ``insertion_sort`` without hints,
+as its ``clrs._src.clrs_text`` code writes it (see :func:`clrs_insertion_sort`).
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+
+if TYPE_CHECKING:  # datasets is imported where a dataset is built, so the CLI and the constants need no datasets
+    from datasets import Dataset
+
+__all__ = [
+    "TASKS", "CLRS_TASK", "ALL_TASKS", "SPLITS", "TRAINING_RANGES", "EVAL_LENGTHS", "TEMPLATES", "CANONICAL",
+    "Template", "templates", "solve", "render", "validate", "make_dataset", "clrs_insertion_sort",
+]
+
+TASKS: tuple[str, ...] = ("add", "sub", "mul", "less_than", "gcd", "factorial", "fib", "sort", "max", "sum")
+CLRS_TASK = "clrs_insertion_sort"
+ALL_TASKS: tuple[str, ...] = TASKS + (CLRS_TASK,)
+SPLITS: tuple[str, ...] = ("train", "heldout")
+
+#: What training data covers: ``length`` is the inclusive range of lengths (see the module docstring for the unit
+#: of each task); list elements take ``values`` (inclusive). Recipes cite these; evaluation goes beyond them.
+TRAINING_RANGES: dict[str, dict] = {
+    "add": {"length": (1, 10), "unit": "digits of the longer operand"},
+    "sub": {"length": (1, 10), "unit": "digits of the longer operand"},
+    "mul": {"length": (1, 5), "unit": "digits of the longer operand"},
+    "less_than": {"length": (1, 10), "unit": "digits of the longer operand"},
+    "gcd": {"length": (1, 3), "unit": "digits of the longer operand"},
+    "factorial": {"length": (0, 12), "unit": "n"},
+    "fib": {"length": (0, 30), "unit": "n"},
+    "sort": {"length": (2, 16), "unit": "elements", "values": (0, 999)},
+    "max": {"length": (2, 16), "unit": "elements", "values": (0, 999)},
+    "sum": {"length": (2, 16), "unit": "elements", "values": (0, 999)},
+    CLRS_TASK: {"length": (4, 31), "unit": "elements", "values": (0.0, 0.999)},
+}
+
+#: The lengths evaluation reports by default: inside the training range and up to 4x its longest length
+#: (10x10-digit mul is the stretch goal).
+EVAL_LENGTHS: dict[str, tuple[int, ...]] = {
+    "add": (1, 5, 10, 20, 40),
+    "sub": (1, 5, 10, 20, 40),
+    "mul": (1, 3, 5, 10),
+    "less_than": (1, 5, 10, 20, 40),
+    "gcd": (1, 2, 3, 6, 12),
+    "factorial": (3, 6, 12, 24, 48),
+    "fib": (5, 10, 20, 30, 60, 120),
+    "sort": (2, 4, 8, 16, 32, 64),
+    "max": (2, 4, 8, 16, 32, 64),
+    "sum": (2, 4, 8, 16, 32, 64),
+    CLRS_TASK: (4, 8, 16, 31),
+}
+
+_MIN_LENGTH = {task: ranges["length"][0] for task, ranges in TRAINING_RANGES.items()}
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt wording of a task. Fields: ``{a}``, ``{b}``, ``{n}``, ``{xs}`` (a bracketed list) or
+    ``{xs_spaced}`` (a space-separated list)."""
+
+    id: str
+    task: str
+    text: str
+    heldout: bool
+
+    @property
+    def bracketed(self) -> bool:
+        return "{xs}" in self.text
+
+
+_TRAIN, _HELDOUT = False, True
+_TEMPLATE_TABLE: dict[str, list[tuple[str, str, bool]]] = {
+    "add": [
+        ("sym", "{a}+{b}=", _TRAIN),
+        ("plus", "What is {a} plus {b}?", _TRAIN),
+        ("add", "Add {a} and {b}.", _TRAIN),
+        ("sum-of", "What is the sum of {a} and {b}?", _TRAIN),
+        ("compute", "Compute {a} + {b}.", _TRAIN),
+        ("calculate", "Calculate {a} plus {b}.", _HELDOUT),
+        ("how-much", "How much is {a} plus {b}?", _HELDOUT),
+        ("total", "Find the total of {a} and {b}.", _HELDOUT),
+        ("add-to", "What do you get if you add {a} to {b}?", _HELDOUT),
+    ],
+    "sub": [
+        ("sym", "{a}-{b}=", _TRAIN),
+        ("minus", "What is {a} minus {b}?", _TRAIN),
+        ("subtract", "Subtract {b} from {a}.", _TRAIN),
+        ("difference", "What is the difference between {a} and {b}?", _TRAIN),
+        ("compute", "Compute {a} - {b}.", _TRAIN),
+        ("calculate", "Calculate {a} minus {b}.", _HELDOUT),
+        ("how-much", "How much is {a} minus {b}?", _HELDOUT),
+        ("take-away", "Take {b} away from {a}.", _HELDOUT),
+        ("remains", "What remains when {b} is taken from {a}?", _HELDOUT),
+    ],
+    "mul": [
+        ("sym", "{a}*{b}=", _TRAIN),
+        ("times", "What is {a} times {b}?", _TRAIN),
+        ("multiply", "Multiply {a} and {b}.", _TRAIN),
+        ("product", "What is the product of {a} and {b}?", _TRAIN),
+        ("compute", "Compute {a} * {b}.", _TRAIN),
+        ("calculate", "Calculate {a} times {b}.", _HELDOUT),
+        ("multiplied-by", "How much is {a} multiplied by {b}?", _HELDOUT),
+        ("find-product", "Find the product of {a} and {b}.", _HELDOUT),
+    ],
+    "less_than": [
+        ("less", "Is {a} less than {b}?", _TRAIN),
+        ("sym", "{a}<{b}?", _TRAIN),
+        ("smaller", "Is {a} smaller than {b}?", _TRAIN),
+        ("greater", "Is {b} greater than {a}?", _TRAIN),
+        ("lower", "Is {a} lower than {b}?", _HELDOUT),
+        ("larger", "Is {b} larger than {a}?", _HELDOUT),
+        ("numbers", "Is the number {a} less than the number {b}?", _HELDOUT),
+    ],
+    "gcd": [
+        ("sym", "gcd({a}, {b})=", _TRAIN),
+        ("greatest", "What is the greatest common divisor of {a} and {b}?", _TRAIN),
+        ("find", "Find the gcd of {a} and {b}.", _TRAIN),
+        ("gcd-of", "What is the gcd of {a} and {b}?", _TRAIN),
+        ("hcf", "What is the highest common factor of {a} and {b}?", _HELDOUT),
+        ("divides-both", "What is the largest number that divides both {a} and {b}?", _HELDOUT),
+        ("compute", "Compute the greatest common divisor of {a} and {b}.", _HELDOUT),
+    ],
+    "factorial": [
+        ("sym", "{n}!=", _TRAIN),
+        ("what", "What is {n} factorial?", _TRAIN),
+        ("of", "What is the factorial of {n}?", _TRAIN),
+        ("call", "factorial({n})=", _TRAIN),
+        ("calculate", "Calculate the factorial of {n}.", _HELDOUT),
+        ("how-much", "How much is {n} factorial?", _HELDOUT),
+        ("equal", "What is {n}! equal to?", _HELDOUT),
+    ],
+    "fib": [
+        ("sym", "fib({n})=", _TRAIN),
+        ("number", "What is Fibonacci number {n}?", _TRAIN),
+        ("call", "fibonacci({n})=", _TRAIN),
+        ("compute", "Compute fib({n}).", _TRAIN),
+        ("index", "What is the Fibonacci number at index {n}?", _HELDOUT),
+        ("calculate", "Calculate fibonacci({n}).", _HELDOUT),
+        ("give", "Give the Fibonacci number with index {n}.", _HELDOUT),
+    ],
+    "sort": [
+        ("arrow", "sort: {xs_spaced} ->", _TRAIN),
+        ("list", "Sort the list {xs}.", _TRAIN),
+        ("ascending", "Sort {xs_spaced} in ascending order.", _TRAIN),
+        ("call", "sorted({xs})=", _TRAIN),
+        ("increasing", "Put {xs} in increasing order.", _HELDOUT),
+        ("arrange", "Arrange the numbers {xs_spaced} from smallest to largest.", _HELDOUT),
+        ("order", "Order the list {xs} from low to high.", _HELDOUT),
+    ],
+    "max": [
+        ("largest", "What is the largest number in {xs}?", _TRAIN),
+        ("call", "max({xs})=", _TRAIN),
+        ("arrow", "max: {xs_spaced} ->", _TRAIN),
+        ("find", "Find the maximum of {xs}.", _TRAIN),
+        ("biggest", "Which number in {xs} is the biggest?", _HELDOUT),
+        ("greatest", "What is the greatest of {xs_spaced}?", _HELDOUT),
+        ("maximum-value", "Give the maximum value of the list {xs}.", _HELDOUT),
+    ],
+    "sum": [
+        ("sum-of", "What is the sum of {xs}?", _TRAIN),
+        ("call", "sum({xs})=", _TRAIN),
+        ("arrow", "sum: {xs_spaced} ->", _TRAIN),
+        ("add-up", "Add up the numbers {xs_spaced}.", _TRAIN),
+        ("add-up-to", "What do the numbers in {xs} add up to?", _HELDOUT),
+        ("total", "Find the total of the list {xs}.", _HELDOUT),
+        ("compute", "Compute the sum of {xs_spaced}.", _HELDOUT),
+    ],
+}
+
+#: Every template by id (``task/name``).
+TEMPLATES: dict[str, Template] = {
+    f"{task}/{name}": Template(f"{task}/{name}", task, text, heldout)
+    for task, rows in _TEMPLATE_TABLE.items() for name, text, heldout in rows
+}
+
+#: The canonical prompts the shipped model must answer, with their answers: the specification that tests check the
+#: training templates reproduce (answers recomputed by :func:`solve`).
+CANONICAL: list[tuple[str, str]] = [
+    ("81273+4406=", "85679"),
+    ("81273-4406=", "76867"),
+    ("734*58=", "42572"),
+    ("What is 81273 plus 4406?", "85679"),
+    ("What is 81273 minus 4406?", "76867"),
+    ("What is 734 times 58?", "42572"),
+    ("Add 3 and 4.", "7"),
+    ("Is 81273 less than 4406?", "no"),
+    ("gcd(84, 36)=", "12"),
+    ("7!=", "5040"),
+    ("fib(20)=", "6765"),
+    ("sort: 5 3 9 1 ->", "1 3 5 9"),
+    ("Sort the list [5, 3, 9, 1].", "[1, 3, 5, 9]"),
+    ("What is the largest number in [5, 3, 9, 1]?", "9"),
+    ("What is the sum of [5, 3, 9, 1]?", "18"),
+]
+
+
+def templates(task: str, split: str = "train") -> list[Template]:
+    """The templates of ``task`` used in ``split`` (training and held-out templates are disjoint)."""
+    validate([task], split=split)
+    return [t for t in TEMPLATES.values() if t.task == task and t.heldout == (split == "heldout")]
+
+
+def _fib(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+_SOLVERS: dict[str, Callable[..., object]] = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "less_than": lambda a, b: a < b,
+    "gcd": lambda a, b: math.gcd(a, b),
+    "factorial": lambda n: math.factorial(n),
+    "fib": lambda n: _fib(n),
+    "sort": lambda xs: sorted(xs),
+    "max": lambda xs: max(xs),
+    "sum": lambda xs: sum(xs),
+}
+
+
+def solve(task: str, **operands) -> object:
+    """The reference result of ``task`` on ``operands`` (``a`` and ``b``, ``n``, or ``xs``), computed in Python."""
+    return _SOLVERS[task](**operands)
+
+
+def _format_list(xs: Sequence, bracketed: bool) -> str:
+    return "[" + ", ".join(map(str, xs)) + "]" if bracketed else " ".join(map(str, xs))
+
+
+def _separator(prompt: str) -> str:
+    return "" if prompt.endswith("=") else " "
+
+
+def render(template_id: str, **operands) -> dict:
+    """One example (a dataset row) of template ``template_id`` on ``operands``, its answer computed by
+    :func:`solve`."""
+    template = TEMPLATES[template_id]
+    fields = dict(operands)
+    if "xs" in operands:
+        fields = {"xs": _format_list(operands["xs"], True), "xs_spaced": _format_list(operands["xs"], False)}
+    prompt = template.text.format(**fields)
+    result = solve(template.task, **operands)
+    if isinstance(result, bool):
+        answer = "yes" if result else "no"
+    elif isinstance(result, list):
+        answer = _format_list(result, template.bracketed)
+    else:
+        answer = str(result)
+    return {"prompt": prompt, "answer": answer, "text": prompt + _separator(prompt) + answer, "task": template.task,
+            "length": _length(operands), "template": template_id}
+
+
+def _length(operands: dict) -> int:
+    if "xs" in operands:
+        return len(operands["xs"])
+    if "n" in operands:
+        return operands["n"]
+    return max(len(str(operands["a"])), len(str(operands["b"])))
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    """Uniform over the ``digits``-digit numbers (0-9 for one digit)."""
+    return rng.randint(0, 9) if digits == 1 else rng.randint(10 ** (digits - 1), 10 ** digits - 1)
+
+
+def _pair(rng: random.Random, length: int) -> tuple[int, int]:
+    """Two numbers, the longer of ``length`` digits, the other of a uniform 1..length digits, in random order."""
+    a, b = _number(rng, length), _number(rng, rng.randint(1, length))
+    return (a, b) if rng.random() < 0.5 else (b, a)
+
+
+def _gcd_pair(rng: random.Random, length: int) -> tuple[int, int]:
+    """Two positive multiples of a common factor ``g`` (of a uniform 1..length digits), the longer of ``length``
+    digits: uniform pairs would have gcd 1 most of the time."""
+    g = max(1, _number(rng, rng.randint(1, length)))
+    low, high = max(1, 10 ** (length - 1)), 10 ** length - 1
+    a = g * rng.randint(-(-low // g), high // g)
+    b = g * rng.randint(1, high // g)
+    return (a, b) if rng.random() < 0.5 else (b, a)
+
+
+def _operands(task: str, rng: random.Random, length: int) -> dict:
+    if task in ("add", "mul", "less_than"):
+        a, b = _pair(rng, length)
+        return {"a": a, "b": b}
+    if task == "sub":
+        a, b = _pair(rng, length)
+        return {"a": max(a, b), "b": min(a, b)}
+    if task == "gcd":
+        a, b = _gcd_pair(rng, length)
+        return {"a": a, "b": b}
+    if task in ("factorial", "fib"):
+        return {"n": length}
+    return {"xs": [_number(rng, rng.randint(1, 3)) for _ in range(length)]}
+
+
+def _clrs_truncate(value: float) -> float:
+    """CLRS-Text's ``truncate_decimals=3``: ``numpy.trunc(x * 10**3) / 10**3`` (truncated, not rounded)."""
+    return math.trunc(value * 1000) / 1000
+
+
+def _clrs_example(rng: random.Random, length: int) -> dict:
+    keys = [_clrs_truncate(rng.random()) for _ in range(length)]
+    prompt = f"insertion_sort:\nkey: [{' '.join(map(str, keys))}]\npred:\n"
+    answer = f"[{' '.join(map(str, sorted(keys)))}]"
+    return {"prompt": prompt, "answer": answer, "text": prompt + answer + "\n\n", "task": CLRS_TASK,
+            "length": length, "template": "clrs"}
+
+
+def validate(tasks: Iterable[str], lengths: Optional[Iterable[int]] = None, split: str = "train") -> None:
+    """Raise ``ValueError`` naming the problem: an unknown task or split, a length a task cannot have, or a
+    held-out split of the CLRS task (it has one format only). Callers check a request before loading a model."""
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("no tasks given")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    for task in tasks:
+        if task not in ALL_TASKS:
+            raise ValueError(f"unknown task {task!r} (known: {', '.join(ALL_TASKS)})")
+        if task == CLRS_TASK and split == "heldout":
+            raise ValueError(f"{CLRS_TASK} has CLRS-Text's format only: it has no held-out templates")
+        for length in lengths or ():
+            if not isinstance(length, int) or length < _MIN_LENGTH[task]:
+                raise ValueError(f"length {length!r} is not valid for {task}: a length is an int >= "
+                                 f"{_MIN_LENGTH[task]} ({TRAINING_RANGES[task]['unit']})")
+
+
+def make_dataset(tasks: Sequence[str], n: int, *, seed: int, split: str = "train",
+                 lengths: Optional[Sequence[int]] = None) -> Dataset:
+    """``n`` examples of ``tasks`` (round robin, so tasks are balanced), deterministic given ``seed``.
+
+    ``split="heldout"`` uses only the held-out templates. Each example's length is drawn uniformly from ``lengths``
+    (default: the task's :data:`TRAINING_RANGES`), so evaluation can ask for one length at a time. Each task draws
+    from its own random stream (seeded by ``seed``, ``split`` and the task), so adding a task does not change the
+    examples of the others."""
+    from datasets import Dataset, Features, Value
+
+    tasks = list(tasks)
+    validate(tasks, lengths, split)
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    streams = {task: random.Random(f"nclama/{seed}/{split}/{task}") for task in dict.fromkeys(tasks)}
+    rows = []
+    for i in range(n):
+        task = tasks[i % len(tasks)]
+        rng = streams[task]
+        low, high = TRAINING_RANGES[task]["length"]
+        length = rng.choice(list(lengths) if lengths else range(low, high + 1))
+        if task == CLRS_TASK:
+            rows.append(_clrs_example(rng, length))
+        else:
+            template = rng.choice(templates(task, split))
+            rows.append(render(template.id, **_operands(task, rng, length)))
+    features = Features({"prompt": Value("string"), "answer": Value("string"), "text": Value("string"),
+                         "task": Value("string"), "length": Value("int32"), "template": Value("string")})
+    return Dataset.from_list(rows, features=features)
+
+
+def clrs_insertion_sort(n: int, *, seed: int, lengths: Optional[Sequence[int]] = None) -> Dataset:
+    """``n`` insertion-sort examples in CLRS-Text's format (no hints), lengths uniform over ``lengths`` (default
+    4..31), with the columns of :func:`make_dataset` (task ``clrs_insertion_sort``, template ``clrs``).
+
+    The format, as ``clrs._src.clrs_text.clrs_utils.format_clrs_example`` writes it: keys uniform in [0, 1),
+    truncated to 3 decimals and written by ``str`` (``0.43``, not ``0.430``), space-separated in brackets::
+
+        prompt: "insertion_sort:\\nkey: [0.549 0.715 0.603 0.545]\\npred:\\n"
+        answer: "[0.545 0.549 0.603 0.715]"
+        text:   prompt + answer + "\\n\\n"
+
+    (``text`` is CLRS-Text's ``question + answer``, whose answer ends with a blank line.)"""
+    return make_dataset([CLRS_TASK], n, seed=seed, lengths=lengths)
+
