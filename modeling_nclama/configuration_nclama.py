@@ -8,10 +8,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-# What the model implements so far: hard execution with exact top-k marginalization, operands by pointer attention.
-# (Soft execution inside the model, the paper's learned projection reader and residual injection are planned.)
-NC_MODES = ("hard",)
-NC_OPERAND_READERS = ("pointer",)
+NC_MODES = ("hard", "soft")
+NC_OPERAND_READERS = ("pointer", "projection")
 
 
 @strict
@@ -21,10 +19,17 @@ class NCLlamaConfig(LlamaConfig):
         Decoder layer whose output the interpreter heads read (0-based, or negative from the end; -1: the last
         layer, whose output the heads read after the final norm, as the LM head does).
     nc_mode (`str`, defaults to `"hard"`):
-        `"hard"`: exact execution of the top-k (call, operands) choices, marginalized exactly. (Soft execution of
-        the differentiable machine inside the model is not available yet; the library runs soft on its own.)
+        How the top-k (call, operands) choices of a position are executed. `"hard"`: exactly (results cached), each
+        choice's probability is that of the heads. `"soft"`: by the differentiable machine, each choice proposing its
+        most likely result with the heads' probability times the machine's probability of that result; the programs'
+        weights are then parameters of the model (`nc_program_weights`) and train with it.
     nc_top_k (`int`, defaults to 4):
-        Number of (call, operands) combinations executed and marginalized per position in hard mode.
+        Number of (call, operands) combinations executed and marginalized per position.
+    nc_program_sharpness (`float`, defaults to 20.0):
+        Soft mode: a compiled program's impossible choices (logit -inf) start this far below the row's best, so
+        that they have a gradient (probability e^-20: the program still computes exactly to float precision).
+    nc_freeze_programs (`bool`, defaults to `False`):
+        Soft mode: keep the programs' weights fixed (no gradient).
     nc_value_size, nc_memory_size, nc_stack_depth:
         The machine the library was compiled for (`nc_memory_size` at most `nc_value_size - 1`).
     nc_max_steps (`int`, defaults to 20000):
@@ -38,7 +43,8 @@ class NCLlamaConfig(LlamaConfig):
         sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
     nc_operand_reader (`str`, defaults to `"pointer"`):
         `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
-        attention (the paper's learned projection from the hidden state to a value is not available yet).
+        attention. `"projection"` (the paper's reader): each operand is a distribution over values below
+        `nc_value_size` projected from the hidden state; only programs of int parameters are called.
     nc_max_operands (`int`, defaults to 2):
         Operand slots of the heads (at most the library's argument registers).
     nc_pointer_dim (`int`, defaults to 64):
@@ -48,6 +54,9 @@ class NCLlamaConfig(LlamaConfig):
         list punctuation: the operand reader's table (``reader.py``), built by ``tokenization.reader_tokens``.
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
+    nc_residual_injection (`bool`, defaults to `False`):
+        Add the gated expected embedding of the library's proposal, through a zero-initialized linear map, to the
+        output of layer `nc_layer`, so that later layers see it (needs `nc_layer` below the last layer).
     nc_base_model (`str`, optional):
         The LLaMA checkpoint this model was converted from (`from_llama` with a path or Hub id), for the model card.
     """
@@ -69,6 +78,9 @@ class NCLlamaConfig(LlamaConfig):
     nc_pointer_dim: int = 64
     nc_reader_tokens: dict | None = None
     nc_answer_window: int = 64
+    nc_program_sharpness: float = 20.0
+    nc_freeze_programs: bool = False
+    nc_residual_injection: bool = False
     nc_base_model: str | None = None
 
     def __post_init__(self, **kwargs):
@@ -103,6 +115,10 @@ class NCLlamaConfig(LlamaConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.nc_program_sharpness, bool) or not isinstance(self.nc_program_sharpness, (int, float)) or not 0 < self.nc_program_sharpness < float("inf"):
+            raise ValueError(f"nc_program_sharpness must be a positive finite number, got {self.nc_program_sharpness!r}")
+        if self.nc_residual_injection and self.nc_layer % layers == layers - 1:
+            raise ValueError(f"nc_residual_injection needs nc_layer below the last layer ({layers - 1}): there is no later layer to inject into")
         if self.nc_value_size < 3:
             raise ValueError(f"nc_value_size must be at least 3, got {self.nc_value_size}")
         if not 2 <= self.nc_memory_size < self.nc_value_size:

@@ -7,7 +7,7 @@ each result becomes the tokens of its text, then the end-of-sequence token. At e
 chooses which earlier call site ``s`` is being answered, so the library proposes token ``t - s`` of that result; a gate
 mixes the proposal with the language model:
 
-    p(next token) = (1 - g m) p_LM + g p_lib,
+    p(next token) = (1 - g m) p_LM + g p_lib   (with 1 - g m at least 1e-6),
 
 where ``p_lib`` is the (exactly marginalized) library proposal and ``m`` its total mass. Gradients reach the gate,
 call, operand and site heads through the likelihood, so calls are learned from answers alone. The gate's scale starts
@@ -23,6 +23,7 @@ from typing import Optional, Union
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from transformers import LlamaForCausalLM, LlamaModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
@@ -34,9 +35,12 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_nclama import NCLlamaConfig
 from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
+from .machine import MachineError
 from .reader import Operand, OperandReader
 
-_RESULT_CACHE_SIZE = 100_000
+_RESULT_CACHE_SIZE = 100_000  # executed calls kept (their result tokens)
+_MENU_CACHE_SIZE = 20_000  # operand sets whose fitting calls are kept in tensor form
+_LM_FLOOR = 1e-6  # the least mass the language model keeps in the output mixture
 
 
 def library_settings(library: Library, reader_tokens: dict, **nc_settings) -> dict:
@@ -72,7 +76,8 @@ class InterpreterState:
 
 
 class NCInterpreterHeads(nn.Module):
-    """Gate, call, operand-pointer and site-pointer heads on the decoder's hidden state."""
+    """Gate, call, operand (pointer or projection) and site-pointer heads on the decoder's hidden state, and the
+    optional residual injection of the library's proposal."""
 
     def __init__(self, config: NCLlamaConfig):
         super().__init__()
@@ -81,16 +86,32 @@ class NCInterpreterHeads(nn.Module):
         self.gate = nn.Linear(hidden, 1)
         self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
         self.call = nn.Linear(hidden, max(1, len(config.nc_programs)))
-        self.operand_query = nn.Linear(hidden, self.slots * dim)
-        self.operand_key = nn.Linear(hidden, dim)
+        if config.nc_operand_reader == "pointer":
+            self.operand_query = nn.Linear(hidden, self.slots * dim)
+            self.operand_key = nn.Linear(hidden, dim)
+        else:
+            self.operand_value = nn.Linear(hidden, self.slots * config.nc_value_size)
         self.site_query = nn.Linear(hidden, dim)
         self.site_key = nn.Linear(hidden, dim)
+        if config.nc_residual_injection:
+            self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
 
     def gate_probability(self, hidden: torch.Tensor) -> torch.Tensor:
         """[B, T] probability of answering from the library. The scale is clamped to [0, 1] in the forward pass
         but passes gradients straight through, so a closed gate can open."""
         scale = self.gate_scale + (self.gate_scale.clamp(0.0, 1.0) - self.gate_scale).detach()
         return torch.sigmoid(self.gate(hidden).squeeze(-1)) * scale
+
+    def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Projection reader: per operand slot, a distribution over values [B, T, S, V]."""
+        logits = self.operand_value(hidden).float()
+        return torch.softmax(logits.view(*hidden.shape[:-1], self.slots, -1), dim=-1)
+
+    def injection(self, interpreted: "Interpreted", embeddings: torch.Tensor) -> torch.Tensor:
+        """What residual injection adds to the hidden state: the gated expected embedding of the library's next
+        token, through a learned map."""
+        expected = (interpreted.gate.unsqueeze(-1) * interpreted.proposal).to(embeddings.dtype) @ embeddings
+        return self.inject(expected)
 
 
 class NCLlamaPreTrainedModel(LlamaPreTrainedModel):
@@ -101,6 +122,8 @@ class NCLlamaPreTrainedModel(LlamaPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, NCInterpreterHeads):
             init.zeros_(module.gate_scale)
+            if hasattr(module, "inject"):
+                init.zeros_(module.inject.weight)
 
 
 class NCLlamaModel(NCLlamaPreTrainedModel, LlamaModel):
@@ -117,7 +140,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         self.reader = OperandReader(config.nc_reader_tokens)
         self.library: Optional[Library] = None
         self._results: dict = {}
-        self._combination_cache: dict = {}
+        self._menus: dict = {}
         self.post_init()
 
     # ------------------------------------------------------------------ library
@@ -134,14 +157,42 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             raise LibraryError(f"the library lacks programs the model calls: {missing}")
         if c.nc_library_fingerprint and library.fingerprint() != c.nc_library_fingerprint:
             raise LibraryError("the library's fingerprint differs from the model's nc_library_fingerprint")
+        if c.nc_mode == "soft":
+            # The programs' weights become parameters (saved in the library files, not in model.safetensors).
+            self.nc_program_weights = nn.ModuleDict({
+                name: nn.ParameterDict({
+                    field: nn.Parameter(_trainable(w, c.nc_program_sharpness), requires_grad=not c.nc_freeze_programs)
+                    for field, w in library[name].weights.items() if w.numel()
+                })
+                for name in c.nc_programs
+            })
+            self._keys_to_ignore_on_save = set(self._keys_to_ignore_on_save or ()) | {
+                f"nc_program_weights.{name}" for name, _ in self.nc_program_weights.named_parameters()
+            }
+            library = library.with_programs(
+                [library[name].with_weights({**library[name].weights, **self.nc_program_weights[name]}) for name in c.nc_programs]
+            )
         self.library = library
-        self._results, self._combination_cache = {}, {}
+        self._results, self._menus = {}, {}
+
+    def trained_library(self) -> Optional[Library]:
+        """The attached library with the programs' current weights (in soft mode they train with the model)."""
+        if self.library is None or self.config.nc_mode != "soft":
+            return self.library
+        return self.library.with_programs([
+            self.library[name].with_weights({k: w.detach().clone() for k, w in self.library[name].weights.items()})
+            for name in self.config.nc_programs
+        ])
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Weights and config as usual, plus the library files (``library.safetensors``, ``library.json``)."""
+        """Weights and config as usual, plus the library files (``library.safetensors``, ``library.json``); the
+        configuration's fingerprint names the library saved (in soft mode, with the programs as trained)."""
+        library = self.trained_library()
+        if library is not None:
+            self.config.nc_library_fingerprint = library.fingerprint()
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self.library is not None:
-            self.library.save(save_directory)
+        if library is not None:
+            library.save(save_directory)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -197,8 +248,14 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         active = self.library is not None and input_ids is not None and bool(self.config.nc_programs)
-        outputs, heads_hidden = self._run_decoder(
+        state = None
+        if active and cache is not None:
+            state = getattr(cache, "nc_state", None)
+            if state is not None and state.ids.shape[1] != cache.get_seq_length():
+                state = None  # not this cache's continuation (checked before the decoder extends the cache)
+        outputs, interpreted = self._run_decoder(
             active,
+            state,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -210,7 +267,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(hidden_states)
         if active:
-            logits = self._fuse(input_ids, heads_hidden, logits, cache)
+            if cache is not None:  # the interpreter's work on these positions is kept for the next steps
+                cache.nc_state = interpreted.state
+            logits = self._fuse(logits, interpreted.proposal, interpreted.gate)
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
@@ -219,38 +278,43 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
-    def _run_decoder(self, active: bool, **inputs):
-        """The decoder's outputs, and the hidden states the heads read (layer ``nc_layer``)."""
+    def _run_decoder(self, active: bool, state: Optional[InterpreterState], record: Optional[dict] = None, **inputs):
+        """The decoder's outputs and, when ``active``, the interpreter's output on the hidden states of layer
+        ``nc_layer`` (computed inside that layer's forward hook, so that residual injection reaches later layers)."""
         layer = self.config.nc_layer % self.config.num_hidden_layers
-        captured: list[torch.Tensor] = []
-        hook = None
-        if active and layer != self.config.num_hidden_layers - 1:
-            hook = self.model.layers[layer].register_forward_hook(
-                lambda module, args, out: captured.append(out[0] if isinstance(out, tuple) else out)
-            )
+        last = layer == self.config.num_hidden_layers - 1
+        found: list[Interpreted] = []
+
+        def interpret(module, args, out):
+            hidden = out[0] if isinstance(out, tuple) else out
+            found[:] = [self.interpret(inputs["input_ids"], hidden, state, record)]
+            if not self.config.nc_residual_injection:
+                return None
+            hidden = hidden + self.nc_heads.injection(found[0], self.get_input_embeddings().weight)
+            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+        hook = self.model.layers[layer].register_forward_hook(interpret) if active and not last else None
         try:
             outputs = self.model(**inputs)
         finally:
             if hook is not None:
                 hook.remove()
-        return outputs, captured[0] if captured else outputs.last_hidden_state
+        if active and last:  # the last layer's output is read after the final norm, as the LM head reads it
+            found[:] = [self.interpret(inputs["input_ids"], outputs.last_hidden_state, state, record)]
+        return outputs, found[0] if found else None
 
-    def _fuse(self, input_ids: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor, cache: Optional[Cache]) -> torch.Tensor:
+    @staticmethod
+    def _fuse(logits: torch.Tensor, proposal: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """LM logits -> log of the gated mixture with the library's proposal (plus the LM's log-normalizer, so that
-        a closed gate returns the LM logits themselves). While generating, the interpreter's work on earlier
-        positions is kept on the cache, so each position is read, called and executed once."""
-        state = getattr(cache, "nc_state", None) if cache is not None else None
-        if state is not None and state.ids.shape[1] + input_ids.shape[1] != cache.get_seq_length():
-            state = None  # not this cache's continuation
-        proposal, gate, state = self.library_proposal(input_ids, hidden, state)
-        if cache is not None:
-            cache.nc_state = state
+        a closed gate returns the LM logits themselves)."""
         log_lm = torch.log_softmax(logits.float(), dim=-1)
         mass = proposal.sum(-1)
         from_library = gate.unsqueeze(-1) * proposal
         # log of the library term, -inf where it is 0 (clamped first, so no 0 * inf reaches the gradient)
         log_library = torch.where(from_library > 0, from_library.clamp_min(1e-30).log(), float("-inf"))
-        lm_weight = torch.log1p(-(gate * mass).clamp(max=1.0))  # the mass may exceed 1 by rounding
+        # The language model keeps at least _LM_FLOOR of the mass (and the library's mass may exceed 1 by rounding):
+        # every token keeps a finite log-probability and gradient, even under a fully open gate.
+        lm_weight = torch.log1p(-(gate * mass).clamp(max=1.0 - _LM_FLOOR))
         mixed = torch.logaddexp(lm_weight.unsqueeze(-1) + log_lm, log_library)
         return (mixed + torch.logsumexp(logits.float(), dim=-1, keepdim=True)).to(logits.dtype)
 
@@ -270,35 +334,43 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         ``generate_with_trace``). Recomputed in one forward pass, which equals what generation computed."""
         if self.library is None:
             raise LibraryError("the model has no library attached")
-        heads, W = self.nc_heads, self.config.nc_answer_window
+        heads, W, mode = self.nc_heads, self.config.nc_answer_window, self.config.nc_mode
         ids = sequence.tolist()
-        _, hidden = self._run_decoder(True, input_ids=sequence[None], use_cache=False)
-        gate = heads.gate_probability(hidden)[0]
+        record: dict = {}
+        _, interpreted = self._run_decoder(True, None, record, input_ids=sequence[None], use_cache=False)
+        hidden = interpreted.hidden
+        gate = interpreted.gate[0]
         keys, queries = heads.site_key(hidden)[0], heads.site_query(hidden)[0]  # the heads see [B, T, H], as in forward
-        call_probs = torch.softmax(heads.call(hidden).float(), dim=-1)[0]
-        operand_queries = heads.operand_query(hidden)[0].view(-1, heads.slots, heads.dim)
-        operand_keys = heads.operand_key(hidden)[0]
         rows = []
         for t in range(prompt_length - 1, len(ids) - 1):
             first = max(0, t - W + 1)
             site_probs = torch.softmax((keys[first : t + 1] @ queries[t]).float() / math.sqrt(heads.dim), dim=-1)
             p_site, index = site_probs.max(-1)
             site = first + int(index)
-            choices, probs, operands = self._choices(ids[: site + 1], call_probs[site], operand_queries[site], operand_keys)
-            self._execute(choices)
             calls = []
-            for combo, p in zip(choices, probs.tolist()):
-                name = self.config.nc_programs[combo[0]]
-                run = self.library.run_batch(name, [combo[2]], max_steps=self.config.nc_max_steps)
+            for recorded in record.get((0, site), []):
+                name, args = self.config.nc_programs[recorded.call.program], _plain(recorded.call.arguments)
+                if mode == "hard":
+                    run = self.library.run_batch(name, [args], max_steps=self.config.nc_max_steps)
+                    result, steps, status = run.values[0], run.steps[0], run.status[0]
+                else:  # what the soft machine's most likely result is, and its (expected) steps
+                    try:
+                        result, trace = self.library.run(name, *args, mode="soft", trace=True, max_steps=self.config.nc_max_steps)
+                        steps, status = len(trace.steps), "ok"
+                    except MachineError as error:
+                        result, steps, status = None, None, str(error)
                 calls.append({
                     "program": name,
-                    "probability": p,
-                    "operands": [{"start": operands[i].start, "end": operands[i].end, "text": " ".join(operands[i].items)} for i in combo[1]],
-                    "arguments": list(combo[2]),
-                    "result": run.values[0],
-                    "result_tokens": self._results[self._key(combo)],
-                    "steps": run.steps[0],
-                    "status": run.status[0],
+                    "probability": recorded.probability,
+                    "operands": [
+                        {"start": o.start, "end": o.end, "text": " ".join(o.items)} if o is not None else {"value": a}
+                        for o, a in zip(recorded.operands, args)
+                    ],
+                    "arguments": args,
+                    "result": result,
+                    "result_tokens": recorded.tokens,
+                    "steps": steps,
+                    "status": status,
                 })
             row = {
                 "position": t + 1,
@@ -310,7 +382,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 "calls": calls,
             }
             if calls and calls[0]["status"] == "ok":
-                _, trace = self.library.run(calls[0]["program"], *calls[0]["arguments"], trace=True, max_steps=self.config.nc_max_steps)
+                _, trace = self.library.run(calls[0]["program"], *calls[0]["arguments"], mode=mode, trace=True, max_steps=self.config.nc_max_steps)
                 row["machine_trace"] = trace.format(max_rows=max_trace_rows)
             rows.append(row)
         return rows
@@ -323,11 +395,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             cache.nc_state = state.select(beam_idx)
         return cache
 
-    def library_proposal(
-        self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional["InterpreterState"] = None
-    ) -> tuple[torch.Tensor, torch.Tensor, "InterpreterState"]:
+    # ------------------------------------------------------------------ the interpreter
+    def interpret(
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional[InterpreterState] = None, record: Optional[dict] = None
+    ) -> "Interpreted":
         """For the positions of ``input_ids`` (following those in ``state``, if any): the unnormalized library
-        proposal for the next token [B, N, vocab], the gate [B, N], and the state including them."""
+        proposal for the next token [B, N, vocab], the gate [B, N], and the state including them. ``record``, if
+        given, receives the chosen calls of every position (``explain``)."""
         heads, config = self.nc_heads, self.config
         B, N = input_ids.shape
         W = config.nc_answer_window
@@ -338,17 +412,14 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         T = ids.shape[1]
         site_keys = heads.site_key(hidden)
         calls = torch.softmax(heads.call(hidden).float(), dim=-1)  # [B, N, P]
-        queries = heads.operand_query(hidden).view(B, N, heads.slots, heads.dim)
-        operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
-        if state is not None:
-            operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
-        tokens, probs = [], []
-        for b in range(B):
-            prefix = ids[b].tolist()
-            row = [self._site(prefix[: s + 1], calls[b, s - start], queries[b, s - start], operand_keys[b]) for s in range(start, T)]
-            tokens.append(torch.stack([t for t, _ in row]))
-            probs.append(torch.stack([p for _, p in row]))
-        tokens, probs = torch.stack(tokens), torch.stack(probs)  # [B, N, K, W], [B, N, K]
+        if config.nc_operand_reader == "pointer":
+            operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
+            if state is not None:
+                operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
+            tokens, probs = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys, record)
+        else:
+            operand_keys = hidden.new_zeros(B, T, 0)
+            tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
         if state is not None:
             site_keys = torch.cat([state.site_keys, site_keys], 1)
             tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
@@ -364,91 +435,213 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32)
         proposal = proposal.scatter_add(2, at_site.clamp(min=0).reshape(B, N, -1), weight.reshape(B, N, -1))
         new_state = InterpreterState(ids, operand_keys.detach(), site_keys.detach(), tokens, probs.detach())
-        return proposal, heads.gate_probability(hidden), new_state
+        return Interpreted(hidden, proposal, heads.gate_probability(hidden), new_state)
 
-    def _site(self, ids: list[int], call: torch.Tensor, query: torch.Tensor, operand_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The call made at the last position of ``ids``: its top-k choices' probabilities [K] (differentiable) and
-        result tokens [K, W] (-1 past the end, and for missing choices)."""
-        K, W = self.config.nc_top_k, self.config.nc_answer_window
-        tokens = torch.full((K, W), -1, dtype=torch.long)
-        probs = call.new_zeros(K)
-        choices, chosen_probs, _ = self._choices(ids, call, query, operand_keys)
-        if not choices:
+    def _pointer_calls(
+        self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: torch.Tensor, operand_keys: torch.Tensor, record: Optional[dict]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Result tokens [B, N, K, W] and probabilities [B, N, K] of the top-k calls at positions ``start`` onward,
+        operands chosen by pointer attention over the numbers and lists the reader found in each position's prefix
+        (never after it: a position's call must not depend on what follows). All positions are scored together."""
+        heads, config = self.nc_heads, self.config
+        B, N, _ = calls.shape
+        K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
+        site_b, site_n, site_operands, site_menu, menus, menu_index = [], [], [], [], [], {}
+        for b in range(B):
+            row = ids[b].tolist()
+            menu = None
+            for s in range(start, len(row)):
+                if s == start or row[s] in self.reader.triggers:  # other tokens never change what the prefix holds
+                    operands = self.reader.read(row[: s + 1])
+                    menu = self._menu(operands)
+                if menu is None:
+                    continue
+                if id(menu) not in menu_index:
+                    menu_index[id(menu)] = len(menus)
+                    menus.append(menu)
+                site_b.append(b), site_n.append(s - start), site_operands.append(operands), site_menu.append(menu_index[id(menu)])
+        tokens = torch.full((B, N, K, W), -1, dtype=torch.long)
+        probs = calls.new_zeros(B, N, K)
+        if not site_b:
             return tokens, probs
-        self._execute(choices)
-        for k, combo in enumerate(choices):
-            result = self._results[self._key(combo)][:W]
-            tokens[k, : len(result)] = torch.tensor(result, dtype=torch.long)
-        return tokens, torch.cat([chosen_probs, probs[len(choices):]])
+        bi, ni, mi = torch.tensor(site_b), torch.tensor(site_n), torch.tensor(site_menu)
+        width = max(map(len, site_operands))
+        where = torch.tensor([[o.end - 1 for o in ops] + [-1] * (width - len(ops)) for ops in site_operands])  # [G, O]
+        programs = pad_sequence([m.programs for m in menus], batch_first=True)[mi]  # [G, C]
+        slots = pad_sequence([m.slots for m in menus], batch_first=True, padding_value=-2)[mi]  # [G, C, S]
+        queries = queries.view(B, N, S, heads.dim)[bi, ni]  # [G, S, d]
+        keys = operand_keys[bi.unsqueeze(1), where.clamp(min=0)]  # [G, O, d]
+        logits = torch.einsum("gsd,god->gso", queries, keys).float() / math.sqrt(heads.dim)
+        pointer = torch.softmax(logits.masked_fill((where < 0).unsqueeze(1), float("-inf")), dim=-1)  # [G, S, O]
+        p = calls[bi, ni].gather(1, programs)  # [G, C]
+        for slot in range(S):
+            chosen = slots[:, :, slot]
+            p = p * torch.where(chosen >= 0, pointer[:, slot].gather(1, chosen.clamp(min=0)), (chosen == -1).to(p.dtype))
+        top = p.detach().topk(min(K, p.shape[1]), dim=-1).indices  # [G, k]; padding combos have p = 0
+        chosen_p = p.gather(1, top)
+        if config.nc_mode == "hard":
+            self._fill_menus(menus, site_menu, top.tolist())
+            table = pad_sequence([m.tokens for m in menus], batch_first=True, padding_value=-1)  # [E, C, W]
+            chosen_tokens = table[mi.unsqueeze(1), top]  # [G, k, W]
+        if config.nc_mode == "soft" or record is not None:
+            picked = [[menus[e].choices[c] if c < len(menus[e].choices) else None for c in cs] for e, cs in zip(site_menu, top.tolist())]
+        if config.nc_mode == "soft":
+            chosen_tokens, factor = self._soft_results([[c and c.call for c in row] for row in picked])
+            chosen_p = chosen_p * factor
+        if record is not None:
+            for g, row in enumerate(picked):
+                operands = site_operands[g]
+                record[(site_b[g], start + site_n[g])] = [
+                    RecordedCall(c.call, [operands[i] for i in c.operands], float(chosen_p[g, k]), _real(chosen_tokens[g, k]))
+                    for k, c in enumerate(row) if c is not None
+                ]
+        k = top.shape[1]
+        tokens[bi, ni, :k] = chosen_tokens
+        probs = probs.index_put((bi, ni), torch.cat([chosen_p, chosen_p.new_zeros(len(site_b), K - k)], 1))
+        return tokens, probs
 
-    def _choices(self, ids: list[int], call: torch.Tensor, query: torch.Tensor, operand_keys: torch.Tensor) -> tuple[list, torch.Tensor, list[Operand]]:
-        """The top-k (program, operands) choices of the call at the last position of ``ids`` (``call`` [P]: the call
-        head's distribution there, ``query`` [S, d]: its operand queries, ``operand_keys`` [>= len(ids), d]), their
-        probabilities, and the operands the reader found. Operands are those in the prefix, so that a position's call
-        never depends on what comes after it."""
-        heads = self.nc_heads
-        operands = self.reader.read(ids)
-        combos = self._combinations(operands)
-        if not combos:
-            return [], call.new_zeros(0), operands
-        keys = operand_keys[torch.tensor([o.end - 1 for o in operands])]  # [C, d]
-        pointer = torch.softmax((query @ keys.T).float() / math.sqrt(heads.dim), dim=-1)  # [S, C]
-        p = call[torch.tensor([c[0] for c in combos])]
-        for slot in range(heads.slots):
-            chosen = torch.tensor([c[1][slot] if slot < len(c[1]) else -1 for c in combos])
-            p = p * torch.where(chosen >= 0, pointer[slot, chosen.clamp(min=0)], torch.ones_like(p))
-        top = p.detach().topk(min(self.config.nc_top_k, len(combos))).indices
-        return [combos[i] for i in top.tolist()], p[top], operands
+    def _projection_calls(self, calls: torch.Tensor, values: torch.Tensor, record: Optional[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's alternative reader: each operand slot is a distribution over values [B, N, S, V] projected
+        from the hidden state (so only programs of int parameters are called, on values below V). The top-k
+        (program, values) choices of every position, scored together, with their result tokens and probabilities."""
+        config = self.config
+        B, N, P = calls.shape
+        K, S = config.nc_top_k, self.nc_heads.slots
+        top_v, top_i = values.topk(min(K, values.shape[-1]), dim=-1)  # [B, N, S, k]
+        scores, choices = [], []
+        for index, name in enumerate(config.nc_programs):
+            program = self.library[name]
+            if program.arity > S or any(ptype != "int" for _, ptype in program.params):
+                continue
+            for picks in itertools.product(range(top_v.shape[-1]), repeat=program.arity):
+                p = calls[:, :, index]
+                for slot, pick in enumerate(picks):
+                    p = p * top_v[:, :, slot, pick]
+                scores.append(p)
+                choices.append((index, picks))
+        tokens = torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long)
+        if not choices:
+            return tokens, calls.new_zeros(B, N, K)
+        scores = torch.stack(scores, -1)  # [B, N, C]
+        top = scores.detach().topk(min(K, scores.shape[-1]), dim=-1).indices
+        chosen_p = scores.gather(2, top)
+        arguments = top_i.tolist()
+        picked = [
+            [LibraryCall(choices[c][0], tuple(arguments[b][n][slot][pick] for slot, pick in enumerate(choices[c][1])), False) for c in cs]
+            for b, rows in enumerate(top.tolist()) for n, cs in enumerate(rows)
+        ]
+        k = top.shape[-1]
+        chosen_tokens, factor = (self._hard_tokens if config.nc_mode == "hard" else self._soft_results)(picked)
+        if factor is not None:
+            chosen_p = chosen_p * factor.view(B, N, k)
+        tokens[:, :, :k] = chosen_tokens.view(B, N, k, -1)
+        if record is not None:
+            flat_p = chosen_p.reshape(B * N, k)
+            for g, row in enumerate(picked):
+                record[divmod(g, N)] = [
+                    RecordedCall(c, [None] * len(c.arguments), float(flat_p[g, j]), _real(chosen_tokens[g, j])) for j, c in enumerate(row)
+                ]
+        return tokens, torch.cat([chosen_p, chosen_p.new_zeros(B, N, K - k)], -1)
 
-    def _combinations(self, operands: list[Operand]) -> list[tuple[int, tuple[int, ...], tuple]]:
-        """Every (program, operand choice) whose operand types fit the program's parameters, with its arguments
-        (memoized: consecutive positions of a sequence mostly see the same operands)."""
+    def _menu(self, operands: list[Operand]) -> Optional["_Menu"]:
+        """Every call that fits these operands, in tensor form (memoized by the operands' contents: consecutive
+        positions mostly see the same operands), or None if there is none."""
         key = tuple((o.kind, o.items, o.bracketed) for o in operands)
-        if key not in self._combination_cache:
-            if len(self._combination_cache) >= _RESULT_CACHE_SIZE:
-                self._combination_cache.clear()
-            self._combination_cache[key] = self._enumerate(operands)
-        return self._combination_cache[key]
+        if key not in self._menus:
+            if len(self._menus) >= _MENU_CACHE_SIZE:
+                self._menus.clear()
+            choices = self._enumerate(operands)
+            self._menus[key] = _Menu(choices, self.nc_heads.slots, self.config.nc_answer_window) if choices else None
+        return self._menus[key]
 
-    def _enumerate(self, operands: list[Operand]) -> list[tuple[int, tuple[int, ...], tuple]]:
+    def _enumerate(self, operands: list[Operand]) -> list["_Choice"]:
         V, library, config = self.config.nc_value_size, self.library, self.config
         out = []
         for program_index, name in enumerate(config.nc_programs):
             program = library[name]
             if program.arity > config.nc_max_operands:
                 continue
-            choices = []
+            fits_per_param = []
             for _, ptype in program.params:
                 fits = []
                 for i, o in enumerate(operands):
                     if ptype == "int" and o.kind == "number" and o.number < V:
                         fits.append((i, o.number))
                     elif ptype == "list" and name in config.nc_tape_programs and o.kind == "number":
-                        fits.append((i, [int(d) for d in reversed(o.items[0])]))
+                        fits.append((i, tuple(int(d) for d in reversed(o.items[0]))))
                     elif ptype == "list" and name not in config.nc_tape_programs and o.kind == "list" and max(o.values) < V:
-                        fits.append((i, o.values))
-                choices.append(fits)
-            for picked in itertools.product(*choices):
+                        fits.append((i, tuple(o.values)))
+                fits_per_param.append(fits)
+            for picked in itertools.product(*fits_per_param):
                 bracketed = any(operands[i].bracketed for i, _ in picked)  # a list result is written the same way
-                out.append((program_index, tuple(i for i, _ in picked), tuple(v for _, v in picked), bracketed))
+                out.append(_Choice(LibraryCall(program_index, tuple(v for _, v in picked), bracketed), tuple(i for i, _ in picked)))
         return out
 
-    def _key(self, combo: tuple) -> tuple[str, str, bool]:
-        return self.config.nc_programs[combo[0]], repr(combo[2]), combo[3]
+    def _fill_menus(self, menus: list["_Menu"], site_menu: list[int], top: list[list[int]]) -> None:
+        """Execute the chosen calls whose results the menus do not hold yet."""
+        missing = {}
+        for e, chosen in zip(site_menu, top):
+            menu = menus[e]
+            for c in chosen:
+                if c < len(menu.choices) and not menu.done[c]:
+                    missing[(e, c)] = menu.choices[c].call
+        if missing:
+            for (e, c), tokens in zip(missing, self._token_lists(list(missing.values()))):
+                menus[e].tokens[c, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                menus[e].done[c] = True
 
-    def _execute(self, combos: list) -> None:
-        """Run the calls whose results are not cached yet: one vectorized hard run per program."""
+    def _token_lists(self, calls: list["LibraryCall"]) -> list[list[int]]:
+        """Result tokens (at most the answer window) of hard calls: cached, the rest run as one vectorized batch
+        per program."""
         todo: dict[str, dict] = {}
-        for combo in combos:
-            key = self._key(combo)
-            if key not in self._results:
-                todo.setdefault(key[0], {})[key] = combo
+        for call in calls:
+            if call not in self._results:
+                todo.setdefault(self.config.nc_programs[call.program], {})[call] = None
         if len(self._results) + sum(map(len, todo.values())) > _RESULT_CACHE_SIZE:
             self._results.clear()
-        for name, calls in todo.items():
-            result = self.library.run_batch(name, [c[2] for c in calls.values()], max_steps=self.config.nc_max_steps)
-            for (key, combo), value in zip(calls.items(), result.values):  # a failed call proposes only the end
-                self._results[key] = self._text_tokens(name, value, combo[3])
+        for name, pending in todo.items():
+            result = self.library.run_batch(name, [_plain(c.arguments) for c in pending], max_steps=self.config.nc_max_steps)
+            for call, value in zip(pending, result.values):  # a failed call proposes only the end
+                self._results[call] = self._text_tokens(name, value, call.bracketed)[: self.config.nc_answer_window]
+        return [self._results[call] for call in calls]
+
+    def _hard_tokens(self, picked: list[list["LibraryCall"]]) -> tuple[torch.Tensor, None]:
+        """Result tokens [G, k, W] of hard calls (and no probability factor)."""
+        rows = _token_tensor(self._token_lists([call for row in picked for call in row]), self.config.nc_answer_window)
+        return rows.view(len(picked), -1, rows.shape[-1]), None
+
+    def _soft_results(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft execution of the chosen calls (each distinct call once, one batched soft run per program): the
+        tokens of each call's most likely result [G, k, W] and that result's probability [G, k] under the
+        differentiable machine (its cells' probabilities times the probability of halting), through which gradients
+        reach the program weights."""
+        W, R, M = self.config.nc_answer_window, self.library.machine.num_registers, self.library.machine.memory_size
+        by_program: dict[str, list] = {}
+        for call in dict.fromkeys(call for row in picked for call in row if call is not None):
+            by_program.setdefault(self.config.nc_programs[call.program], []).append(call)
+        token_lists, probability = {}, {}
+        for name, calls in by_program.items():
+            program = self.library[name]
+            args, memory = self.library.encode_soft(program, [_plain(c.arguments) for c in calls])
+            entry = torch.zeros(len(calls), len(self.library))
+            entry[:, self.library.machine.index[name]] = 1.0
+            run = self.library.run_soft(entry, args, memory, max_steps=self.config.nc_max_steps)
+            p_result, results = run.cells[:, R].max(-1)
+            for i, call in enumerate(calls):
+                value, p = int(results[i]), run.halted[i] * p_result[i]
+                if program.returns == "list":  # the list the result points at, read at its most likely length
+                    p_length, length = run.memory[i, min(value, M - 1)].max(-1)
+                    if value + 1 + int(length) > M:
+                        value, p = None, p * 0.0
+                    else:
+                        p_items, items = run.memory[i, value + 1 : value + 1 + int(length)].max(-1)
+                        value, p = items.tolist(), p * p_length * p_items.prod()
+                token_lists[call] = self._text_tokens(name, value, call.bracketed)[:W]
+                probability[call] = p
+        flat = [call for row in picked for call in row]
+        tokens = _token_tensor([token_lists[c] if c is not None else [] for c in flat], W)
+        factor = torch.stack([probability[c] if c is not None else torch.zeros(()) for c in flat])
+        return tokens.view(len(picked), -1, W), factor.view(len(picked), -1)
 
     def _text_tokens(self, name: str, value, bracketed: bool) -> list[int]:
         eos = self.config.eos_token_id
@@ -461,6 +654,76 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             digits = "".join(str(d) for d in reversed(value)).lstrip("0") or "0"
             return self.reader.number_tokens(digits) + eos
         return self.reader.list_tokens(value, bracketed) + eos
+
+
+@dataclass(frozen=True)
+class LibraryCall:
+    """A call the interpreter can make: a program (index in ``nc_programs``) on arguments (ints, and tuples of ints
+    for lists and digit tapes); a list result is written the way the operand list was written."""
+
+    program: int
+    arguments: tuple
+    bracketed: bool
+
+
+@dataclass(frozen=True)
+class _Choice:
+    call: LibraryCall
+    operands: tuple[int, ...]  # per parameter: the index of the operand it reads
+
+
+class _Menu:
+    """The calls that fit one set of operands: programs [C] and operand slots [C, S] (-1: unused slot) for scoring,
+    and the result tokens [C, W] of those executed so far."""
+
+    def __init__(self, choices: list[_Choice], slots: int, window: int):
+        self.choices = choices
+        self.programs = torch.tensor([c.call.program for c in choices])
+        self.slots = torch.tensor([list(c.operands) + [-1] * (slots - len(c.operands)) for c in choices]).view(len(choices), slots)
+        self.tokens = torch.full((len(choices), window), -1, dtype=torch.long)
+        self.done = [False] * len(choices)
+
+
+@dataclass
+class RecordedCall:
+    """One of the top-k calls of a position, as ``explain`` reports it."""
+
+    call: LibraryCall
+    operands: list  # the Operand each parameter read (None with the projection reader)
+    probability: float
+    tokens: list[int]
+
+
+@dataclass
+class Interpreted:
+    """The interpreter's output for the positions of one forward pass."""
+
+    hidden: torch.Tensor  # [B, N, H] what the heads read
+    proposal: torch.Tensor  # [B, N, vocab] unnormalized library proposal
+    gate: torch.Tensor  # [B, N]
+    state: InterpreterState
+
+
+def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """Logits with their -inf entries raised to ``sharpness`` below the row's best (finite ones are kept, so that
+    trained weights load unchanged)."""
+    floor = logits.amax(-1, keepdim=True) - sharpness
+    return torch.where(torch.isinf(logits), floor, logits).detach().clone()
+
+
+def _plain(arguments: tuple) -> list:
+    return [list(a) if isinstance(a, tuple) else a for a in arguments]
+
+
+def _token_tensor(token_lists: list[list[int]], window: int) -> torch.Tensor:
+    out = torch.full((len(token_lists), window), -1, dtype=torch.long)
+    for i, tokens in enumerate(token_lists):
+        out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return out
+
+
+def _real(tokens: torch.Tensor) -> list[int]:
+    return [t for t in tokens.tolist() if t >= 0]
 
 
 # save_pretrained writes these files and the auto_map into the folder, so that the Auto classes load it with

@@ -56,6 +56,9 @@ class OperandReader:
                 if not text.strip(" "):
                     self.spaces.add(token)
         self.token_of_digits = {text: token for token, text in self.digits.items()}
+        # Only these tokens change what a prefix holds: appending any other token leaves ``read`` unchanged (a
+        # number ends where a non-digit comes, a list is complete at its last number or its closer).
+        self.triggers = set(self.digits) | self.closers
         self.token_of_text: dict[str, int] = {}  # the punctuation a written list needs: "[", ",", " ", "]"
         for token, text in sorted(reader_tokens.items(), key=lambda kv: -int(kv[0])):
             self.token_of_text[text] = int(token)

@@ -1,8 +1,8 @@
 """NCLlamaForCausalLM: exactly LLaMA at initialization, the library inside the forward pass, gradients to the heads."""
 import pytest
 import torch
-from torch import nn
 
+from forcing import force
 from modeling_nclama import Library, LibraryError
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
 from modeling_nclama.tokenization import default_tokenizer, reader_tokens
@@ -64,35 +64,6 @@ def test_gradients_reach_every_head(model, tok):
     model(**batch, labels=batch["input_ids"]).loss.backward()
     for name in ("gate.weight", "call.weight", "operand_query.weight", "operand_key.weight", "site_query.weight", "site_key.weight"):
         assert heads[name].grad is not None and heads[name].grad.abs().sum() > 0, name
-
-
-class ForcedSites(nn.Module):
-    """Site keys that make every position after ``site`` point at ``site`` (a test stands in for training)."""
-
-    def __init__(self, site: int, dim: int):
-        super().__init__()
-        self.site, self.dim, self.seen = site, dim, 0
-
-    def forward(self, hidden):  # called on the prompt, then (with a KV cache) on one new position at a time
-        if hidden.shape[1] > 1:
-            self.seen = 0
-        keys = torch.zeros(*hidden.shape[:-1], self.dim)
-        if 0 <= self.site - self.seen < hidden.shape[1]:
-            keys[:, self.site - self.seen] = 100.0
-        self.seen += hidden.shape[1]
-        return keys
-
-
-def force(model, program: str, site: int):
-    """Open the gate, call ``program`` at every position, and answer the call made at ``site``."""
-    heads = model.nc_heads
-    with torch.no_grad():
-        heads.gate_scale.fill_(1.0)
-        heads.gate.weight.zero_(), heads.gate.bias.fill_(30.0)
-        heads.call.weight.zero_(), heads.call.bias.fill_(-30.0)
-        heads.call.bias[model.config.nc_programs.index(program)] = 30.0
-        heads.site_query.weight.zero_(), heads.site_query.bias.fill_(1.0)
-    heads.site_key = ForcedSites(site, heads.dim)
 
 
 @pytest.mark.parametrize("use_cache", [False, True])

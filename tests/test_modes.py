@@ -1,0 +1,154 @@
+"""The model's options: soft execution (program weights train with the model), the projection operand reader,
+residual injection of the library's result into later layers."""
+import pytest
+import torch
+
+from forcing import force
+from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+from safetensors import safe_open
+
+PROGRAMS = ["add", "double_all"]  # the user library's small programs: soft runs of a few steps
+PROMPT = "Add 3 and 4."
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def llama(tok, make_llama):
+    return make_llama(tok).eval()
+
+
+@pytest.fixture
+def convert(llama, user_lib, tok):
+    def make(**settings):
+        return NCLlamaForCausalLM.from_llama(llama, user_lib, reader_tokens=reader_tokens(tok), nc_programs=PROGRAMS, **settings).eval()
+
+    return make
+
+
+def answer(model, tok, prompt=PROMPT, **kwargs):
+    inputs = tok(prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False, **kwargs)
+    return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def last_site(tok, prompt=PROMPT):
+    return len(tok(prompt)["input_ids"]) - 1
+
+
+def point_values(model, values):
+    """Projection reader: operand slot i reads ``values[i]`` whatever the hidden state."""
+    V = model.config.nc_value_size
+    with torch.no_grad():
+        layer = model.nc_heads.operand_value
+        layer.weight.zero_(), layer.bias.fill_(-30.0)
+        for slot, value in enumerate(values):
+            layer.bias[slot * V + value] = 30.0
+
+
+@pytest.mark.parametrize("settings", [{"nc_mode": "soft"}, {"nc_operand_reader": "projection"}, {"nc_layer": 0, "nc_residual_injection": True}])
+def test_closed_gate_is_still_the_llama(convert, llama, tok, settings):
+    model = convert(**settings)
+    batch = tok([PROMPT, "Double [1, 2, 3]."], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert (model(**batch).logits - llama(**batch).logits).abs().max().item() <= 1e-5
+
+
+def test_soft_execution_equals_hard_on_compiled_programs(convert, tok):
+    hard, soft = convert(), convert(nc_mode="soft")
+    soft.nc_heads.load_state_dict(hard.nc_heads.state_dict())  # the same heads: only the execution differs
+    site = last_site(tok)
+    for model in (hard, soft):
+        force(model, "add", site=site)
+        assert answer(model, tok) == "7"
+    batch = tok([PROMPT + "7"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(hard(**batch).logits, soft(**batch).logits, atol=1e-4)
+
+
+def test_soft_execution_trains_the_program_weights(convert, tok):
+    model = convert(nc_mode="soft").train()
+    force(model, "add", site=last_site(tok))
+    batch = tok([PROMPT + "7"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    weights = model.nc_program_weights["add"]
+    assert all(torch.isfinite(w).all() for w in weights.values())  # -inf logits raised to 20 below the best
+    assert sum(w.grad.abs().sum() for w in weights.values() if w.grad is not None) > 0
+    assert all(w.grad is None or not w.grad.any() for w in model.nc_program_weights["double_all"].values())  # not called
+    assert model.nc_heads.call.bias.grad.abs().sum() > 0
+
+
+def test_frozen_programs_get_no_gradient(convert, tok):
+    model = convert(nc_mode="soft", nc_freeze_programs=True).train()
+    force(model, "add", site=last_site(tok))
+    batch = tok([PROMPT + "7"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(not w.requires_grad and w.grad is None for w in model.nc_program_weights.parameters())
+    assert model.nc_heads.call.bias.grad.abs().sum() > 0
+
+
+def test_trained_programs_travel_in_the_library_files(convert, tok, tmp_path, user_lib):
+    model = convert(nc_mode="soft")
+    with torch.no_grad():  # as if training changed the program: its first line's operation is another one
+        op = model.nc_program_weights["add"]["op"]
+        op[0] = torch.roll(op[0], 1)
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if k.startswith("nc_program_weights")]  # the library files hold them
+    loaded = NCLlamaForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.nc_library_fingerprint == loaded.library.fingerprint() != user_lib.fingerprint()
+    for name, weight in model.nc_program_weights.named_parameters():
+        assert torch.equal(loaded.nc_program_weights.get_parameter(name), weight), name
+    batch = tok([PROMPT + "7"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_projection_reader_calls_on_projected_values(convert, tok, mode):
+    model = convert(nc_operand_reader="projection", nc_mode=mode)
+    assert not hasattr(model.nc_heads, "operand_query")
+    force(model, "add", site=last_site(tok))
+    point_values(model, [30, 12])  # the projection need not read the prompt's numbers
+    assert answer(model, tok) == "42"
+    sequence, trace = model.generate_with_trace(tok(PROMPT, return_tensors="pt")["input_ids"], max_new_tokens=2, do_sample=False)
+    top = trace[0]["calls"][0]
+    assert top["program"] == "add" and top["arguments"] == [30, 12] and top["operands"] == [{"value": 30}, {"value": 12}]
+    assert top["result"] == 42 and top["probability"] > 0.99
+
+
+def test_projection_reader_learns_from_answers(convert, tok):
+    model = convert(nc_operand_reader="projection").train()
+    force(model, "add", site=last_site(tok))
+    with torch.no_grad():
+        model.nc_heads.operand_value.bias.zero_()  # uniform values: every pair is in play
+    batch = tok([PROMPT + "7"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert model.nc_heads.operand_value.weight.grad.abs().sum() > 0
+
+
+def test_residual_injection_reaches_later_layers(convert, tok):
+    model = convert(nc_layer=0, nc_residual_injection=True).train()
+    force(model, "add", site=last_site(tok))
+    batch = tok([PROMPT + "7"], return_tensors="pt")
+    before = model(**batch).logits.detach()
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    inject = model.nc_heads.inject.weight
+    assert inject.grad.abs().sum() > 0  # zero at init, but it learns
+    with torch.no_grad():
+        inject.copy_(torch.randn_like(inject) * 0.1)
+        assert (model(**batch).logits - before).abs().max() > 1e-3
+    # activation checkpointing recomputes the layer, hook included: same gradients
+    model.zero_grad()
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    model.activation_checkpointing_disable()
+    for name, grad in expected.items():
+        assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-5), name
