@@ -36,9 +36,11 @@ class NCLlamaConfig(LlamaConfig):
         Step budget of one call made by the model; a call that exceeds it proposes only the end of text.
     nc_programs (`list[str]`):
         The library programs the call head chooses among, in order.
-    nc_tape_programs (`list[str]`):
-        Programs whose list parameters and list results are digit tapes (numbers, least significant digit first):
-        a number operand is passed to them as a tape, and their list result is written as a number.
+    nc_tape_arguments (`list[str]`):
+        Programs whose list parameters are digit tapes (numbers, least significant digit first): a number operand
+        is passed to them as a tape (``long_add`` reads "81273" as [3, 7, 2, 1, 8]).
+    nc_tape_results (`list[str]`):
+        Programs whose list result is a digit tape, written as a number.
     nc_library_fingerprint (`str`, optional):
         sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
     nc_operand_reader (`str`, defaults to `"pointer"`):
@@ -55,8 +57,9 @@ class NCLlamaConfig(LlamaConfig):
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
     nc_residual_injection (`bool`, defaults to `False`):
-        Add the gated expected embedding of the library's proposal, through a zero-initialized linear map, to the
-        output of layer `nc_layer`, so that later layers see it (needs `nc_layer` below the last layer).
+        Add the expected embedding of the library's proposed next token, through a zero-initialized linear map, to
+        the output of layer `nc_layer`, so that later layers can use results the output does not copy (needs
+        `nc_layer` below the last layer).
     nc_base_model (`str`, optional):
         The LLaMA checkpoint this model was converted from (`from_llama` with a path or Hub id), for the model card.
     """
@@ -71,7 +74,8 @@ class NCLlamaConfig(LlamaConfig):
     nc_stack_depth: int = 32
     nc_max_steps: int = 20_000
     nc_programs: list | None = None
-    nc_tape_programs: list | None = None
+    nc_tape_arguments: list | None = None
+    nc_tape_results: list | None = None
     nc_library_fingerprint: str | None = None
     nc_operand_reader: str = "pointer"
     nc_max_operands: int = 2
@@ -88,8 +92,10 @@ class NCLlamaConfig(LlamaConfig):
             self.nc_memory_size = self.nc_value_size - 1
         if self.nc_programs is None:
             self.nc_programs = []
-        if self.nc_tape_programs is None:
-            self.nc_tape_programs = []
+        if self.nc_tape_arguments is None:
+            self.nc_tape_arguments = []
+        if self.nc_tape_results is None:
+            self.nc_tape_results = []
         if self.nc_reader_tokens is None:
             self.nc_reader_tokens = {}
         if not getattr(self, "auto_map", None):
@@ -125,9 +131,10 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_memory_size must be in [2, nc_value_size - 1 = {self.nc_value_size - 1}], got {self.nc_memory_size}")
         if len(set(self.nc_programs)) != len(self.nc_programs) or not all(isinstance(p, str) for p in self.nc_programs):
             raise ValueError(f"nc_programs must be distinct program names, got {self.nc_programs!r}")
-        unknown = set(self.nc_tape_programs) - set(self.nc_programs)
-        if unknown:
-            raise ValueError(f"nc_tape_programs names programs that are not in nc_programs: {sorted(unknown)}")
+        for name in ("nc_tape_arguments", "nc_tape_results"):
+            unknown = set(getattr(self, name)) - set(self.nc_programs)
+            if unknown:
+                raise ValueError(f"{name} names programs that are not in nc_programs: {sorted(unknown)}")
         for token, text in self.nc_reader_tokens.items():
             if not str(token).isdigit() or int(token) >= self.vocab_size:
                 raise ValueError(f"nc_reader_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")

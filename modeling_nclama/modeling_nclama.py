@@ -44,13 +44,14 @@ _LM_FLOOR = 1e-6  # the least mass the language model keeps in the output mixtur
 
 
 def library_settings(library: Library, reader_tokens: dict, **nc_settings) -> dict:
-    """The ``nc_*`` configuration of a model that calls ``library``: its programs (tape programs: those named
-    ``long_*`` or ``*_tape``), machine, fingerprint and operand slots, plus the reader's table; ``nc_settings``
-    override or add to them."""
+    """The ``nc_*`` configuration of a model that calls ``library``: its programs (by the standard library's naming:
+    ``long_*`` programs take and return digit tapes, ``*_tape`` programs return one), machine, fingerprint and
+    operand slots, plus the reader's table; ``nc_settings`` override or add to them."""
     programs = nc_settings.pop("nc_programs", library.names)
     settings = {
         "nc_programs": programs,
-        "nc_tape_programs": [p for p in programs if p.startswith("long_") or p.endswith("_tape")],
+        "nc_tape_arguments": [p for p in programs if p.startswith("long_")],
+        "nc_tape_results": [p for p in programs if p.startswith("long_") or p.endswith("_tape")],
         "nc_value_size": library.value_size,
         "nc_memory_size": library.machine.memory_size,
         "nc_stack_depth": library.machine.stack_depth,
@@ -108,10 +109,10 @@ class NCInterpreterHeads(nn.Module):
         return torch.softmax(logits.view(*hidden.shape[:-1], self.slots, -1), dim=-1)
 
     def injection(self, interpreted: "Interpreted", embeddings: torch.Tensor) -> torch.Tensor:
-        """What residual injection adds to the hidden state: the gated expected embedding of the library's next
-        token, through a learned map."""
-        expected = (interpreted.gate.unsqueeze(-1) * interpreted.proposal).to(embeddings.dtype) @ embeddings
-        return self.inject(expected)
+        """What residual injection adds to the hidden state: the expected embedding of the library's proposed next
+        token, through a learned map. Not gated: later layers may use a result that the output does not copy (a
+        comparison's 0 or 1 read as "no" or "yes")."""
+        return self.inject(interpreted.proposal.to(embeddings.dtype) @ embeddings)
 
 
 class NCLlamaPreTrainedModel(LlamaPreTrainedModel):
@@ -217,8 +218,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         """Augment a LLaMA checkpoint (a model or a path/Hub id) with ``library``, keeping every pretrained weight.
 
         ``reader_tokens``: the operand reader's table for the checkpoint's tokenizer (``tokenization.reader_tokens``).
-        Other ``nc_*`` settings go to the configuration; programs default to the whole library, tape programs to
-        those named ``long_*`` or ``*_tape``.
+        Other ``nc_*`` settings go to the configuration; programs default to the whole library, digit tapes follow
+        the standard library's naming (see ``library_settings``).
         """
         llama = model_or_path if isinstance(model_or_path, nn.Module) else LlamaForCausalLM.from_pretrained(model_or_path)
         settings = {k: v for k, v in llama.config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
@@ -567,9 +568,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 for i, o in enumerate(operands):
                     if ptype == "int" and o.kind == "number" and o.number < V:
                         fits.append((i, o.number))
-                    elif ptype == "list" and name in config.nc_tape_programs and o.kind == "number":
+                    elif ptype == "list" and name in config.nc_tape_arguments and o.kind == "number":
                         fits.append((i, tuple(int(d) for d in reversed(o.items[0]))))
-                    elif ptype == "list" and name not in config.nc_tape_programs and o.kind == "list" and max(o.values) < V:
+                    elif ptype == "list" and name not in config.nc_tape_arguments and o.kind == "list" and max(o.values) < V:
                         fits.append((i, tuple(o.values)))
                 fits_per_param.append(fits)
             for picked in itertools.product(*fits_per_param):
@@ -650,7 +651,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             return eos
         if isinstance(value, int):
             return self.reader.number_tokens(str(value)) + eos
-        if name in self.config.nc_tape_programs:
+        if name in self.config.nc_tape_results:
             digits = "".join(str(d) for d in reversed(value)).lstrip("0") or "0"
             return self.reader.number_tokens(digits) + eos
         return self.reader.list_tokens(value, bracketed) + eos
