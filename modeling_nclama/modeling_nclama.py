@@ -15,6 +15,7 @@ at exactly 0: a model converted from LLaMA gives that LLaMA's logits.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import os
@@ -100,7 +101,9 @@ class NCInterpreterHeads(nn.Module):
     def gate_probability(self, hidden: torch.Tensor) -> torch.Tensor:
         """[B, T] probability of answering from the library. The scale is clamped to [0, 1] in the forward pass
         but passes gradients straight through, so a closed gate can open."""
-        scale = self.gate_scale + (self.gate_scale.clamp(0.0, 1.0) - self.gate_scale).detach()
+        scale = self.gate_scale.clamp(0.0, 1.0)
+        if scale.requires_grad:
+            scale = self.gate_scale + (scale - self.gate_scale).detach()
         return torch.sigmoid(self.gate(hidden).squeeze(-1)) * scale
 
     def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -468,8 +471,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         bi, ni, mi = torch.tensor(site_b), torch.tensor(site_n), torch.tensor(site_menu)
         width = max(map(len, site_operands))
         where = torch.tensor([[o.end - 1 for o in ops] + [-1] * (width - len(ops)) for ops in site_operands])  # [G, O]
-        programs = pad_sequence([m.programs for m in menus], batch_first=True)[mi]  # [G, C]
-        slots = pad_sequence([m.slots for m in menus], batch_first=True, padding_value=-2)[mi]  # [G, C, S]
+        if len(menus) == 1:  # (the usual case while generating: one position, or positions seeing the same operands)
+            programs, slots = menus[0].programs.expand(len(site_b), -1), menus[0].slots.expand(len(site_b), -1, -1)
+        else:
+            programs = pad_sequence([m.programs for m in menus], batch_first=True)[mi]  # [G, C]
+            slots = pad_sequence([m.slots for m in menus], batch_first=True, padding_value=-2)[mi]  # [G, C, S]
         queries = queries.view(B, N, S, heads.dim)[bi, ni]  # [G, S, d]
         keys = operand_keys[bi.unsqueeze(1), where.clamp(min=0)]  # [G, O, d]
         logits = torch.einsum("gsd,god->gso", queries, keys).float() / math.sqrt(heads.dim)
@@ -482,8 +488,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         chosen_p = p.gather(1, top)
         if config.nc_mode == "hard":
             self._fill_menus(menus, site_menu, top.tolist())
-            table = pad_sequence([m.tokens for m in menus], batch_first=True, padding_value=-1)  # [E, C, W]
-            chosen_tokens = table[mi.unsqueeze(1), top]  # [G, k, W]
+            if len(menus) == 1:
+                chosen_tokens = menus[0].tokens[top]  # [G, k, W]
+            else:
+                table = pad_sequence([m.tokens for m in menus], batch_first=True, padding_value=-1)  # [E, C, W]
+                chosen_tokens = table[mi.unsqueeze(1), top]
         if config.nc_mode == "soft" or record is not None:
             picked = [[menus[e].choices[c] if c < len(menus[e].choices) else None for c in cs] for e, cs in zip(site_menu, top.tolist())]
         if config.nc_mode == "soft":
@@ -726,6 +735,9 @@ def _token_tensor(token_lists: list[list[int]], window: int) -> torch.Tensor:
 def _real(tokens: torch.Tensor) -> list[int]:
     return [t for t in tokens.tolist() if t >= 0]
 
+
+# generate() inspects the forward signature of a remote-code model at every step: give it the answer at once.
+NCLlamaForCausalLM.forward.__signature__ = inspect.signature(NCLlamaForCausalLM.forward)
 
 # save_pretrained writes these files and the auto_map into the folder, so that the Auto classes load it with
 # trust_remote_code=True wherever it goes (a local folder, the Hub).
