@@ -11,6 +11,8 @@
   nclama eval MODEL [--tasks T...] [--lengths L...] [--n N] [--split train|heldout] [--seed S]
                     [--output-dir DIR] [--batch-size B] [--max-new-tokens M]
                                                      exact match per task and length (table + files)
+  nclama train --recipe RECIPE.yaml --output-dir DIR [--resume] [--max-steps N] [--set KEY=VALUE ...]
+                                                     fine-tune with transformers.Trainer (torchrun for DDP)
   nclama bench ops|machine|model                     benchmarks (results belong in BENCHMARKS.md)
   nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
   nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
@@ -194,6 +196,41 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _override(text: str) -> tuple[str, object]:
+    """``training.max_steps=3`` -> ("training.max_steps", 3): the value is read as YAML."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"not a YAML value: {value!r}") from None
+
+
+_TRAIN_FLAGS = {  # flag destination -> recipe key
+    "max_steps": "training.max_steps",
+    "learning_rate": "training.learning_rate",
+    "per_device_train_batch_size": "training.per_device_train_batch_size",
+    "logging_steps": "training.logging_steps",
+    "save_steps": "training.save_steps",
+    "seed": "training.seed",
+    "n_train": "data.n",
+    "probe_steps": "probe.steps",
+}
+
+
+def _cmd_train(args) -> int:
+    from .training import load_recipe, train
+
+    overrides = dict(args.set or [])
+    overrides.update({key: getattr(args, dest) for dest, key in _TRAIN_FLAGS.items() if getattr(args, dest) is not None})
+    recipe = load_recipe(args.recipe, overrides)  # a bad recipe fails before any model loads
+    train(recipe, args.output_dir, resume=args.resume, recipe_path=args.recipe)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nclama", description="NCLlama: compiled algorithm libraries for LLaMA.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +294,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: what the answer needs")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("train", help="train a model from a recipe with transformers.Trainer",
+                       description="Train from a recipe (configuration/recipes/*.yaml). Data parallel on CPU: "
+                                   "torchrun --nproc_per_node 2 -m modeling_nclama.cli train ...")
+    p.add_argument("--recipe", required=True, help="a recipe file, or a name in configuration/recipes")
+    p.add_argument("--output-dir", required=True, help="checkpoints, the final model, recipe.yaml, train_log.json")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    p.add_argument("--max-steps", type=_positive_int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--per-device-train-batch-size", "--batch-size", type=_positive_int, default=None)
+    p.add_argument("--logging-steps", type=_positive_int, default=None)
+    p.add_argument("--save-steps", type=_positive_int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--n-train", type=_positive_int, default=None, help="training examples (data.n)")
+    p.add_argument("--probe-steps", type=int, default=None, help="probe.steps (0: no probes)")
+    p.add_argument("--set", type=_override, action="append", metavar="KEY=VALUE",
+                   help="override any recipe key, e.g. --set data.loss_on=answer --set training.warmup_steps=10")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=("ops", "machine", "model"))

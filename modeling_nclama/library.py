@@ -1,9 +1,13 @@
 """A library of compiled programs: run them (hard or soft), trace them, save and load them.
 
-Files: ``library.safetensors`` holds every program's logits (``<program>.<field>``) and the lookup table of every
-primitive the programs use (``op.<name>``); ``library.json`` holds the format version, the machine settings, and per
-program its signature, source, assembly, callees and the name, shape and sha256 of each of its tensors. ``load``
-checks all of it and refuses a corrupted, truncated or mismatched library with a ``LibraryError``. Nothing is pickled.
+Files (format version 2): ``library.safetensors`` holds every program's logits (``<program>.<field>``) and nothing
+else; ``library.json`` holds the format version, the machine settings, per program its signature, source, assembly,
+callees and the name, shape and sha256 of each of its tensors, and per primitive the programs use the sha256 of its
+lookup table (``op_table_sha256``). The tables themselves are not stored (at V = 1024 each is a 4 MB V x V table):
+``load`` rebuilds them from ``ops`` and refuses a library whose recorded hashes differ, i.e. one made with other
+definitions of the primitives. ``load`` checks all of it and refuses a corrupted, truncated or mismatched library, or
+one of another format version (version 1 stored the tables as ``op.<name>`` tensors), with a ``LibraryError``.
+Nothing is pickled.
 """
 from __future__ import annotations
 
@@ -21,10 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .machine import STATUS_MEMORY_FAULT, STATUS_NAMES, STATUS_OK, HardRun, Machine, MachineError, SoftRun
-from .ops import hard_table
+from .ops import PRIMITIVES, hard_table
 from .program import DEFAULT_SHARPNESS, OPS, WEIGHT_NAMES, Program, format_assembly
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: op tables stored as tensors in library.safetensors; 2: only their sha256, in library.json
 LIBRARY_JSON = "library.json"
 LIBRARY_TENSORS = "library.safetensors"
 ListOrInt = Union[int, Sequence[int]]
@@ -351,13 +355,6 @@ class Library:
                 }
             )
         m = self.machine
-        ops = m.primitives_used
-        tables = hard_table(ops, self.value_size).to(torch.int32)
-        op_tensors = {}
-        for i, name in enumerate(ops):
-            key = f"op.{name}"
-            tensors[key] = tables[i].contiguous()
-            op_tensors[name] = _describe(key, tensors[key])
         meta = {
             "format_version": FORMAT_VERSION,
             "value_size": self.value_size,
@@ -367,7 +364,7 @@ class Library:
             "num_registers": m.num_registers,
             "num_args": m.num_args,
             "instruction_set": list(OPS),
-            "ops": op_tensors,
+            "ops": {name: {"sha256": op_table_sha256(name, self.value_size)} for name in m.primitives_used},
             "programs": entries,
         }
         _write_together(
@@ -383,16 +380,26 @@ class Library:
         directory = Path(directory)
         meta = _read_json(directory / LIBRARY_JSON)
         try:
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise LibraryError(f"{directory / LIBRARY_JSON}: format_version {meta.get('format_version')!r}, this runtime reads {FORMAT_VERSION}")
+            _check_format_version(meta.get("format_version"), directory / LIBRARY_JSON)
             if meta["instruction_set"] != list(OPS):
                 raise LibraryError(f"{directory / LIBRARY_JSON}: its instruction set differs from this runtime's")
             V, R, X = meta["value_size"], meta["num_registers"], meta["num_args"]
             tensors = _read_tensors(directory / LIBRARY_TENSORS)
-            for name, described in meta["ops"].items():
-                table = _checked_tensor(tensors, described)
-                if not torch.equal(table.long(), hard_table([name], V)[0]):
-                    raise LibraryError(f"op {name!r} in {directory / LIBRARY_TENSORS} differs from this runtime's definition")
+            described = {d["name"] for entry in meta["programs"] for d in entry["tensors"].values()}
+            if set(tensors) - described:
+                extra = ", ".join(sorted(set(tensors) - described))
+                raise LibraryError(f"{directory / LIBRARY_TENSORS} holds tensors that {LIBRARY_JSON} does not describe: {extra}")
+            recorded_ops = meta["ops"]
+            if not isinstance(recorded_ops, dict):
+                raise LibraryError(f"{directory / LIBRARY_JSON}: 'ops' must map primitive names to their table's sha256")
+            for name, recorded in recorded_ops.items():
+                if name not in PRIMITIVES:
+                    raise LibraryError(f"{directory / LIBRARY_JSON} uses primitive {name!r}, which this runtime does not define")
+                if op_table_sha256(name, V) != recorded["sha256"]:
+                    raise LibraryError(
+                        f"op {name!r}: the lookup table this runtime builds at V = {V} does not match its sha256 in "
+                        f"{directory / LIBRARY_JSON} (the library was made with another definition of the primitive)"
+                    )
             programs = []
             for entry in meta["programs"]:
                 weights = {field: _checked_tensor(tensors, entry["tensors"][field]) for field in WEIGHT_NAMES}
@@ -404,7 +411,13 @@ class Library:
                 if format_assembly(program) != entry["assembly"]:
                     raise LibraryError(f"program {program.name}: its tensors do not match its recorded assembly")
                 programs.append(program)
-            return cls(programs, memory_size=meta["memory_size"], stack_depth=meta["stack_depth"], max_steps=meta["max_steps"])
+            library = cls(programs, memory_size=meta["memory_size"], stack_depth=meta["stack_depth"], max_steps=meta["max_steps"])
+            if set(recorded_ops) != set(library.machine.primitives_used):
+                raise LibraryError(
+                    f"{directory / LIBRARY_JSON}: 'ops' records {sorted(recorded_ops)}, the programs use "
+                    f"{sorted(library.machine.primitives_used)}"
+                )
+            return library
         except (KeyError, TypeError, IndexError) as error:
             raise LibraryError(f"{directory / LIBRARY_JSON}: malformed ({type(error).__name__}: {error})") from None
         except ValueError as error:
@@ -422,6 +435,27 @@ class Library:
 
 
 # ---------------------------------------------------------------------- helpers
+def op_table_sha256(name: str, value_size: int) -> str:
+    """sha256 of the hard machine's lookup table of primitive ``name`` at ``value_size``: ``hard_table([name], V)[0]``
+    (entry ``a * V + b`` is ``apply_int(name, a, b, V)``; unary ops repeat along b) as little-endian int32 bytes."""
+    table = hard_table([name], value_size)[0].to(torch.int32).numpy().astype("<i4", copy=False)
+    return hashlib.sha256(table.tobytes()).hexdigest()
+
+
+def _check_format_version(version: Any, path: Path) -> None:
+    if version == FORMAT_VERSION and type(version) is int:
+        return
+    if isinstance(version, int) and not isinstance(version, bool) and 0 < version < FORMAT_VERSION:
+        raise LibraryError(
+            f"{path}: format_version {version} was written by an older nclama (format 1 stored every primitive's "
+            f"lookup table in {LIBRARY_TENSORS}); this runtime reads format_version {FORMAT_VERSION} only: compile "
+            f"the library again with this version"
+        )
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise LibraryError(f"{path}: format_version {version} was written by a newer nclama; this runtime reads format_version {FORMAT_VERSION}")
+    raise LibraryError(f"{path}: format_version {version!r} is not a library format; this runtime reads format_version {FORMAT_VERSION}")
+
+
 def _toolchain(module: str):
     try:
         return importlib.import_module(module)

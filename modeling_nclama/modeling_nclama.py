@@ -427,8 +427,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if state is not None:
             site_keys = torch.cat([state.site_keys, site_keys], 1)
             tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
-        # Site pointer: position t answers the call made at t - j, j in [0, W), with token j of its result.
-        offsets = torch.arange(W)
+        # Site pointer: position t answers the call made at t - j, j in [0, W), with token j of its result (j < T:
+        # a short sequence needs no more of the window).
+        offsets = torch.arange(min(W, T))
         sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
         valid = sites >= 0
         sites = sites.clamp(min=0)

@@ -45,6 +45,27 @@ PRIMITIVES: dict[str, tuple[Callable[[int, int], int], int]] = {
 }
 
 
+# The same functions written for torch grids, for the primitives whose plain form branches on Python truth values
+# (``a // b if b else 0``) and so cannot run on tensors: building their V x V tables takes milliseconds instead of a
+# Python loop over V^2 pairs (about half a second each at V = 1024). ``_table`` still checks them against
+# ``apply_int``, the definition, and the tests compare every entry at small V.
+_GRID_FORMS: dict[str, Callable] = {
+    "floordiv": lambda a, b: torch.where(b == 0, 0, a // b.clamp(min=1)),
+    "mod": lambda a, b: torch.where(b == 0, a, a % b.clamp(min=1)),
+    "lt": lambda a, b: (a < b).long(),
+    "le": lambda a, b: (a <= b).long(),
+    "gt": lambda a, b: (a > b).long(),
+    "ge": lambda a, b: (a >= b).long(),
+    "eq": lambda a, b: (a == b).long(),
+    "ne": lambda a, b: (a != b).long(),
+    "min": lambda a, b: torch.minimum(a, b),
+    "max": lambda a, b: torch.maximum(a, b),
+    "and": lambda a, b: ((a != 0) & (b != 0)).long(),
+    "or": lambda a, b: ((a != 0) | (b != 0)).long(),
+    "not": lambda a, b: (a == 0).long(),
+}
+
+
 def apply_int(name: str, a: int, b: int, value_size: int) -> int:
     """Apply primitive ``name`` to ints, with the machine's wrap-around semantics."""
     return PRIMITIVES[name][0](a, b) % value_size
@@ -73,6 +94,7 @@ def _check_name(name: str) -> int:
 def _vectorized_table(name: str, value_size: int) -> Optional[torch.Tensor]:
     """f evaluated on torch grids (works for arithmetic lambdas), or None if it raises or returns a wrong kind."""
     fn, arity = PRIMITIVES[name]
+    fn = _GRID_FORMS.get(name, fn)
     shape = (value_size, value_size) if arity == 2 else (value_size,)
     grid = torch.arange(value_size)
     try:
@@ -101,8 +123,9 @@ def _agrees_with_apply_int(name: str, table: torch.Tensor, value_size: int) -> b
 def _table(name: str, value_size: int) -> torch.Tensor:
     """``f mod V`` over its domain, as a CPU LongTensor: shape [V, V] for binary ops, [V] (b = 0) otherwise.
 
-    Tries the function on torch grids first (milliseconds) and falls back to a Python loop over ``apply_int``
-    (about a second at V = 1000) when that fails or disagrees with ``apply_int`` on sampled entries. Cached per
+    Tries the function (or its ``_GRID_FORMS`` twin) on torch grids first (milliseconds) and falls back to a Python
+    loop over ``apply_int`` (about half a second at V = 1024) when that fails or disagrees with ``apply_int`` on
+    sampled entries. Cached per
     (name, V); callers must not modify the result.
     """
     table = _vectorized_table(name, value_size)

@@ -13,12 +13,18 @@ cells in all (cell 0 is the heap pointer), so inputs plus everything a call allo
 
 Digit tapes: numbers too large for one value are lists of base-10 digits, least significant digit first
 (``123`` is ``[3, 2, 1]``); leading zeros at the high end are allowed (``[3, 2, 1, 0, 0]`` is also 123). The
-``long_*`` functions and the ``*_tape`` functions work on tapes. Requirements on ``V``:
+``long_*`` functions and the ``*_tape`` functions work on tapes (``sum_list_tape`` only returns one). Requirements on ``V``:
   * ``long_add``, ``long_sub``, ``long_cmp``: V >= 20 (a digit sum with carry is at most 19).
   * ``long_mul``: V >= 100 (a digit product plus the partial result plus the carry is at most 99).
-  * ``factorial_tape(n)``: 10 * n <= V (digit * n + carry < V); ``power_tape(a, n)``: 10 * a <= V.
+  * ``factorial_tape(n)``: 10 * n <= V (digit * n + carry < V); ``power_tape(a, n)``: 10 * a <= V,
+    and a ** n must fit the tape of 2 * n + 2 digits (always when a <= 100).
   * ``fib_tape(n)``: V >= 20; the two tapes of ``n // 4 + 2`` digits are updated in place (no heap growth per step).
+  * ``sum_list_tape(xs)``: V >= 20 (a digit plus a digit is at most 18). Its parameter is a list of values (each
+    below V), not a tape; only its result is a tape, of ``digits(len(xs)) + digits(max(xs))`` digits (at least one),
+    so the sum is exact for every list that fits in memory (at V = 1024: 64 items below 1000 sum to under 64000).
 With V = 256: long_add of 40 + 40 digits, long_mul of 20 x 20 digits, fib_tape(100), factorial_tape(25) fit.
+With V = 1024 (every number below 1000 is one value): the same, and factorial_tape(n) for n <= 102, power_tape(a, n)
+for a <= 100, sum_list_tape of up to 64 items below 1000.
 """
 
 
@@ -199,3 +205,26 @@ def fib_tape(n):
         add_into(a, b)
         a, b = b, a
     return a
+
+
+def sum_list_tape(xs):
+    """The sum of the items of xs (values, not digits) as a digit tape: each item is added digit by digit."""
+    width = 0
+    n = len(xs)
+    while n > 0:
+        n = n // 10
+        width += 1
+    m = max_list(xs)
+    while m > 0:
+        m = m // 10
+        width += 1
+    tape = [0] * max(width, 1)
+    for x in xs:
+        i = 0
+        c = x
+        while c > 0:
+            t = tape[i] + c % 10
+            tape[i] = t % 10
+            c = c // 10 + t // 10
+            i += 1
+    return tape

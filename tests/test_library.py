@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import modeling_nclama.library as library_module
+from modeling_nclama import ops as ops_module
 from modeling_nclama import CompileError, Library, LibraryError, MachineError
 from modeling_nclama.program import OPS, WEIGHT_NAMES
 
@@ -100,7 +101,7 @@ def test_saving_twice_overwrites_cleanly(std, user_lib, tmp_path):
 # ---------------------------------------------------------------------- library.json contents
 def test_library_json_describes_everything(std, saved):
     meta = read_meta(saved)
-    assert meta["format_version"] == library_module.FORMAT_VERSION == 1
+    assert meta["format_version"] == library_module.FORMAT_VERSION == 2
     assert meta["value_size"] == V
     assert meta["memory_size"] == std.machine.memory_size and meta["stack_depth"] == std.machine.stack_depth
     assert meta["num_registers"] == std.machine.num_registers and meta["num_args"] == std.machine.num_args
@@ -125,12 +126,27 @@ def test_library_json_describes_everything(std, saved):
             assert described["sha256"] == hashlib.sha256(tensor.numpy().tobytes()).hexdigest()
             assert torch.equal(tensor, program.weights[field].float())
             described_keys.add(described["name"])
-    for name, described in meta["ops"].items():
-        assert described["name"] == f"op.{name}" and name in OPS
-        assert described["shape"] == list(stored[described["name"]].shape)
-        described_keys.add(described["name"])
     assert described_keys == set(stored)  # every stored tensor is described, and nothing else is stored
-    assert {"mod", "add", "lt"} <= set(meta["ops"])
+    assert not any(key.startswith("op.") for key in stored)  # op tables are rebuilt at load, not stored
+    assert list(meta["ops"]) == std.machine.primitives_used and {"mod", "add", "lt"} <= set(meta["ops"])
+    for name, recorded in meta["ops"].items():
+        table = ops_module.hard_table([name], V)[0].to(torch.int32)  # the documented encoding: little-endian int32
+        assert recorded == {"sha256": hashlib.sha256(table.numpy().astype("<i4").tobytes()).hexdigest()}
+        assert recorded["sha256"] == library_module.op_table_sha256(name, V)
+    assert library_module.op_table_sha256("add", V) != library_module.op_table_sha256("add", V + 1)
+
+
+def test_library_files_hold_no_op_tables_and_stay_small(saved, tmp_path):
+    """Only program weights are stored: at V = 1024 one op table alone would be 4 MB."""
+    weights = sum(4 * t.numel() for t in load_file(str(saved / TENSORS)).values())
+    assert (saved / TENSORS).stat().st_size < weights + 64 * 1024  # the weights plus the safetensors header
+    source = "def f(a, b):\n    return max(a % b, a // b) + (a < b)\n"
+    big = Library.from_source(source, value_size=1024)
+    assert len(big.machine.primitives_used) >= 5
+    big.save(tmp_path)
+    assert (tmp_path / TENSORS).stat().st_size < 64 * 1024
+    assert set(read_meta(tmp_path)["ops"]) == set(big.machine.primitives_used)
+    assert Library.load(tmp_path).run("f", 1000, 7) == 142
 
 
 def test_programs_from_source_keep_their_source(user_lib, user_source):
@@ -215,16 +231,70 @@ def test_consistently_replaced_tensor_is_refused_by_the_assembly_check(copy):
         Library.load(copy)
 
 
-def test_edited_op_table_is_refused(copy):
-    tensors = load_file(str(copy / TENSORS))
-    table = tensors["op.add"].clone()
-    table[0] = 1  # 0 + 0 = 1
-    tensors["op.add"] = table
-    save_file(tensors, str(copy / TENSORS), metadata={"format": "pt"})
+def test_edited_op_sha256_is_refused(copy):
     meta = read_meta(copy)
+    table = ops_module.hard_table(["add"], V)[0].to(torch.int32).clone()
+    table[0] = 1  # the hash of an add table where 0 + 0 = 1
     meta["ops"]["add"]["sha256"] = hashlib.sha256(table.numpy().tobytes()).hexdigest()
     write_meta(copy, meta)
-    with pytest.raises(LibraryError, match="op 'add'.*differs"):
+    with pytest.raises(LibraryError, match="op 'add'.*does not match its sha256.*another definition"):
+        Library.load(copy)
+
+
+def test_library_of_another_primitive_definition_is_refused(copy, monkeypatch):
+    """The library was made by primitives that differ from this runtime's: its recorded table hashes tell."""
+    monkeypatch.setitem(ops_module.PRIMITIVES, "mod", (lambda a, b: a % b if b else 0, 2))  # another x % 0
+    ops_module._table.cache_clear()
+    try:
+        with pytest.raises(LibraryError, match="op 'mod'.*V = 256.*another definition"):
+            Library.load(copy)
+    finally:
+        monkeypatch.undo()
+        ops_module._table.cache_clear()
+        ops_module._device_table.cache_clear()
+    assert Library.load(copy).run("gcd", 12, 18) == 6
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["ops"].pop("mod"), "'ops' records"),
+        (lambda m: m["ops"].update(min={"sha256": library_module.op_table_sha256("min", V)}), "'ops' records"),
+        (lambda m: m["ops"].update(frobnicate={"sha256": "0" * 64}), "primitive 'frobnicate'"),
+        (lambda m: m.update(ops=["add"]), "'ops' must map"),
+        (lambda m: m.pop("ops"), "malformed"),
+        (lambda m: m["ops"].update(add="0" * 64), "malformed"),
+    ],
+    ids=["missing-op", "unused-op", "unknown-op", "not-a-dict", "no-ops", "bare-hash"],
+)
+def test_inconsistent_op_records_are_refused(copy, edit, message):
+    meta = read_meta(copy)
+    edit(meta)
+    write_meta(copy, meta)
+    with pytest.raises(LibraryError, match=message):
+        Library.load(copy)
+
+
+def test_undescribed_tensors_are_refused(copy):
+    """E.g. a format-1 op table left in the file: everything stored must be described in library.json."""
+    tensors = load_file(str(copy / TENSORS))
+    tensors["op.add"] = ops_module.hard_table(["add"], V)[0].to(torch.int32)
+    save_file(tensors, str(copy / TENSORS), metadata={"format": "pt"})
+    with pytest.raises(LibraryError, match="does not describe: op.add"):
+        Library.load(copy)
+
+
+def test_format_1_library_is_refused_naming_both_versions(copy):
+    """A library saved by the previous format (op tables as op.<name> tensors, described in library.json)."""
+    meta = read_meta(copy)
+    tensors = load_file(str(copy / TENSORS))
+    for name in meta["ops"]:
+        tensors[f"op.{name}"] = ops_module.hard_table([name], V)[0].to(torch.int32)
+        meta["ops"][name] = {"name": f"op.{name}", "shape": [V * V], "dtype": "int32", "sha256": "0" * 64}
+    meta["format_version"] = 1
+    save_file(tensors, str(copy / TENSORS), metadata={"format": "pt"})
+    write_meta(copy, meta)
+    with pytest.raises(LibraryError, match="format_version 1 was written by an older nclama.*reads format_version 2"):
         Library.load(copy)
 
 
@@ -235,7 +305,7 @@ def test_invalid_json_is_refused(copy, text):
         Library.load(copy)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 1, 3, "2", 2.5, True, None])
 def test_wrong_format_version_is_refused(copy, version):
     meta = read_meta(copy)
     meta["format_version"] = version

@@ -70,6 +70,7 @@ CASES = {
     "power_tape": lambda r: [r.randrange(26), r.randrange(21)],  # 10 * a <= V
     "add_into": lambda r: (lambda n: [digits(r, n), digits(r, n)])(r.randrange(0, 17)),
     "fib_tape": lambda r: [r.randrange(61)],
+    "sum_list_tape": lambda r: [[r.randrange(V) for _ in range(list_len(r))]],
 }
 RING = {"factorial", "power", "sum_list"}
 
@@ -181,6 +182,35 @@ def test_power_tape_against_big_ints(std):
         assert len(got) == 2 * n + 2
 
 
+def test_sum_list_tape_small_cases_at_v256(std):
+    cases = [[], [0], [7], [5, 5], [255] * 64, [255] * 128, [9, 99, 1], [100, 0, 0]]
+    result = std.run_batch("sum_list_tape", [(xs,) for xs in cases])
+    assert result.status == ["ok"] * len(cases)
+    for xs, got in zip(cases, result.values):
+        assert value_of(got) == sum(xs) and all(0 <= d < 10 for d in got), xs
+    assert result.values[:4] == [[0], [0], [7, 0], [0, 1]]  # digits(len) + digits(max) digits, at least one
+    assert result.values[4] == tape_of(255 * 64, 5)  # digits(64) + digits(255) = 5 digits
+
+
+@pytest.fixture(scope="module")
+def std1024():
+    """The standard library at V = 1024, the value size of the shipped model (every number below 1000 is one value)."""
+    from modeling_nclama import Library
+
+    return Library.standard(value_size=1024)
+
+
+def test_sum_list_tape_at_v1024_against_python_sum(std1024):
+    r = random.Random("sum_list_tape-1024")
+    lists = [[r.randrange(1000) for _ in range(64 if r.random() < 0.1 else r.randrange(65))] for _ in range(N)]
+    lists += [[999] * 64, [], [0] * 64, [1000, 1023]]
+    result = std1024.run_batch("sum_list_tape", [(xs,) for xs in lists])
+    assert result.status == ["ok"] * len(lists)
+    for xs, got in zip(lists, result.values):
+        assert value_of(got) == sum(xs) and all(0 <= d < 10 for d in got), xs
+    assert result.values[N] == [6, 3, 9, 3, 6]  # 999 * 64 = 63936
+
+
 # ---------------------------------------------------------------------- soft mode agrees with hard mode
 SOFT_CASES = {
     "gcd": [(12, 18), (7, 0)],
@@ -203,6 +233,7 @@ SOFT_CASES = {
     "power_tape": [(3, 2)],
     "add_into": [([9, 9], [1, 0]), ([5], [4])],
     "fib_tape": [(5,)],
+    "sum_list_tape": [([12, 9, 250],), ([],)],
 }
 
 

@@ -46,6 +46,7 @@ CASES = {
     "fib_tape": lambda r: [r.choice([0, 1, 2, 3, 10, 50, 100])],
     "mul_small": lambda r: [digits(r, r.randrange(8)), r.randrange(25)],
     "add_into": lambda r: (lambda n: [digits(r, n), digits(r, n)])(r.randrange(8)),
+    "sum_list_tape": lambda r: [[r.randrange(V) for _ in range(r.randrange(12))]],
 }
 
 
@@ -87,6 +88,7 @@ def test_tape_results_are_the_true_numbers(programs):
     assert tape_value(run(programs, "long_mul", [a, b]).value) == (10**20 - 1) ** 2
     a, b = [9] * 40, [9] * 40
     assert tape_value(run(programs, "long_add", [a, b]).value) == 2 * (10**40 - 1)
+    assert tape_value(run(programs, "sum_list_tape", [[255] * 30 + [7]]).value) == 255 * 30 + 7
 
 
 def test_step_counts_are_small(programs):
