@@ -457,7 +457,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             menu = None
             for s in range(start, len(row)):
                 if s == start or row[s] in self.reader.triggers:  # other tokens never change what the prefix holds
-                    operands = self.reader.read(row[: s + 1])
+                    operands = self._operands(row[: s + 1])
                     menu = self._menu(operands)
                 if menu is None:
                     continue
@@ -553,6 +553,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                     RecordedCall(c, [None] * len(c.arguments), float(flat_p[g, j]), _real(chosen_tokens[g, j])) for j, c in enumerate(row)
                 ]
         return tokens, torch.cat([chosen_p, chosen_p.new_zeros(B, N, K - k)], -1)
+
+    def _operands(self, ids: list[int]) -> list[Operand]:
+        """What the reader finds, a list's items read only as the list (a 64-item list offers one operand, not 65,
+        and the calls that fit stay few)."""
+        found = self.reader.read(ids)
+        lists = [(o.start, o.end) for o in found if o.kind == "list"]
+        return [o for o in found if o.kind == "list" or not any(a <= o.start < b for a, b in lists)]
 
     def _menu(self, operands: list[Operand]) -> Optional["_Menu"]:
         """Every call that fits these operands, in tensor form (memoized by the operands' contents: consecutive

@@ -44,7 +44,9 @@ def test_left_padded_batch_equals_single_runs(model, tok):
     for i, prompt in enumerate(PROMPTS):
         alone = greedy(model, tok([prompt], return_tensors="pt")).sequences[0]
         n = len(tok(prompt)["input_ids"])
-        assert together[i, width:].tolist() == alone[n:].tolist(), prompt
+        new = alone[n:].tolist()
+        assert together[i, width : width + len(new)].tolist() == new, prompt
+        assert set(together[i, width + len(new):].tolist()) <= {tok.pad_token_id}  # a finished row is padded
 
 
 def test_beam_search_and_sampling_run(model, tok):
