@@ -24,7 +24,7 @@ Digit tapes: numbers too large for one value are lists of base-10 digits, least 
     so the sum is exact for every list that fits in memory (at V = 1024: 64 items below 1000 sum to under 64000).
 With V = 256: long_add of 40 + 40 digits, long_mul of 20 x 20 digits, fib_tape(100), factorial_tape(25) fit.
 With V = 1024 (every number below 1000 is one value): the same, and factorial_tape(n) for n <= 102, power_tape(a, n)
-for a <= 100, sum_list_tape of up to 64 items below 1000.
+for a <= 100 and n <= 100 (both take under the default max_steps of 200000), sum_list_tape of 64 items below 1000.
 """
 
 
