@@ -25,7 +25,7 @@ import json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 where = sys.argv[1]
 model = AutoModelForCausalLM.from_pretrained(where, trust_remote_code=True).eval()
-tok = AutoTokenizer.from_pretrained(where)  # the tokenizer is a plain one: no remote code needed
+tok = AutoTokenizer.from_pretrained(where, trust_remote_code=True)  # AutoTokenizer reads config.json (its auto_map) first
 with torch.no_grad():
     logits = model(**tok(sys.argv[2], return_tensors="pt")).logits
 print(json.dumps({"class": type(model).__name__, "library": len(model.library.names), "logits": logits[0, -1, :16].tolist()}))
