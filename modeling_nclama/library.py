@@ -179,7 +179,28 @@ class Library:
     def run_batch(self, name: str, batch: Sequence[Sequence[ListOrInt]], *, max_steps: Optional[int] = None) -> BatchResult:
         """Run ``name`` in hard mode on many argument tuples at once (one vectorized machine). A machine that fails
         gets value None and its status ("max_steps", "stack_overflow", "memory_fault"); the others are unaffected."""
-        run, values = self._run_hard(name, batch, False, self._steps(max_steps))
+        return self.run_calls([(name, args) for args in batch], max_steps=max_steps)
+
+    def run_calls(self, calls: Sequence[tuple[str, Sequence[ListOrInt]]], *, max_steps: Optional[int] = None) -> BatchResult:
+        """Run calls of any programs, ``(name, arguments)``, in hard mode as one vectorized machine: a batch costs its
+        longest call's steps once, not once per program. Failures as in ``run_batch``."""
+        limit = self._steps(max_steps)
+        groups: dict[str, list[int]] = {}
+        for i, (name, _) in enumerate(calls):
+            groups.setdefault(name, []).append(i)
+        entry = torch.zeros(len(calls), dtype=torch.long)
+        args = torch.zeros(len(calls), self.machine.num_args, dtype=torch.long)
+        memory = torch.zeros(len(calls), self.machine.memory_size, dtype=torch.long)
+        for name, where in groups.items():
+            entry[where] = self.machine.index[name]
+            args[where], memory[where] = self.encode(self[name], [calls[i][1] for i in where])
+        run = self.machine.run_hard(entry, args, memory, max_steps=limit)
+        values: list = [None] * len(calls)
+        for name, where in groups.items():
+            part = HardRun(run.cells[where], run.memory[where], run.steps[where], run.status[where])
+            for i, value in zip(where, self.decode(self[name], part)):
+                values[i] = value
+            run.status[where] = part.status  # decode marks a list result that runs past memory
         return BatchResult(values, run.steps.tolist(), [STATUS_NAMES[s] for s in run.status.tolist()])
 
     def _run_hard(self, name: str, batch: Sequence[Sequence[ListOrInt]], trace: bool, max_steps: int) -> tuple[HardRun, list]:

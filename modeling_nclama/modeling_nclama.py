@@ -609,18 +609,15 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 menus[e].done[c] = True
 
     def _token_lists(self, calls: list["LibraryCall"]) -> list[list[int]]:
-        """Result tokens (at most the answer window) of hard calls: cached, the rest run as one vectorized batch
-        per program."""
-        todo: dict[str, dict] = {}
-        for call in calls:
-            if call not in self._results:
-                todo.setdefault(self.config.nc_programs[call.program], {})[call] = None
-        if len(self._results) + sum(map(len, todo.values())) > _RESULT_CACHE_SIZE:
+        """Result tokens (at most the answer window) of hard calls: cached, the rest run as one vectorized batch."""
+        names = self.config.nc_programs
+        todo = [call for call in dict.fromkeys(calls) if call not in self._results]
+        if len(self._results) + len(todo) > _RESULT_CACHE_SIZE:
             self._results.clear()
-        for name, pending in todo.items():
-            result = self.library.run_batch(name, [_plain(c.arguments) for c in pending], max_steps=self.config.nc_max_steps)
-            for call, value in zip(pending, result.values):  # a failed call proposes only the end
-                self._results[call] = self._text_tokens(name, value, call.bracketed)[: self.config.nc_answer_window]
+        if todo:
+            result = self.library.run_calls([(names[c.program], _plain(c.arguments)) for c in todo], max_steps=self.config.nc_max_steps)
+            for call, value in zip(todo, result.values):  # a failed call proposes only the end
+                self._results[call] = self._text_tokens(names[call.program], value, call.bracketed)[: self.config.nc_answer_window]
         return [self._results[call] for call in calls]
 
     def _hard_tokens(self, picked: list[list["LibraryCall"]]) -> tuple[torch.Tensor, None]:

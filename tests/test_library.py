@@ -513,3 +513,13 @@ def test_library_construction_checks(std):
         Library([std["factorial_tape"]])
     with pytest.raises(ValueError, match="memory_size"):
         Library([std["gcd"]], memory_size=V + 1)
+
+
+def test_calls_of_different_programs_run_as_one_machine(std):
+    calls = [("gcd", (84, 36)), ("insertion_sort", ([5, 3, 9, 1],)), ("fib", (200,)), ("max_list", ([4, 250, 7],)),
+             ("gcd", (7, 5)), ("long_add", ([9, 9], [1]))]
+    together = std.run_calls(calls, max_steps=500)
+    alone = [std.run_batch(name, [args], max_steps=500) for name, args in calls]
+    assert together.values == [r.values[0] for r in alone] == [12, [1, 3, 5, 9], None, 250, 1, [0, 0, 1]]
+    assert together.status == [r.status[0] for r in alone] and together.status[2] == "stack_overflow"
+    assert together.steps == [r.steps[0] for r in alone]
