@@ -1,0 +1,768 @@
+"""Training (toolchain): ``nclama train --recipe RECIPE.yaml --output-dir DIR`` with ``transformers.Trainer``.
+
+A recipe (YAML, ``configuration/recipes/``) names the model to start from, which parameters train, the task data,
+the ``TrainingArguments`` and an optional evaluation at the end. :func:`load_recipe` validates it and fills in the
+defaults (errors name the bad key and value); :func:`train` runs it. Sections::
+
+    model:              # exactly one of
+      init: {preset: tiny, kind: llama | nclama, config: {...}, nc: {...}, library: {value_size: 1024}, seed: 0}
+      from_llama: {path: DIR, nc: {...}, library: {value_size: 1024}}
+      from_pretrained: DIR
+    trainable: all | [name prefixes or globs]        # e.g. ["nc_heads.*"]: the decoder is frozen
+    data: {tasks: all | [...], n: 20000, seed: 0, lengths: training_ranges | [ints] | {task: [low, high] | [ints]},
+           clrs_insertion_sort: 0, loss_on: all | answer, max_length: null}
+    training: {...any TrainingArguments field..., heads_learning_rate: null}   # the interpreter heads' own rate
+    probe: {steps: 0, per_task: 2, seed: 1234}        # NCLlama only: gate and call accuracy in the log history
+    eval: {tasks: all | [...], lengths: null | [...], n: 20, split: train | heldout, seed: 0, batch_size: 16}
+    final_config: {nc_max_steps: 20000}               # nc_* settings set after training, before saving/evaluating
+
+Examples are ``text`` plus the end-of-sequence token, tokenized as generation sees them (the prompt, then the rest
+of the text); with ``loss_on: answer`` the prompt's labels are -100. Batches are padded per batch (:class:`Collator`).
+Data parallel on CPU: ``torchrun --nproc_per_node 2 -m modeling_nclama.cli train ...`` (gloo backend).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import functools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+from transformers import TrainerCallback
+
+from .tasks import ALL_TASKS, CLRS_TASK, SPLITS, TASKS, TRAINING_RANGES, validate
+
+__all__ = [
+    "RECIPES", "TASK_PROGRAMS", "RecipeError", "load_recipe", "validate_recipe", "apply_overrides", "build_model",
+    "apply_trainable", "build_train_dataset", "tokenize", "Collator", "training_arguments", "ProbeCallback",
+    "build_probes", "probe_model", "train",
+]
+
+RECIPES = Path(__file__).resolve().parents[1] / "configuration" / "recipes"
+
+#: The library program that answers each task (``None``: no single program does). Call accuracy compares the top
+#: call at the answered site with it; a program missing from the model's library is not scored.
+TASK_PROGRAMS: dict[str, Optional[str]] = {
+    "add": "long_add",
+    "sub": "long_sub",
+    "mul": "long_mul",
+    "less_than": "long_cmp",
+    "gcd": "gcd",
+    "factorial": "factorial_tape",
+    "fib": "fib_tape",
+    "sort": "insertion_sort",
+    "max": "max_list",
+    "sum": "sum_list_tape",
+    CLRS_TASK: None,
+}
+
+KINDS = ("llama", "nclama")
+LOSS_ON = ("all", "answer")
+LIBRARY_KEYS = ("value_size", "memory_size", "stack_depth", "max_steps")
+# nc_* settings a recipe may not set: they follow from the library and the tokenizer
+DERIVED_NC = ("nc_value_size", "nc_memory_size", "nc_stack_depth", "nc_library_fingerprint", "nc_reader_tokens",
+              "nc_tape_programs")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: the message names the key and the value at fault."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# recipes
+# ----------------------------------------------------------------------------------------------------------------
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _say(message: str) -> None:
+    if _is_main():
+        print(message, flush=True)
+
+
+def _check_keys(where: str, value: Any, allowed: Sequence[str], required: Sequence[str] = ()) -> dict:
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"{where}: must be a mapping, got {value!r}")
+    unknown = [k for k in value if k not in allowed]
+    if unknown:
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(allowed)})")
+    for key in required:
+        if key not in value:
+            raise RecipeError(f"{where}: missing key {key!r}")
+    return dict(value)
+
+
+def _int(where: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RecipeError(f"{where}: must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _choice(where: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise RecipeError(f"{where}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _tasks(where: str, value: Any, known: Sequence[str] = ALL_TASKS) -> list[str]:
+    if value == "all":
+        return list(TASKS)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise RecipeError(f"{where}: must be 'all' or a non-empty list of tasks, got {value!r}")
+    for task in value:
+        if task not in known:
+            raise RecipeError(f"{where}: unknown task {task!r} (known: {', '.join(known)})")
+    return list(dict.fromkeys(value))
+
+
+def _nc_settings(where: str, value: Any) -> dict:
+    """``nc`` settings: ``top_k`` or ``nc_top_k`` alike; names checked against NCLlamaConfig."""
+    from .configuration_nclama import NCLlamaConfig
+
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"{where}: must be a mapping of nc_* settings, got {value!r}")
+    known = [f.name for f in dataclasses.fields(NCLlamaConfig) if f.name.startswith("nc_")]
+    out = {}
+    for key, setting in value.items():
+        name = key if str(key).startswith("nc_") else f"nc_{key}"
+        if name in DERIVED_NC:
+            hint = "library." + name[3:] if name[3:] in LIBRARY_KEYS else "the library and tokenizer"
+            raise RecipeError(f"{where}.{key}: set by {hint}, not here")
+        if name not in known:
+            raise RecipeError(f"{where}: unknown setting {key!r} (known: {', '.join(k for k in known if k not in DERIVED_NC)})")
+        out[name] = setting
+    return out
+
+
+def _library(where: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    value = _check_keys(where, value, LIBRARY_KEYS)
+    for key in value:
+        _int(f"{where}.{key}", value[key], 2)
+    return value
+
+
+def _model(where: str, value: Any) -> dict:
+    sources = ("init", "from_llama", "from_pretrained")
+    value = _check_keys(where, value, sources)
+    if len(value) != 1:
+        raise RecipeError(f"{where}: needs exactly one of {', '.join(sources)}, got {sorted(value) or 'none'}")
+    (source, spec), = value.items()
+    here = f"{where}.{source}"
+    if source == "from_pretrained":
+        if not isinstance(spec, str) or not spec:
+            raise RecipeError(f"{here}: must be a model folder or Hub id, got {spec!r}")
+        return {"from_pretrained": spec}
+    if source == "from_llama":
+        spec = _check_keys(here, spec, ("path", "nc", "library"), required=("path",))
+        if not isinstance(spec["path"], str) or not spec["path"]:
+            raise RecipeError(f"{here}.path: must be a LLaMA model folder or Hub id, got {spec['path']!r}")
+        return {"from_llama": {"path": spec["path"], "nc": _nc_settings(f"{here}.nc", spec.get("nc")),
+                               "library": _library(f"{here}.library", spec.get("library"))}}
+    spec = _check_keys(here, spec, ("preset", "kind", "config", "nc", "library", "seed"), required=("preset",))
+    from .checkpoints import preset
+
+    try:
+        preset(spec["preset"])
+    except ValueError as error:
+        raise RecipeError(f"{here}.preset: {error}") from None
+    kind = _choice(f"{here}.kind", spec.get("kind", "nclama"), KINDS)
+    config = spec.get("config") or {}
+    if not isinstance(config, Mapping) or any(str(k).startswith("nc_") for k in config):
+        raise RecipeError(f"{here}.config: must be a mapping of LLaMA settings (nc_* settings go in 'nc'), got {config!r}")
+    if kind == "llama" and (spec.get("nc") or spec.get("library")):
+        raise RecipeError(f"{here}: kind llama has no library: remove 'nc' and 'library'")
+    return {"init": {"preset": spec["preset"], "kind": kind, "config": dict(config),
+                     "nc": _nc_settings(f"{here}.nc", spec.get("nc")),
+                     "library": _library(f"{here}.library", spec.get("library")),
+                     "seed": _int(f"{here}.seed", spec.get("seed", 0))}}
+
+
+def _lengths(where: str, value: Any, tasks: Sequence[str]) -> Union[str, list, dict]:
+    """``training_ranges`` (tasks.TRAINING_RANGES), a list of lengths for every task, or per task ``[low, high]``
+    (inclusive) or a list of lengths (a task not named keeps its training range). Normalized to the list, or to a
+    mapping of every task, so the recipe copy beside the model records the ranges used."""
+    ranges = {task: list(TRAINING_RANGES[task]["length"]) for task in tasks}
+    if value is None or value == "training_ranges":
+        return ranges
+    if isinstance(value, list):
+        try:
+            validate(tasks, value)
+        except ValueError as error:
+            raise RecipeError(f"{where}: {error}") from None
+        return list(value)
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"{where}: must be 'training_ranges', a list of lengths or a mapping task -> [low, high], got {value!r}")
+    out = {}
+    for task, spec in value.items():
+        if task not in tasks:
+            raise RecipeError(f"{where}.{task}: not a task of data.tasks ({', '.join(tasks)})")
+        if not isinstance(spec, (list, tuple)) or not spec or not all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+            raise RecipeError(f"{where}.{task}: must be [low, high] (inclusive), got {spec!r}")
+        if len(spec) == 2 and spec[0] > spec[1]:
+            raise RecipeError(f"{where}.{task}: low {spec[0]} is above high {spec[1]}")
+        try:
+            validate([task], _length_list(spec))
+        except ValueError as error:
+            raise RecipeError(f"{where}.{task}: {error}") from None
+        out[task] = list(spec)
+    return {**ranges, **out}  # tasks not named keep their training range
+
+
+def _length_list(spec: Sequence[int]) -> list[int]:
+    return list(range(spec[0], spec[1] + 1)) if len(spec) == 2 else list(spec)
+
+
+def _data(where: str, value: Any) -> dict:
+    value = _check_keys(where, value or {}, ("tasks", "n", "seed", "lengths", "clrs_insertion_sort", "loss_on", "max_length"))
+    tasks = _tasks(f"{where}.tasks", value.get("tasks", "all"))
+    clrs = _int(f"{where}.clrs_insertion_sort", value.get("clrs_insertion_sort", 0))
+    max_length = value.get("max_length")
+    if max_length is not None:
+        _int(f"{where}.max_length", max_length, 2)
+    return {
+        "tasks": tasks,
+        "n": _int(f"{where}.n", value.get("n", 20_000), 1),
+        "seed": _int(f"{where}.seed", value.get("seed", 0)),
+        "lengths": _lengths(f"{where}.lengths", value.get("lengths"), tasks),
+        "clrs_insertion_sort": clrs,
+        "loss_on": _choice(f"{where}.loss_on", value.get("loss_on", "all"), LOSS_ON),
+        "max_length": max_length,
+    }
+
+
+def _training(where: str, value: Any) -> dict:
+    from transformers import TrainingArguments
+
+    value = value or {}
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"{where}: must be a mapping of TrainingArguments fields, got {value!r}")
+    known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key in value:
+        if key == "heads_learning_rate":  # ours: the interpreter heads' own rate (they start from scratch)
+            if isinstance(value[key], bool) or not isinstance(value[key], (int, float)) or value[key] <= 0:
+                raise RecipeError(f"{where}.heads_learning_rate: must be a positive number, got {value[key]!r}")
+            continue
+        if key == "output_dir":
+            raise RecipeError(f"{where}.output_dir: the output folder is given on the command line (--output-dir)")
+        if key == "resume_from_checkpoint":
+            raise RecipeError(f"{where}.resume_from_checkpoint: resume with --resume")
+        if key not in known:
+            close = [k for k in sorted(known) if key.split("_")[0] in k][:5]
+            raise RecipeError(f"{where}: {key!r} is not a TrainingArguments field" + (f" (similar: {', '.join(close)})" if close else ""))
+    # YAML 1.1 reads `save_strategy: no` as false
+    return {k: "no" if k.endswith("_strategy") and v is False else v for k, v in value.items()}
+
+
+def _final_config(where: str, value: Any) -> dict:
+    """``nc_*`` settings the model gets after training, before it is saved and evaluated (a larger machine step
+    budget for the evaluation lengths than training needs, where every untrained call may run to the budget)."""
+    value = value or {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k.startswith("nc_") for k in value):
+        raise RecipeError(f"{where}: must be a mapping of nc_* settings, got {value!r}")
+    return dict(value)
+
+
+def _probe(where: str, value: Any) -> dict:
+    value = _check_keys(where, value or {}, ("steps", "per_task", "seed"))
+    return {"steps": _int(f"{where}.steps", value.get("steps", 0)),
+            "per_task": _int(f"{where}.per_task", value.get("per_task", 2), 1),
+            "seed": _int(f"{where}.seed", value.get("seed", 1234))}
+
+
+def _eval(where: str, value: Any) -> Optional[dict]:
+    if value is None:
+        return None
+    value = _check_keys(where, value, ("tasks", "lengths", "n", "split", "seed", "batch_size", "max_new_tokens"))
+    tasks = _tasks(f"{where}.tasks", value.get("tasks", "all"))
+    split = _choice(f"{where}.split", value.get("split", "train"), SPLITS)
+    lengths = value.get("lengths")
+    try:
+        validate(tasks, lengths, split)
+    except ValueError as error:
+        raise RecipeError(f"{where}: {error}") from None
+    max_new = value.get("max_new_tokens")
+    return {"tasks": tasks, "lengths": list(lengths) if lengths else None, "n": _int(f"{where}.n", value.get("n", 20), 1),
+            "split": split, "seed": _int(f"{where}.seed", value.get("seed", 0)),
+            "batch_size": _int(f"{where}.batch_size", value.get("batch_size", 16), 1),
+            "max_new_tokens": None if max_new is None else _int(f"{where}.max_new_tokens", max_new, 1)}
+
+
+def validate_recipe(raw: Any, source: str = "recipe") -> dict:
+    """The recipe with every default filled in, or :class:`RecipeError` naming ``source`` and the bad key/value."""
+    try:
+        raw = _check_keys("recipe", raw, ("model", "trainable", "data", "training", "probe", "eval", "final_config"), required=("model",))
+        model = _model("model", raw["model"])
+        trainable = raw.get("trainable", "all")
+        if trainable != "all" and (isinstance(trainable, str) or not isinstance(trainable, list) or not trainable
+                                   or not all(isinstance(p, str) and p for p in trainable)):
+            raise RecipeError(f"trainable: must be 'all' or a non-empty list of parameter name prefixes or globs, got {trainable!r}")
+        recipe = {"model": model, "trainable": trainable, "data": _data("data", raw.get("data")),
+                  "training": _training("training", raw.get("training")), "probe": _probe("probe", raw.get("probe")),
+                  "eval": _eval("eval", raw.get("eval")), "final_config": _final_config("final_config", raw.get("final_config"))}
+        if recipe["probe"]["steps"] and _kind(model) == "llama":
+            raise RecipeError("probe.steps: probes read an NCLlama's interpreter; this recipe trains a plain LLaMA")
+        return recipe
+    except RecipeError as error:
+        raise RecipeError(f"{source}: {error}") from None
+
+
+def _kind(model: dict) -> Optional[str]:
+    """llama or nclama, or None when only the folder can tell (from_pretrained)."""
+    if "init" in model:
+        return model["init"]["kind"]
+    if "from_llama" in model:
+        return "nclama"
+    return None
+
+
+def apply_overrides(raw: dict, overrides: Mapping[str, Any]) -> dict:
+    """``{"training.max_steps": 3, "data.n": 64}``: dotted keys set in (a copy of) the raw recipe."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        keys = dotted.split(".")
+        node = raw
+        for key in keys[:-1]:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                raise RecipeError(f"override {dotted}: {key!r} is not a mapping in the recipe")
+        node[keys[-1]] = value
+    return raw
+
+
+def load_recipe(path: Union[str, Path], overrides: Optional[Mapping[str, Any]] = None) -> dict:
+    """Read, override and validate a recipe (a path, or a name in ``configuration/recipes``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file() and (RECIPES / f"{path}.yaml").is_file():
+        path = RECIPES / f"{path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    return validate_recipe(apply_overrides(raw or {}, overrides or {}), str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model
+# ----------------------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _default_tokenizer(vocab_size: int):
+    from .tokenization import default_tokenizer
+
+    return default_tokenizer(vocab_size=vocab_size)
+
+
+def _standard_library(settings: dict, default_value_size: int = 256):
+    from .library import Library
+
+    settings = dict(settings)
+    return Library.standard(settings.pop("value_size", default_value_size), **settings)
+
+
+def build_model(spec: dict):
+    """(model, tokenizer, kind) for a validated ``model`` section; kind is ``llama`` or ``nclama``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from .modeling_nclama import NCLlamaForCausalLM, library_settings
+    from .tokenization import reader_tokens
+
+    if "from_pretrained" in spec:
+        where = spec["from_pretrained"]
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=True)  # an NCLlama folder has an auto_map
+        if AutoConfig.from_pretrained(where, trust_remote_code=True).model_type == "nclama":
+            return NCLlamaForCausalLM.from_pretrained(where), tokenizer, "nclama"
+        return AutoModelForCausalLM.from_pretrained(where), tokenizer, "llama"
+    if "from_llama" in spec:
+        spec = spec["from_llama"]
+        tokenizer = AutoTokenizer.from_pretrained(spec["path"])
+        library = _standard_library(spec["library"])
+        model = NCLlamaForCausalLM.from_llama(spec["path"], library, reader_tokens=reader_tokens(tokenizer), **spec["nc"])
+        return model, tokenizer, "nclama"
+    from .checkpoints import preset
+
+    spec = spec["init"]
+    settings = {**preset(spec["preset"]), **spec["config"]}
+    preset_nc = {k: settings.pop(k) for k in list(settings) if k.startswith("nc_")}
+    tokenizer = _default_tokenizer(settings["vocab_size"])
+    if len(tokenizer) != settings["vocab_size"]:
+        raise RecipeError(f"preset {spec['preset']}: vocab_size {settings['vocab_size']}, the tokenizer has {len(tokenizer)} tokens")
+    settings.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(spec["seed"])
+    if spec["kind"] == "llama":
+        return LlamaForCausalLM(LlamaConfig(**settings)), tokenizer, "llama"
+    from .configuration_nclama import NCLlamaConfig
+
+    library = _standard_library(spec["library"], preset_nc.pop("nc_value_size", 256))
+    nc = {k: v for k, v in {**preset_nc, **spec["nc"]}.items() if k not in DERIVED_NC}
+    config = NCLlamaConfig(**settings, **library_settings(library, reader_tokens(tokenizer), **nc))
+    model = NCLlamaForCausalLM(config)
+    model.attach_library(library)
+    return model, tokenizer, "nclama"
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.startswith(pattern.rstrip(".") + ".") or fnmatch.fnmatchcase(name, pattern)
+
+
+def apply_trainable(model: torch.nn.Module, trainable: Union[str, Sequence[str]]) -> tuple[int, int]:
+    """``all``: the parameters the model marks trainable train; a list of name prefixes or globs: those and no
+    other (a tied weight trains if any of its names matches). Returns (trainable, total) parameter counts."""
+    if trainable != "all":
+        names: dict[int, list[str]] = {}
+        params = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+            params[id(param)] = param
+        for pattern in trainable:
+            if not any(_matches(n, pattern) for ns in names.values() for n in ns):
+                raise RecipeError(f"trainable: {pattern!r} matches no parameter (names look like "
+                                  f"{', '.join(list(n[0] for n in names.values())[:3])}, ...)")
+        for key, param in params.items():
+            param.requires_grad_(any(_matches(n, p) for n in names[key] for p in trainable))
+    total = sum(p.numel() for p in model.parameters())
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return count, total
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------------
+
+def _examples(data: dict):
+    """The training examples: each task from its own seeded stream, interleaved round robin (the same examples as
+    ``make_dataset(tasks, n)`` when lengths are the training ranges), plus the extra CLRS insertion-sort examples."""
+    from datasets import concatenate_datasets
+
+    from .tasks import clrs_insertion_sort, make_dataset
+
+    tasks, n, lengths = data["tasks"], data["n"], data["lengths"]
+    parts = []
+    for index, task in enumerate(tasks[:n]):  # a task past the n-th would get no example
+        task_lengths = lengths if isinstance(lengths, list) else _length_list(lengths[task])
+        parts.append(make_dataset([task], len(range(index, n, len(tasks))), seed=data["seed"], lengths=task_lengths))
+    offsets = [sum(len(p) for p in parts[:k]) for k in range(len(parts))]
+    indices = [offsets[i % len(tasks)] + i // len(tasks) for i in range(n)]  # row i: task i mod T, its (i div T)-th
+    dataset = concatenate_datasets(parts).select(indices)
+    if data["clrs_insertion_sort"]:
+        dataset = concatenate_datasets([dataset, clrs_insertion_sort(data["clrs_insertion_sort"], seed=data["seed"])])
+    return dataset
+
+
+def _encode(tokenizer, prompt: str, text: str) -> tuple[list[int], int]:
+    """Token ids of ``text`` + EOS as generation sees them (the prompt alone, then the rest), and the prompt's length."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    rest = tokenizer(text[len(prompt):], add_special_tokens=False)["input_ids"]
+    return prompt_ids + rest + [tokenizer.eos_token_id], len(prompt_ids)
+
+
+def tokenize(dataset, tokenizer, *, loss_on: str = "all", max_length: Optional[int] = None):
+    """A task dataset (columns prompt/answer/text/...) -> ``input_ids`` and ``labels`` (-100 on the prompt when
+    ``loss_on="answer"``); examples longer than ``max_length`` tokens are dropped."""
+    _choice("loss_on", loss_on, LOSS_ON)
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no end-of-sequence token")
+
+    from datasets import Dataset
+
+    rows = {"input_ids": [], "labels": []}
+    prompts, texts = list(dataset["prompt"]), list(dataset["text"])
+    prompt_ids = tokenizer(prompts)["input_ids"] if prompts else []
+    rests = tokenizer([t[len(p):] for p, t in zip(prompts, texts)], add_special_tokens=False)["input_ids"] if prompts else []
+    for head, rest in zip(prompt_ids, rests):  # as in _encode: the prompt alone, then the rest, then EOS
+        ids, prompt_length = head + rest + [tokenizer.eos_token_id], len(head)
+        if max_length is not None and len(ids) > max_length:
+            continue
+        rows["input_ids"].append(ids)
+        rows["labels"].append(ids if loss_on == "all" else [-100] * prompt_length + ids[prompt_length:])
+    return Dataset.from_dict(rows)
+
+
+class Collator:
+    """Pads a batch of ``input_ids``/``labels`` to its longest example (right padding: pad id, labels -100) and adds
+    the attention mask."""
+
+    def __init__(self, tokenizer):
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+
+    def __call__(self, rows: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            ids[i, :n] = torch.as_tensor(row["input_ids"])
+            labels[i, :n] = torch.as_tensor(row.get("labels", row["input_ids"]))
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def build_train_dataset(data: dict, tokenizer, max_length: Optional[int] = None):
+    dataset = _examples(data)
+    before = len(dataset)
+    dataset = tokenize(dataset, tokenizer, loss_on=data["loss_on"], max_length=max_length)
+    if len(dataset) < before:
+        _say(f"dropped {before - len(dataset)} of {before} examples longer than {max_length} tokens")
+    if not len(dataset):
+        raise RecipeError(f"data: every example is longer than {max_length} tokens")
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training arguments
+# ----------------------------------------------------------------------------------------------------------------
+
+def _training_defaults(kind: str) -> dict:
+    cuda = torch.cuda.is_available()
+    return {
+        "use_cpu": not cuda,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "logging_steps": 10,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": 500,
+        "save_total_limit": 2,
+        "seed": 0,
+        "remove_unused_columns": False,
+        "disable_tqdm": False,
+        # gloo on CPU, set only under a launcher (accelerate would otherwise look for a process group)
+        "ddp_backend": "gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        # an NCLlama step may leave heads unused (a batch with no operands, a program never in the top k)
+        "ddp_find_unused_parameters": kind == "nclama",
+    }
+
+
+def training_arguments(training: dict, output_dir: Union[str, Path], kind: str):
+    """``TrainingArguments`` from a recipe's ``training`` section over the CPU-friendly defaults."""
+    from transformers import TrainingArguments
+
+    settings = {**_training_defaults(kind), **training}
+    try:
+        return TrainingArguments(output_dir=str(output_dir), **settings)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"training: {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# probes: what learns what
+# ----------------------------------------------------------------------------------------------------------------
+
+def build_probes(tokenizer, tasks: Sequence[str], per_task: int = 2, seed: int = 1234) -> list[dict]:
+    """A small fixed probe set: ``per_task`` training examples of each task, cut after the answer's first token
+    (the separator's tokens stay in the prefix): ``{task, ids, prefix_length}``."""
+    from .tasks import make_dataset
+
+    probes = []
+    for task in tasks:
+        for row in make_dataset([task], per_task, seed=seed).to_list():
+            ids, prompt_length = _encode(tokenizer, row["prompt"], row["text"])
+            first = prompt_length
+            while first < len(ids) - 1 and not tokenizer.decode([ids[first]]).strip():
+                first += 1  # separator tokens (a space) belong to the prefix
+            probes.append({"task": task, "ids": ids[: first + 1], "prefix_length": first})
+    return probes
+
+
+@torch.no_grad()
+def probe_model(model, probes: Sequence[dict]) -> dict[str, float]:
+    """For an NCLlama: per task and overall, the mean gate at the answer's first position and the call accuracy
+    (the top call at the site answered is :data:`TASK_PROGRAMS`'s program for the task; tasks whose program the
+    model lacks are not scored). Keys ``probe/<task>/gate``, ``probe/<task>/call_accuracy``, ``probe/gate``,
+    ``probe/call_accuracy``."""
+    was_training = model.training
+    model.eval()
+    gates: dict[str, list[float]] = {}
+    hits: dict[str, list[float]] = {}
+    programs = set(model.config.nc_programs)
+    try:
+        for probe in probes:
+            sequence = torch.tensor(probe["ids"], dtype=torch.long, device=model.device)
+            row = model.explain(sequence, probe["prefix_length"], max_trace_rows=1)[-1]
+            task = probe["task"]
+            gates.setdefault(task, []).append(float(row["gate"]))
+            expected = TASK_PROGRAMS.get(task)
+            if expected in programs:
+                top = max(row["calls"], key=lambda c: c["probability"])["program"] if row["calls"] else None
+                hits.setdefault(task, []).append(float(top == expected))
+    finally:
+        model.train(was_training)
+    metrics = {}
+    for task, values in gates.items():
+        metrics[f"probe/{task}/gate"] = sum(values) / len(values)
+        if task in hits:
+            metrics[f"probe/{task}/call_accuracy"] = sum(hits[task]) / len(hits[task])
+    every_gate = [g for values in gates.values() for g in values]
+    every_hit = [h for values in hits.values() for h in values]
+    if every_gate:
+        metrics["probe/gate"] = sum(every_gate) / len(every_gate)
+    if every_hit:
+        metrics["probe/call_accuracy"] = sum(every_hit) / len(every_hit)
+    return metrics
+
+
+class ProbeCallback(TrainerCallback):
+    """Every ``steps`` optimizer steps (and before the first and after the last), on the main process: the probes of
+    :func:`probe_model` written into the trainer's log history (``trainer_state.json``, ``train_log.json``), so a
+    plot can show when the gate opens and which tasks' calls are learned."""
+
+    def __init__(self, probes: Sequence[dict], steps: int):
+        if steps < 1:
+            raise ValueError(f"steps must be positive, got {steps}")
+        self.probes, self.steps = list(probes), steps
+        self._last: Optional[int] = None
+
+    def _probe(self, state, model) -> None:
+        if not state.is_world_process_zero or model is None or self._last == state.global_step:
+            return
+        self._last = state.global_step
+        metrics = probe_model(model, self.probes)
+        state.log_history.append({**metrics, "step": state.global_step})
+        from tqdm.auto import tqdm
+
+        accuracy = metrics.get("probe/call_accuracy", math.nan)
+        tqdm.write(f"probe at step {state.global_step}: gate {metrics.get('probe/gate', math.nan):.3f}, "
+                   f"call accuracy {accuracy:.2f}")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self._probe(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.steps == 0:
+            self._probe(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._probe(state, model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------------------------
+
+def heads_optimizer(model: torch.nn.Module, args, heads_learning_rate: float) -> torch.optim.Optimizer:
+    """AdamW (the Trainer's settings) with the interpreter heads at their own learning rate: they start from
+    scratch (the gate's scale at 0) while the decoder is pretrained, and at the decoder's rate a closed gate opens
+    by only about one learning rate per step."""
+    heads = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("nc_heads.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("nc_heads.")]
+    groups = [{"params": heads, "lr": heads_learning_rate}, {"params": rest, "lr": args.learning_rate}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(args.adam_beta1, args.adam_beta2),
+                             eps=args.adam_epsilon, weight_decay=args.weight_decay)
+
+
+def _restore_soft_programs(model, checkpoint: str) -> None:
+    """Soft mode keeps the trained programs in the checkpoint's library files, not in its model weights: attach
+    them before the Trainer restores the rest."""
+    from .library import Library
+
+    if getattr(model.config, "nc_mode", None) == "soft" and model.library is not None:
+        model.config.nc_library_fingerprint = None
+        model.attach_library(Library.load(checkpoint))
+
+
+def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
+          recipe_path: Optional[Union[str, Path]] = None) -> dict:
+    """Run a validated recipe; the final model, tokenizer, ``recipe.yaml``, ``train_log.json`` (log history, wall
+    time, world size, parameter counts) and, with an ``eval`` section, ``eval_results.json``/``.md`` land in
+    ``output_dir``. Returns the summary written to ``train_log.json``."""
+    import yaml
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(output_dir)
+    model, tokenizer, kind = build_model(recipe["model"])
+    if recipe["probe"]["steps"] and kind != "nclama":
+        raise RecipeError("probe.steps: probes read an NCLlama's interpreter; this model is a plain LLaMA")
+    unknown = [key for key in recipe["final_config"] if not hasattr(model.config, key)]
+    if unknown:
+        raise RecipeError(f"final_config: {', '.join(unknown)} not settings of {type(model.config).__name__}")
+    trainable, total = apply_trainable(model, recipe["trainable"])
+    _say(f"model: {kind}, {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.1f}%)")
+    max_length = recipe["data"]["max_length"] or getattr(model.config, "max_position_embeddings", None)
+    dataset = build_train_dataset(recipe["data"], tokenizer, max_length)
+    heads_learning_rate = recipe["training"].get("heads_learning_rate")
+    args = training_arguments({k: v for k, v in recipe["training"].items() if k != "heads_learning_rate"}, output_dir, kind)
+    _say(f"data: {len(dataset):,} examples of {', '.join(recipe['data']['tasks'])} (loss on {recipe['data']['loss_on']} tokens)")
+    print(f"[rank {args.process_index}/{args.world_size}] training on {args.device}", flush=True)
+    callbacks = []
+    if recipe["probe"]["steps"]:
+        probe_tasks = recipe["data"]["tasks"] + ([CLRS_TASK] if recipe["data"]["clrs_insertion_sort"] else [])
+        probes = build_probes(tokenizer, list(dict.fromkeys(probe_tasks)), recipe["probe"]["per_task"], recipe["probe"]["seed"])
+        callbacks.append(ProbeCallback(probes, recipe["probe"]["steps"]))
+    checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+    if not resume and output_dir.is_dir() and get_last_checkpoint(str(output_dir)):
+        _say(f"{output_dir} holds checkpoints: starting fresh (--resume continues from the last one)")
+    if resume:
+        _say(f"resuming from {checkpoint}" if checkpoint else f"--resume: no checkpoint in {output_dir}, starting fresh")
+        if checkpoint and kind == "nclama":
+            _restore_soft_programs(model, checkpoint)
+            apply_trainable(model, recipe["trainable"])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer),
+                      processing_class=tokenizer, callbacks=callbacks,
+                      optimizers=(heads_optimizer(model, args, heads_learning_rate), None) if heads_learning_rate else (None, None))
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.time() - start
+    for key, value in recipe["final_config"].items():
+        setattr(trainer.model.config, key, value)
+    trainer.save_model(str(output_dir))  # model (+ library files), tokenizer; the main process writes
+    summary = {
+        "recipe": str(recipe_path) if recipe_path else None,
+        "kind": kind,
+        "resumed_from": checkpoint,
+        "global_step": trainer.state.global_step,
+        "world_size": args.world_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "train_examples": len(dataset),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "wall_time_s": wall,
+        "steps_per_s": result.metrics.get("train_steps_per_second"),
+        "metrics": result.metrics,
+        "log_history": trainer.state.log_history,
+    }
+    if not trainer.is_world_process_zero():
+        return summary
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (output_dir / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _say(f"saved the model, tokenizer, recipe.yaml and train_log.json to {output_dir} "
+         f"({trainer.state.global_step} steps, {wall:.0f} s)")
+    if recipe["eval"]:
+        from .evaluation import evaluate_model, format_table, write_results
+
+        spec = recipe["eval"]
+        rows = evaluate_model(trainer.model, tokenizer, tasks=spec["tasks"], lengths=spec["lengths"],
+                              n_per_length=spec["n"], seed=spec["seed"], split=spec["split"],
+                              batch_size=spec["batch_size"], max_new_tokens=spec["max_new_tokens"])
+        paths = write_results(rows, output_dir)
+        print(format_table(rows))
+        print(f"wrote {paths[0]} and {paths[1]}")
+        summary["eval"] = rows
+    return summary

@@ -1,0 +1,305 @@
+"""nclama train: recipes, the Trainer run (checkpoints with the library, resume, trainable globs, probes), torchrun
+data parallel on CPU, the README's Trainer example. Everything tiny: a 2-layer, 64-wide LLaMA, a few steps."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from modeling_nclama.cli import main
+from modeling_nclama.tasks import TASKS, TRAINING_RANGES, make_dataset
+from modeling_nclama.training import (
+    TASK_PROGRAMS, Collator, RecipeError, apply_overrides, apply_trainable, build_model, build_probes, load_recipe,
+    probe_model, tokenize, validate_recipe,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2}
+
+
+def write(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """A tiny LLaMA trained 3 steps by `nclama train` from an init recipe (the base the other tests convert)."""
+    where = tmp_path_factory.mktemp("baseline")
+    recipe = write(where / "llama.yaml", {
+        "model": {"init": {"preset": "tiny", "kind": "llama", "config": SMALL}},
+        "data": {"tasks": ["add", "max"], "n": 24, "lengths": [2, 3]},
+        "training": {"max_steps": 3, "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 3,
+                     "disable_tqdm": True},
+        "eval": {"tasks": ["add"], "lengths": [1], "n": 2},
+    })
+    assert main(["train", "--recipe", str(recipe), "--output-dir", str(where / "out")]) == 0
+    return where / "out"
+
+
+# ---------------------------------------------------------------------------------------------------- recipes
+GOOD_MODEL = {"init": {"preset": "tiny", "kind": "llama"}}
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"data": {}}, "recipe: missing key 'model'"),
+    ({"model": GOOD_MODEL, "optimizer": {}}, "unknown key 'optimizer'"),
+    ({"model": {}}, "model: needs exactly one of init, from_llama, from_pretrained"),
+    ({"model": {"init": {"preset": "huge"}}}, "model.init.preset: unknown preset 'huge'"),
+    ({"model": {"init": {"preset": "tiny", "kind": "gpt"}}}, "model.init.kind: must be one of llama, nclama, got 'gpt'"),
+    ({"model": {"init": {"preset": "tiny", "kind": "llama", "library": {"value_size": 1024}}}}, "kind llama has no library"),
+    ({"model": {"from_llama": {"path": "x", "nc": {"top_kk": 3}}}}, "model.from_llama.nc: unknown setting 'top_kk'"),
+    ({"model": {"from_llama": {"path": "x", "nc": {"nc_value_size": 512}}}}, "nc_value_size: set by library.value_size"),
+    ({"model": {"from_llama": {"path": "x", "library": {"value_size": "big"}}}}, "library.value_size: must be an int"),
+    ({"model": {"from_llama": {"nc": {}}}}, "model.from_llama: missing key 'path'"),
+    ({"model": GOOD_MODEL, "trainable": "heads"}, "trainable: must be 'all' or a non-empty list"),
+    ({"model": GOOD_MODEL, "data": {"tasks": ["add", "divide"]}}, "data.tasks: unknown task 'divide'"),
+    ({"model": GOOD_MODEL, "data": {"loss_on": "prompt"}}, "data.loss_on: must be one of all, answer, got 'prompt'"),
+    ({"model": GOOD_MODEL, "data": {"n": 0}}, "data.n: must be an int >= 1, got 0"),
+    ({"model": GOOD_MODEL, "data": {"tasks": ["add"], "lengths": {"sort": [2, 4]}}}, "data.lengths.sort: not a task of data.tasks"),
+    ({"model": GOOD_MODEL, "data": {"tasks": ["add"], "lengths": {"add": [5, 2]}}}, "data.lengths.add: low 5 is above high 2"),
+    ({"model": GOOD_MODEL, "data": {"tasks": ["sort"], "lengths": [1]}}, "data.lengths: length 1 is not valid for sort"),
+    ({"model": GOOD_MODEL, "training": {"learning_rat": 0.1}}, "training: 'learning_rat' is not a TrainingArguments field"),
+    ({"model": GOOD_MODEL, "training": {"output_dir": "x"}}, "--output-dir"),
+    ({"model": GOOD_MODEL, "probe": {"steps": 5}}, "probe.steps: probes read an NCLlama's interpreter"),
+    ({"model": GOOD_MODEL, "eval": {"split": "test"}}, "eval.split: must be one of train, heldout"),
+    ({"model": GOOD_MODEL, "training": {"heads_learning_rate": 0}}, "training.heads_learning_rate: must be a positive number"),
+    ({"model": GOOD_MODEL, "final_config": {"max_steps": 5}}, "final_config: must be a mapping of nc_* settings"),
+])
+def test_recipe_errors_name_the_key(recipe, message):
+    with pytest.raises(RecipeError) as error:
+        validate_recipe(recipe, "r.yaml")
+    assert str(error.value).startswith("r.yaml: ") and message in str(error.value)
+
+
+def test_recipe_defaults_and_overrides():
+    recipe = validate_recipe(apply_overrides({"model": GOOD_MODEL}, {"training.max_steps": 7, "data.loss_on": "answer"}))
+    assert recipe["trainable"] == "all" and recipe["data"]["tasks"] == list(TASKS)
+    assert recipe["data"]["lengths"] == {t: list(TRAINING_RANGES[t]["length"]) for t in TASKS}
+    assert recipe["data"]["loss_on"] == "answer"
+    assert recipe["training"] == {"max_steps": 7} and recipe["probe"]["steps"] == 0 and recipe["eval"] is None
+    nc = validate_recipe({"model": {"from_llama": {"path": "p", "nc": {"top_k": 2, "nc_layer": -2}}}})
+    assert nc["model"]["from_llama"]["nc"] == {"nc_top_k": 2, "nc_layer": -2}
+
+
+def test_cli_reports_a_bad_recipe(tmp_path, capsys):
+    recipe = write(tmp_path / "bad.yaml", {"model": GOOD_MODEL, "data": {"loss_on": "everything"}})
+    assert main(["train", "--recipe", str(recipe), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "data.loss_on: must be one of all, answer, got 'everything'" in capsys.readouterr().err
+    assert main(["train", "--recipe", str(recipe), "--output-dir", "x", "--set", "data.loss_on=answer",
+                 "--set", "training.nonsense=1"]) == 2
+    assert "'nonsense' is not a TrainingArguments field" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_committed_recipes():
+    base, nc = load_recipe(ROOT / "configuration/recipes/llama-tiny-baseline.yaml"), load_recipe("nclama-tiny")
+    assert base["model"]["init"]["kind"] == "llama" and base["data"]["loss_on"] == "all"
+    assert base["data"]["tasks"] == list(TASKS) and nc["data"]["tasks"] == list(TASKS)
+    for recipe in (base, nc):  # the training ranges are tasks.TRAINING_RANGES, restated
+        assert recipe["data"]["lengths"] == {t: list(TRAINING_RANGES[t]["length"]) for t in TASKS}
+        assert recipe["eval"] is not None
+    spec = nc["model"]["from_llama"]
+    assert spec["path"] == "out/llama-tiny-baseline" and spec["library"] == {"value_size": 1024}
+    assert nc["probe"]["steps"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def test_data_tokenization_masks_the_prompt_and_pads_per_batch():
+    from modeling_nclama.tokenization import BOS, EOS
+    from modeling_nclama.training import _examples
+
+    data = validate_recipe({"model": GOOD_MODEL, "data": {"tasks": ["add", "sort", "gcd"], "n": 7, "seed": 3,
+                                                          "clrs_insertion_sort": 2}})["data"]
+    examples = _examples(data)  # round robin, as make_dataset, plus the CLRS examples
+    assert examples["text"][:7] == make_dataset(["add", "sort", "gcd"], 7, seed=3)["text"]
+    assert examples["task"][7:] == ["clrs_insertion_sort"] * 2
+    data = validate_recipe({"model": GOOD_MODEL, "data": {"tasks": ["add", "sort"], "n": 40,
+                                                          "lengths": {"add": [3, 4]}}})["data"]
+    assert data["lengths"] == {"add": [3, 4], "sort": [2, 16]}
+    examples = _examples(data)
+    assert {n for t, n in zip(examples["task"], examples["length"]) if t == "add"} == {3, 4}
+    assert max(n for t, n in zip(examples["task"], examples["length"]) if t == "sort") > 4
+
+    class Tok:  # characters as tokens: 1 (bos), then the text, then 2 (eos)
+        eos_token_id, pad_token_id, bos_token_id = 2, 0, 1
+
+        def __call__(self, texts, add_special_tokens=True):
+            return {"input_ids": [([1] if add_special_tokens else []) + [ord(c) for c in t] for t in texts]}
+
+    assert BOS and EOS
+    rows = [{"prompt": "1+2=", "text": "1+2=3"}, {"prompt": "Is 1 less than 2?", "text": "Is 1 less than 2? yes"}]
+    from datasets import Dataset
+
+    both = tokenize(Dataset.from_list(rows), Tok(), loss_on="answer")
+    assert both[0]["input_ids"] == [1, *map(ord, "1+2=3"), 2] and both[0]["labels"] == [-100] * 5 + [ord("3"), 2]
+    assert both[1]["labels"][-5:] == [*map(ord, " yes"), 2] and set(both[1]["labels"][:-5]) == {-100}
+    assert tokenize(Dataset.from_list(rows), Tok(), loss_on="all")[0]["labels"] == both[0]["input_ids"]
+    assert len(tokenize(Dataset.from_list(rows), Tok(), max_length=10)) == 1  # the longer one is dropped
+    batch = Collator(Tok())([both[0], both[1]])
+    assert batch["input_ids"].shape == (2, len(both[1]["input_ids"]))
+    assert batch["input_ids"][0, 7:].eq(0).all() and batch["labels"][0, 7:].eq(-100).all()
+    assert batch["attention_mask"].sum(1).tolist() == [7, len(both[1]["input_ids"])]
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+def test_llama_recipe_trains_saves_and_reloads(baseline):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    log = json.loads((baseline / "train_log.json").read_text())
+    losses = [row["loss"] for row in log["log_history"] if "loss" in row]
+    assert len(losses) == 3 and all(l > 0 for l in losses)
+    assert log["global_step"] == 3 and log["world_size"] == 1 and log["kind"] == "llama" and log["wall_time_s"] > 0
+    assert log["trainable_parameters"] == log["total_parameters"] > 0
+    assert {"config.json", "model.safetensors", "tokenizer.json", "recipe.yaml", "eval_results.json"} <= {
+        p.name for p in baseline.iterdir()}
+    assert (baseline / "checkpoint-3" / "trainer_state.json").is_file()
+    copy = validate_recipe(yaml.safe_load((baseline / "recipe.yaml").read_text()))  # the recipe as it ran
+    assert copy["training"]["max_steps"] == 3 and copy["model"]["init"]["config"] == SMALL
+    rows = json.loads((baseline / "eval_results.json").read_text())["rows"]
+    assert [(r["task"], r["length"], r["n"]) for r in rows] == [("add", 1, 2)]
+    model = LlamaForCausalLM.from_pretrained(baseline)
+    tok = AutoTokenizer.from_pretrained(baseline)
+    assert model.config.hidden_size == 64 and model.config.eos_token_id == tok.eos_token_id
+    with torch.no_grad():
+        assert torch.isfinite(model(**tok(["12+3="], return_tensors="pt")).logits).all()
+
+
+def test_nclama_checkpoints_carry_the_library_and_resume(baseline, tmp_path):
+    from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+
+    recipe = write(tmp_path / "nc.yaml", {
+        "model": {"from_llama": {"path": str(baseline), "nc": {"top_k": 2, "max_steps": 2000}, "library": {"value_size": 256}}},
+        "data": {"tasks": ["add", "max"], "n": 16, "lengths": [2], "loss_on": "answer"},
+        "training": {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 2,
+                     "disable_tqdm": True, "heads_learning_rate": 0.01},
+        "probe": {"steps": 2, "per_task": 1},
+        "final_config": {"nc_max_steps": 3000},
+    })
+    out = tmp_path / "out"
+    assert main(["train", "--recipe", str(recipe), "--output-dir", str(out)]) == 0
+    checkpoint = out / "checkpoint-2"
+    assert (checkpoint / "library.json").is_file() and (checkpoint / "library.safetensors").is_file()
+    reloaded = NCLlamaForCausalLM.from_pretrained(checkpoint)
+    assert reloaded.library is not None and reloaded.config.nc_top_k == 2
+    assert reloaded.config.nc_base_model == str(baseline) and reloaded.config.nc_max_steps == 2000  # as trained
+    assert json.loads((out / "config.json").read_text())["nc_max_steps"] == 3000  # final_config, after training
+    rates = [row["learning_rate"] for row in json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+             if "learning_rate" in row]
+    assert rates and rates[0] == pytest.approx(0.01)  # the Trainer logs the first group's rate: the heads' own
+    assert (out / "library.json").is_file() and (out / "modeling_nclama.py").is_file()  # the final model too
+    log = json.loads((out / "train_log.json").read_text())
+    probes = [row for row in log["log_history"] if "probe/gate" in row]
+    assert [row["step"] for row in probes] == [0, 2]  # before the first step and at step 2
+    assert {"probe/add/gate", "probe/add/call_accuracy", "probe/max/call_accuracy", "probe/call_accuracy"} <= set(probes[0])
+    assert 0 <= probes[-1]["probe/gate"] <= 1
+    # --resume continues from checkpoint-2 (optimizer, scheduler, step) up to the new max_steps
+    assert main(["train", "--recipe", str(recipe), "--output-dir", str(out), "--resume", "--max-steps", "3",
+                 "--save-steps", "3", "--probe-steps", "0"]) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["resumed_from"] == str(checkpoint) and log["global_step"] == 3
+    steps = [row["step"] for row in log["log_history"] if "loss" in row]
+    assert steps == [1, 2, 3]  # the history carried over from the checkpoint, then step 3
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+
+
+def test_trainable_globs_freeze_the_rest(baseline):
+    recipe = validate_recipe({"model": {"from_llama": {"path": str(baseline), "library": {"value_size": 256}}}})
+    model, tok, kind = build_model(recipe["model"])
+    assert kind == "nclama"
+    count, total = apply_trainable(model, ["nc_heads.*"])
+    heads = sum(p.numel() for p in model.nc_heads.parameters())
+    assert count == heads < total
+    assert all(p.requires_grad == n.startswith("nc_heads.") for n, p in model.named_parameters())
+    with torch.no_grad():
+        model.nc_heads.gate_scale.fill_(0.5)  # open the gate, so the heads get gradients
+    batch = tok(["12+34=46"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad and all(n.startswith("nc_heads.") for n in with_grad)
+    # a prefix (no glob) works too; a tied embedding trains through either of its names
+    apply_trainable(model, ["model.layers.1", "lm_head"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "model.embed_tokens.weight" in trainable and any(n.startswith("model.layers.1.") for n in trainable)
+    assert not any(n.startswith(("model.layers.0.", "nc_heads.")) for n in trainable)
+    with pytest.raises(RecipeError, match="'decoder.*' matches no parameter"):
+        apply_trainable(model, ["decoder.*"])
+
+
+def test_probes_read_the_gate_and_the_call(baseline):
+    recipe = validate_recipe({"model": {"from_llama": {"path": str(baseline), "library": {"value_size": 256}}}})
+    model, tok, _ = build_model(recipe["model"])
+    probes = build_probes(tok, ["add", "less_than"], per_task=1, seed=0)
+    for probe in probes:  # the prefix ends right before the answer's first (non-space) token
+        row = make_dataset([probe["task"]], 1, seed=0)[0]
+        first = tok.decode(probe["ids"][probe["prefix_length"]:]).strip()  # " yes" is one token
+        assert len(probe["ids"]) == probe["prefix_length"] + 1 and first and row["answer"].startswith(first)
+        assert tok.decode(probe["ids"][: probe["prefix_length"]], skip_special_tokens=True).strip() == row["prompt"]
+    metrics = probe_model(model, probes)
+    assert metrics["probe/gate"] == 0.0  # a converted model starts with the gate closed
+    assert set(metrics) == {"probe/add/gate", "probe/add/call_accuracy", "probe/less_than/gate",
+                            "probe/less_than/call_accuracy", "probe/gate", "probe/call_accuracy"}
+    assert TASK_PROGRAMS["clrs_insertion_sort"] is None and set(TASK_PROGRAMS) >= set(TASKS)
+    assert model.training  # restored
+
+
+def test_torchrun_two_processes_on_cpu(baseline, tmp_path):
+    recipe = write(tmp_path / "ddp.yaml", {
+        "model": {"from_pretrained": str(baseline)},
+        "data": {"tasks": ["add"], "n": 16, "lengths": [1, 2]},
+        "training": {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 2,
+                     "disable_tqdm": True},
+    })
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "modeling_nclama.cli", "train", "--recipe", str(recipe), "--output-dir", str(tmp_path / "out")]
+    run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        output, _ = run.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # the launcher and both workers (their own session)
+        output, _ = run.communicate()
+        pytest.fail("torchrun did not finish in 240 s:\n" + output[-3000:])
+    assert run.returncode == 0, output[-3000:]
+    assert "[rank 0/2]" in output and "[rank 1/2]" in output  # both ranks trained
+    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
+    assert log["world_size"] == 2 and log["global_step"] == 2
+    # 16 examples, 2 per device on 2 ranks: 4 steps an epoch
+    assert [row["epoch"] for row in log["log_history"] if "loss" in row] == [0.25, 0.5]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_training_arguments_defaults():
+    from modeling_nclama.training import training_arguments
+
+    nc = training_arguments({}, "unused", "nclama")
+    assert nc.ddp_find_unused_parameters is True and nc.use_cpu is not torch.cuda.is_available()
+    assert nc.report_to in ("none", [], ["none"]) and nc.dataloader_num_workers == 0 and not nc.remove_unused_columns
+    llama = training_arguments({"learning_rate": 0.5, "logging_steps": 3}, "unused", "llama")
+    assert llama.ddp_find_unused_parameters is False and llama.learning_rate == 0.5 and llama.logging_steps == 3
+    with pytest.raises(RecipeError, match="training: "):
+        training_arguments({"lr_scheduler_type": "sometimes"}, "unused", "llama")
+
+
+def test_readme_trainer_example_runs(baseline, tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Fine-tuning"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "Trainer(" in block and "max_steps=" in block
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "llama-tiny-baseline").symlink_to(baseline)
+    block = re.sub(r"max_steps=\d+", "max_steps=2", block)  # a few steps are enough here
+    block = block.replace("disable_tqdm=False", "disable_tqdm=True")
+    exec(compile(block, "README.md", "exec"), {})
+    files = {p.name for p in (tmp_path / "out" / "nclama-ft").iterdir()}
+    assert {"library.json", "library.safetensors", "model.safetensors", "tokenizer.json"} <= files
