@@ -211,10 +211,11 @@ BENCH_PROMPTS = ("What is 81273 plus 4406?", "Sort the list [5, 3, 9, 1].", "gcd
 
 
 def bench_model(presets: Sequence[str] = ("tiny", "llama-3.2-1b"), batch: int = 4, new_tokens: int = 8,
-                repeats: int = 3, num_threads: int | None = None) -> list[dict]:
+                repeats: int = 15, num_threads: int | None = None) -> list[dict]:
     """NCLlama (hard mode, library attached) against ``LlamaForCausalLM`` of the same preset and weights, in this
     process, on the same batch: forward+backward time, greedy generation tokens/s (batch 1), and the memory autograd
-    keeps for backward. The NCLlama is converted from that LLaMA with ``from_llama`` after the LLaMA was measured."""
+    keeps for backward. The NCLlama is converted from that LLaMA with ``from_llama``. The two models are timed in
+    alternation (``repeats`` rounds, medians), so that the machine's load changes hit both alike."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from .analysis import SavedBytes
@@ -235,22 +236,24 @@ def bench_model(presets: Sequence[str] = ("tiny", "llama-3.2-1b"), batch: int = 
     one = tok(prompts[:1], return_tensors="pt")
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
 
-    def measure(model) -> dict:
+    def train_step(model):
         model.train()
-        saved = SavedBytes()
+        model.zero_grad(set_to_none=True)
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
+        model.zero_grad(set_to_none=True)
 
-        def step():
-            model.zero_grad(set_to_none=True)
-            model(**inputs, labels=inputs["input_ids"]).loss.backward()
-
-        with saved.hooks():
-            step()
-        train_ms = _time_ms(step, repeats, warmup=0)
+    def generate(model):
         model.eval()
         with torch.no_grad():
-            generate = lambda: model.generate(**one, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)  # noqa: E731
-            generate_ms = _time_ms(generate, repeats, warmup=1)
-        return {"train_ms": train_ms, "tokens_per_s": new_tokens / (generate_ms / 1e3), "autograd_mib": saved.megabytes}
+            model.generate(**one, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    def autograd_mib(model) -> float:
+        saved = SavedBytes()
+        with saved.hooks():
+            model.train()
+            model(**inputs, labels=inputs["input_ids"]).loss.backward()
+        model.zero_grad(set_to_none=True)
+        return saved.megabytes
 
     rows = []
     try:
@@ -258,11 +261,23 @@ def bench_model(presets: Sequence[str] = ("tiny", "llama-3.2-1b"), batch: int = 
             settings = {k: v for k, v in preset(name).items() if not k.startswith("nc_")}
             torch.manual_seed(0)
             llama = LlamaForCausalLM(LlamaConfig(**{**settings, **ids}))
-            base = measure(llama)
             model = NCLlamaForCausalLM.from_llama(llama, library, reader_tokens=table)
-            del llama
-            mine = measure(model)
-            del model
+            models = {"llama": llama, "nclama": model}
+            times = {label: {"train": [], "generate": []} for label in models}
+            for label, m in models.items():  # warm up: caches, the library's results
+                train_step(m), generate(m)
+            for _ in range(repeats):
+                for label, m in models.items():
+                    times[label]["train"].append(_time_ms(lambda: train_step(m), 1, warmup=0))
+                    times[label]["generate"].append(_time_ms(lambda: generate(m), 1, warmup=0))
+            result = {
+                label: {"train_ms": statistics.median(t["train"]),
+                        "tokens_per_s": new_tokens / (statistics.median(t["generate"]) / 1e3),
+                        "autograd_mib": autograd_mib(models[label])}
+                for label, t in times.items()
+            }
+            del llama, model, models
+            base, mine = result["llama"], result["nclama"]
             rows.append({
                 "preset": name, "batch": batch, "seq": inputs["input_ids"].shape[1], "llama": base, "nclama": mine,
                 "train_overhead": mine["train_ms"] / base["train_ms"] - 1.0,

@@ -25,6 +25,11 @@ class NCLlamaConfig(LlamaConfig):
         weights are then parameters of the model (`nc_program_weights`) and train with it.
     nc_top_k (`int`, defaults to 4):
         Number of (call, operands) combinations executed and marginalized per position.
+    nc_min_call_probability (`float`, defaults to 0.0):
+        A top-k call whose probability at its position is below this is not executed and proposes nothing (0: every
+        top-k call runs, the exact marginalization training needs). A trained model answers with calls of
+        probability near 1; skipping the unlikely ones (which may run to ``nc_max_steps``) makes inference fast,
+        changing no probability by more than this.
     nc_program_sharpness (`float`, defaults to 20.0):
         Soft mode: a compiled program's impossible choices (logit -inf) start this far below the row's best, so
         that they have a gradient (probability e^-20: the program still computes exactly to float precision).
@@ -82,6 +87,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_pointer_dim: int = 64
     nc_reader_tokens: dict | None = None
     nc_answer_window: int = 64
+    nc_min_call_probability: float = 0.0
     nc_program_sharpness: float = 20.0
     nc_freeze_programs: bool = False
     nc_residual_injection: bool = False
@@ -123,6 +129,8 @@ class NCLlamaConfig(LlamaConfig):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(self.nc_program_sharpness, bool) or not isinstance(self.nc_program_sharpness, (int, float)) or not 0 < self.nc_program_sharpness < float("inf"):
             raise ValueError(f"nc_program_sharpness must be a positive finite number, got {self.nc_program_sharpness!r}")
+        if isinstance(self.nc_min_call_probability, bool) or not isinstance(self.nc_min_call_probability, (int, float)) or not 0 <= self.nc_min_call_probability < 1:
+            raise ValueError(f"nc_min_call_probability must be in [0, 1), got {self.nc_min_call_probability!r}")
         if self.nc_residual_injection and self.nc_layer % layers == layers - 1:
             raise ValueError(f"nc_residual_injection needs nc_layer below the last layer ({layers - 1}): there is no later layer to inject into")
         if self.nc_value_size < 3:

@@ -488,7 +488,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         top = p.detach().topk(min(K, p.shape[1]), dim=-1).indices  # [G, k]; padding combos have p = 0
         chosen_p = p.gather(1, top)
         if config.nc_mode == "hard":
-            self._fill_menus(menus, site_menu, top.tolist())
+            self._fill_menus(menus, site_menu, top.tolist(), (chosen_p.detach() >= config.nc_min_call_probability).tolist())
             if len(menus) == 1:
                 chosen_tokens = menus[0].tokens[top]  # [G, k, W]
             else:
@@ -497,7 +497,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if config.nc_mode == "soft" or record is not None:
             picked = [[menus[e].choices[c] if c < len(menus[e].choices) else None for c in cs] for e, cs in zip(site_menu, top.tolist())]
         if config.nc_mode == "soft":
-            chosen_tokens, factor = self._soft_results([[c and c.call for c in row] for row in picked])
+            run = (chosen_p.detach() >= config.nc_min_call_probability).tolist()
+            chosen_tokens, factor = self._soft_results([[c.call if c and go else None for c, go in zip(row, ok)] for row, ok in zip(picked, run)])
             chosen_p = chosen_p * factor
         if record is not None:
             for g, row in enumerate(picked):
@@ -541,8 +542,10 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             [LibraryCall(choices[c][0], tuple(arguments[b][n][slot][pick] for slot, pick in enumerate(choices[c][1])), False) for c in cs]
             for b, rows in enumerate(top.tolist()) for n, cs in enumerate(rows)
         ]
+        run = (chosen_p.detach() >= config.nc_min_call_probability).view(B * N, -1).tolist()
+        executed = [[c if go else None for c, go in zip(row, ok)] for row, ok in zip(picked, run)]
         k = top.shape[-1]
-        chosen_tokens, factor = (self._hard_tokens if config.nc_mode == "hard" else self._soft_results)(picked)
+        chosen_tokens, factor = (self._hard_tokens if config.nc_mode == "hard" else self._soft_results)(executed)
         if factor is not None:
             chosen_p = chosen_p * factor.view(B, N, k)
         tokens[:, :, :k] = chosen_tokens.view(B, N, k, -1)
@@ -595,13 +598,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 out.append(_Choice(LibraryCall(program_index, tuple(v for _, v in picked), bracketed), tuple(i for i, _ in picked)))
         return out
 
-    def _fill_menus(self, menus: list["_Menu"], site_menu: list[int], top: list[list[int]]) -> None:
-        """Execute the chosen calls whose results the menus do not hold yet."""
+    def _fill_menus(self, menus: list["_Menu"], site_menu: list[int], top: list[list[int]], run: list[list[bool]]) -> None:
+        """Execute the chosen calls (those ``run`` marks) whose results the menus do not hold yet."""
         missing = {}
-        for e, chosen in zip(site_menu, top):
+        for e, chosen, go in zip(site_menu, top, run):
             menu = menus[e]
-            for c in chosen:
-                if c < len(menu.choices) and not menu.done[c]:
+            for c, ok in zip(chosen, go):
+                if ok and c < len(menu.choices) and not menu.done[c]:
                     missing[(e, c)] = menu.choices[c].call
         if missing:
             for (e, c), tokens in zip(missing, self._token_lists(list(missing.values()))):
@@ -620,9 +623,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 self._results[call] = self._text_tokens(names[call.program], value, call.bracketed)[: self.config.nc_answer_window]
         return [self._results[call] for call in calls]
 
-    def _hard_tokens(self, picked: list[list["LibraryCall"]]) -> tuple[torch.Tensor, None]:
-        """Result tokens [G, k, W] of hard calls (and no probability factor)."""
-        rows = _token_tensor(self._token_lists([call for row in picked for call in row]), self.config.nc_answer_window)
+    def _hard_tokens(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, None]:
+        """Result tokens [G, k, W] of hard calls (none for None), and no probability factor."""
+        flat = [call for row in picked for call in row]
+        results = iter(self._token_lists([call for call in flat if call is not None]))
+        rows = _token_tensor([next(results) if call is not None else [] for call in flat], self.config.nc_answer_window)
         return rows.view(len(picked), -1, rows.shape[-1]), None
 
     def _soft_results(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,6 +50,7 @@ def test_library_settings_round_trip(tmp_path):
         ({"nc_memory_size": 256}, "nc_memory_size must be in [2, nc_value_size - 1 = 255]"),
         ({"nc_operand_reader": "learned"}, "nc_operand_reader must be one of ('pointer', 'projection')"),
         ({"nc_program_sharpness": 0.0}, "nc_program_sharpness must be a positive finite number"),
+        ({"nc_min_call_probability": 1.0}, "nc_min_call_probability must be in [0, 1)"),
         ({"nc_program_sharpness": float("inf")}, "nc_program_sharpness must be a positive finite number"),
         ({"nc_residual_injection": True}, "nc_residual_injection needs nc_layer below the last layer (1)"),
         ({"nc_residual_injection": True, "nc_layer": -1}, "nc_residual_injection needs nc_layer below the last layer"),

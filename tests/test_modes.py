@@ -152,3 +152,15 @@ def test_residual_injection_reaches_later_layers(convert, tok):
     model.activation_checkpointing_disable()
     for name, grad in expected.items():
         assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-5), name
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_unlikely_calls_are_not_executed(convert, tok, mode):
+    model = convert(nc_mode=mode, nc_min_call_probability=0.1)
+    force(model, "add", site=last_site(tok))
+    assert answer(model, tok) == "7"  # the untrained pointers split ~1/4 over the operand pairs: all above 0.1
+    model = convert(nc_mode=mode, nc_min_call_probability=0.4)
+    force(model, "add", site=last_site(tok))
+    assert answer(model, tok) != "7"  # at the answer's site no call reached 0.4: none ran
+    if mode == "hard":  # the only call that ran: where "3" was the only operand, add(3, 3) had probability 1
+        assert [call.arguments for call in model._results] == [(3, 3)]
