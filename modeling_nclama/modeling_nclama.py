@@ -273,7 +273,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if active:
             if cache is not None:  # the interpreter's work on these positions is kept for the next steps
                 cache.nc_state = interpreted.state
-            logits = self._fuse(logits, interpreted.proposal, interpreted.gate)
+            logits = self._fuse(logits, interpreted)
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
@@ -308,19 +308,29 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return outputs, found[0] if found else None
 
     @staticmethod
-    def _fuse(logits: torch.Tensor, proposal: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """LM logits -> log of the gated mixture with the library's proposal (plus the LM's log-normalizer, so that
-        a closed gate returns the LM logits themselves)."""
-        log_lm = torch.log_softmax(logits.float(), dim=-1)
-        mass = proposal.sum(-1)
-        from_library = gate.unsqueeze(-1) * proposal
-        # log of the library term, -inf where it is 0 (clamped first, so no 0 * inf reaches the gradient)
-        log_library = torch.where(from_library > 0, from_library.clamp_min(1e-30).log(), float("-inf"))
+    def _fuse(logits: torch.Tensor, interpreted: "Interpreted") -> torch.Tensor:
+        """LM logits -> log of the gated mixture with the library's proposal, up to the LM's log-normalizer (so that
+        a closed gate returns the LM logits themselves):
+
+            log((1 - g m) softmax(l) + g q) + logsumexp(l) = logaddexp(l + log(1 - g m), log(g q) + logsumexp(l)),
+
+        which is ``l + log(1 - g m)`` wherever the proposal ``q`` is 0: only the tokens the library proposes (a few
+        per position) need the full formula, so the vocabulary-wide work is one shift and one scatter."""
+        logits32 = logits.float()
+        gate, proposal, tokens = interpreted.gate, interpreted.proposal, interpreted.proposed_tokens
         # The language model keeps at least _LM_FLOOR of the mass (and the library's mass may exceed 1 by rounding):
         # every token keeps a finite log-probability and gradient, even under a fully open gate.
-        lm_weight = torch.log1p(-(gate * mass).clamp(max=1.0 - _LM_FLOOR))
-        mixed = torch.logaddexp(lm_weight.unsqueeze(-1) + log_lm, log_library)
-        return (mixed + torch.logsumexp(logits.float(), dim=-1, keepdim=True)).to(logits.dtype)
+        lm_weight = torch.log1p(-(gate * interpreted.mass).clamp(max=1.0 - _LM_FLOOR)).unsqueeze(-1)
+        tokens, _ = tokens.sort(dim=-1)
+        first = torch.ones_like(tokens, dtype=torch.bool)
+        first[..., 1:] = tokens[..., 1:] != tokens[..., :-1]
+        from_library = gate.unsqueeze(-1) * proposal.gather(2, tokens)  # a token's whole mass, wherever it repeats
+        # log of the library term, -inf where it is 0 (clamped first, so no 0 * inf reaches the gradient)
+        log_library = torch.where(from_library > 0, from_library.clamp_min(1e-30).log(), float("-inf"))
+        lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
+        mixed = torch.logaddexp(logits32.gather(2, tokens) + lm_weight, log_library + lse)
+        mixed = torch.where(first, mixed, mixed.detach())  # a repeated token is written again, but counted once
+        return (logits32 + lm_weight).scatter(2, tokens, mixed).to(logits.dtype)
 
     @torch.no_grad()
     def generate_with_trace(self, input_ids: torch.LongTensor, max_trace_rows: int = 200, **generate_kwargs):
@@ -437,10 +447,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         site_probs = torch.softmax(site_logits.float().masked_fill(~valid, float("-inf")), dim=-1)
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
         weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
-        proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32)
-        proposal = proposal.scatter_add(2, at_site.clamp(min=0).reshape(B, N, -1), weight.reshape(B, N, -1))
+        proposed = at_site.clamp(min=0).reshape(B, N, -1)
+        weight = weight.reshape(B, N, -1)
+        proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
         new_state = InterpreterState(ids, operand_keys.detach(), site_keys.detach(), tokens, probs.detach())
-        return Interpreted(hidden, proposal, heads.gate_probability(hidden), new_state)
+        return Interpreted(hidden, proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state)
 
     def _pointer_calls(
         self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: torch.Tensor, operand_keys: torch.Tensor, record: Optional[dict]
@@ -720,6 +731,8 @@ class Interpreted:
 
     hidden: torch.Tensor  # [B, N, H] what the heads read
     proposal: torch.Tensor  # [B, N, vocab] unnormalized library proposal
+    proposed_tokens: torch.Tensor  # [B, N, E] every token the proposal may hold (the others have 0)
+    mass: torch.Tensor  # [B, N] the proposal's total
     gate: torch.Tensor  # [B, N]
     state: InterpreterState
 

@@ -123,3 +123,25 @@ def test_a_mismatched_library_is_refused(model):
     other = Library.from_source("def gcd(a, b):\n    return a\n", value_size=256)
     with pytest.raises(LibraryError, match="lacks programs"):
         model.attach_library(other)
+
+
+def test_fusion_equals_the_dense_mixture_values_and_gradients():
+    """The sparse fusion against the formula over the whole vocabulary, with repeated proposed tokens."""
+    from modeling_nclama.modeling_nclama import Interpreted
+
+    torch.manual_seed(0)
+    B, N, V, E = 2, 3, 50, 6
+    logits = torch.randn(B, N, V, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, 5, (B, N, E))  # few distinct tokens: many repeats
+    weight = (torch.rand(B, N, E, dtype=torch.float64) / E).requires_grad_(True)
+    gate = torch.rand(B, N, dtype=torch.float64, requires_grad=True)
+    proposal = torch.zeros(B, N, V, dtype=torch.float64).scatter_add(2, tokens, weight)
+    got = NCLlamaForCausalLM._fuse(logits, Interpreted(None, proposal, tokens, weight.sum(-1), gate, None))
+    mixture = (1 - gate * proposal.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * proposal
+    expected = mixture.log() + torch.logsumexp(logits, -1, keepdim=True)
+    assert torch.allclose(got, expected, atol=1e-10)
+    probe = torch.randn(B, N, V, dtype=torch.float64)
+    grads = torch.autograd.grad((got * probe).sum(), (logits, weight, gate), retain_graph=True)
+    expected_grads = torch.autograd.grad((expected * probe).sum(), (logits, weight, gate))
+    for a, b in zip(grads, expected_grads):
+        assert torch.allclose(a, b, atol=1e-9)
