@@ -626,8 +626,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         """Result tokens (at most the answer window) of hard calls: cached, the rest run as one vectorized batch."""
         names = self.config.nc_programs
         todo = [call for call in dict.fromkeys(calls) if call not in self._results]
-        if len(self._results) + len(todo) > _RESULT_CACHE_SIZE:
+        if len(self._results) + len(todo) > _RESULT_CACHE_SIZE:  # full: start over (these calls all run again)
             self._results.clear()
+            todo = list(dict.fromkeys(calls))
         if todo:
             result = self.library.run_calls([(names[c.program], _plain(c.arguments)) for c in todo], max_steps=self.config.nc_max_steps)
             for call, value in zip(todo, result.values):  # a failed call proposes only the end

@@ -145,3 +145,18 @@ def test_fusion_equals_the_dense_mixture_values_and_gradients():
     expected_grads = torch.autograd.grad((expected * probe).sum(), (logits, weight, gate))
     for a, b in zip(grads, expected_grads):
         assert torch.allclose(a, b, atol=1e-9)
+
+
+def test_a_full_result_cache_starts_over(model, tok, monkeypatch):
+    import modeling_nclama.modeling_nclama as modeling
+
+    force(model, "long_add", site=4)
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = model(**batch).logits
+        monkeypatch.setattr(modeling, "_RESULT_CACHE_SIZE", 3)  # fewer than one forward's calls
+        model._results.clear(), model._menus.clear()
+        model(**tok(PROMPTS[:1], return_tensors="pt"))  # some results cached...
+        model._menus.clear()  # ...and the next forward needs those and more
+        got = model(**batch).logits
+    assert torch.equal(got, expected) and len(model._results) > 3
