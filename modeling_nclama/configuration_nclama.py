@@ -62,9 +62,9 @@ class NCLlamaConfig(LlamaConfig):
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
     nc_residual_injection (`bool`, defaults to `False`):
-        Add the expected embedding of the library's proposed next token, through a zero-initialized linear map, to
-        the output of layer `nc_layer`, so that later layers can use results the output does not copy (needs
-        `nc_layer` below the last layer).
+        Add the expected embedding of the first result token of the call made at each position, through a
+        zero-initialized linear map, to the output of layer `nc_layer`, so that later layers can use results the
+        output does not copy (needs `nc_layer` below the last layer).
     nc_base_model (`str`, optional):
         The LLaMA checkpoint this model was converted from (`from_llama` with a path or Hub id), for the model card.
     """

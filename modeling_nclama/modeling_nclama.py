@@ -112,10 +112,13 @@ class NCInterpreterHeads(nn.Module):
         return torch.softmax(logits.view(*hidden.shape[:-1], self.slots, -1), dim=-1)
 
     def injection(self, interpreted: "Interpreted", embeddings: torch.Tensor) -> torch.Tensor:
-        """What residual injection adds to the hidden state: the expected embedding of the library's proposed next
-        token, through a learned map. Not gated: later layers may use a result that the output does not copy (a
-        comparison's 0 or 1 read as "no" or "yes")."""
-        return self.inject(interpreted.proposal.to(embeddings.dtype) @ embeddings)
+        """What residual injection adds to the hidden state: the expected embedding of the first result token of the
+        call made at the position itself, through a learned map. Neither gated nor sent through the site pointer:
+        later layers may use a result that the output does not copy (a comparison's 0, 1 or 2 read as "yes" or
+        "no"), and the call at a position gets gradient from the injection alone."""
+        tokens, probs = interpreted.own_tokens, interpreted.own_probs
+        weights = (probs * (tokens >= 0)).to(embeddings.dtype)  # [B, N, K]
+        return self.inject(torch.einsum("bnk,bnkh->bnh", weights, embeddings[tokens.clamp(min=0)]))
 
 
 class NCLlamaPreTrainedModel(LlamaPreTrainedModel):
@@ -434,6 +437,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         else:
             operand_keys = hidden.new_zeros(B, T, 0)
             tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
+        first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
         if state is not None:
             site_keys = torch.cat([state.site_keys, site_keys], 1)
             tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
@@ -451,7 +455,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
         new_state = InterpreterState(ids, operand_keys.detach(), site_keys.detach(), tokens, probs.detach())
-        return Interpreted(hidden, proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state)
+        return Interpreted(hidden, proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state, first_tokens, first_probs)
 
     def _pointer_calls(
         self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: torch.Tensor, operand_keys: torch.Tensor, record: Optional[dict]
@@ -736,6 +740,8 @@ class Interpreted:
     mass: torch.Tensor  # [B, N] the proposal's total
     gate: torch.Tensor  # [B, N]
     state: InterpreterState
+    own_tokens: Optional[torch.Tensor] = None  # [B, N, K] first result token of each call made at the position (-1: none)
+    own_probs: Optional[torch.Tensor] = None  # [B, N, K] those calls' probabilities
 
 
 def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:
