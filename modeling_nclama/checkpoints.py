@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from .configuration_nclama import NCLlamaConfig
 from .library import Library
@@ -17,6 +17,7 @@ from .tokenization import default_tokenizer, reader_tokens
 
 PRESETS = Path(__file__).resolve().parents[1] / "configuration" / "models"
 MODEL_CARD = Path(__file__).resolve().parents[1] / "hub_assets" / "templates" / "model_card.md"
+BASELINE_CARD = MODEL_CARD.with_name("baseline_card.md")
 EVAL_RESULTS = "eval_results.json"  # written by evaluation: {"rows": [{"task": ..., "length": ..., "exact_match": ...}]}
 
 
@@ -52,29 +53,35 @@ def init_model(name: str, output: Union[str, Path], *, tokenizer: Optional[str] 
 
 def export_model(model_dir: Union[str, Path], output: Union[str, Path], *, repo_id: Optional[str] = None) -> Path:
     """A complete Hub repo folder: config (with auto_map), weights, library files, tokenizer, generation config, the
-    runtime ``.py`` files only, and a model card with Hub metadata and the evaluation table where results exist."""
+    runtime ``.py`` files only, and a model card with Hub metadata and the evaluation table where results exist.
+    A plain LLaMA folder (a baseline) exports as weights, config, tokenizer and its own card."""
     model_dir, output = Path(model_dir), Path(output)
-    model = NCLlamaForCausalLM.from_pretrained(model_dir)
+    plain = json.loads((model_dir / "config.json").read_text()).get("model_type") == "llama"
+    model = (LlamaForCausalLM if plain else NCLlamaForCausalLM).from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     tok.save_pretrained(output)
     if (model_dir / EVAL_RESULTS).is_file():
         (output / EVAL_RESULTS).write_bytes((model_dir / EVAL_RESULTS).read_bytes())
-    (output / "README.md").write_text(model_card(model, output / EVAL_RESULTS, repo_id or output.name))
+    card = baseline_card if plain else model_card
+    (output / "README.md").write_text(card(model, output / EVAL_RESULTS, repo_id or output.name))
     return output
+
+
+def evaluation_table(eval_results: Path) -> str:
+    """The model card's evaluation section: exact match per task, split and length (``nclama eval`` results)."""
+    if not eval_results.is_file():
+        return "No evaluation results recorded for this checkpoint yet (`nclama eval` writes them)."
+    rows = json.loads(eval_results.read_text())["rows"]
+    lines = ["| task | templates | length | examples | exact match |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['task']} | {r.get('split', 'train')} | {r['length']} | {r.get('n', '')} | {100 * r['exact_match']:.1f}% |" for r in rows]
+    return "\n".join(lines)
 
 
 def model_card(model: NCLlamaForCausalLM, eval_results: Path, repo_id: str) -> str:
     c = model.config
     base = getattr(c, "nc_base_model", None)
-    if eval_results.is_file():
-        rows = json.loads(eval_results.read_text())["rows"]
-        lines = ["| task | length | exact match |", "| --- | --- | ---: |"]
-        lines += [f"| {r['task']} | {r['length']} | {100 * r['exact_match']:.1f}% |" for r in rows]
-        evaluation = "\n".join(lines)
-    else:
-        evaluation = "No evaluation results recorded for this checkpoint yet (`nclama eval` writes them)."
     return MODEL_CARD.read_text().format(
         base_model=f"base_model: {base}\n" if base else "",
         name=repo_id.split("/")[-1],
@@ -87,5 +94,16 @@ def model_card(model: NCLlamaForCausalLM, eval_results: Path, repo_id: str) -> s
         mode=c.nc_mode,
         top_k=c.nc_top_k,
         programs=", ".join(f"`{p}`" for p in c.nc_programs),
-        evaluation=evaluation,
+        evaluation=evaluation_table(eval_results),
+    )
+
+
+def baseline_card(model: LlamaForCausalLM, eval_results: Path, repo_id: str) -> str:
+    c = model.config
+    return BASELINE_CARD.read_text().format(
+        name=repo_id.split("/")[-1],
+        repo_hint=repo_id,
+        parameters=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M",
+        shape=f"{c.num_hidden_layers} / {c.hidden_size} / {c.num_attention_heads}",
+        evaluation=evaluation_table(eval_results),
     )

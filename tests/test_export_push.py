@@ -20,7 +20,7 @@ RUNTIME = {"configuration_nclama.py", "modeling_nclama.py", "library.py", "machi
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     assert main(["init", "--preset", "tiny", "-o", str(root / "model")]) == 0
-    rows = [{"task": "add", "length": 10, "exact_match": 0.995}]
+    rows = [{"task": "add", "length": 10, "exact_match": 0.995, "n": 200}, {"task": "add", "split": "heldout", "length": 3, "exact_match": 0.98}]
     (root / "model" / "eval_results.json").write_text(json.dumps({"rows": rows}))
     assert main(["export", str(root / "model"), "-o", str(root / "hub"), "--repo-id", "org/nclama-tiny"]) == 0
     return root / "hub"
@@ -35,7 +35,8 @@ def test_the_folder_is_a_complete_hub_repo(exported):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     assert "nclama" in meta["tags"] and meta["license"] == "apache-2.0"
-    assert "| add | 10 | 99.5% |" in card and 'from_pretrained("org/nclama-tiny", trust_remote_code=True)' in card
+    assert "| add | train | 10 | 200 | 99.5% |" in card and "| add | heldout | 3 |  | 98.0% |" in card
+    assert 'from_pretrained("org/nclama-tiny", trust_remote_code=True)' in card
 
 
 def test_push_then_load_from_the_hub(exported, tmp_path, monkeypatch, capsys):
@@ -61,3 +62,18 @@ def test_push_then_load_from_the_hub(exported, tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         assert torch.allclose(remote(**batch).logits, local(**batch).logits, atol=1e-6)
     assert remote.library.fingerprint() == local.library.fingerprint()
+
+
+def test_a_plain_llama_baseline_exports_with_its_own_card(tmp_path, make_llama):
+    from modeling_nclama.tokenization import default_tokenizer
+
+    tok = default_tokenizer()
+    make_llama(tok).save_pretrained(tmp_path / "baseline")
+    tok.save_pretrained(tmp_path / "baseline")
+    (tmp_path / "baseline" / "eval_results.json").write_text(json.dumps({"rows": [{"task": "add", "length": 40, "exact_match": 0.0}]}))
+    assert main(["export", str(tmp_path / "baseline"), "-o", str(tmp_path / "hub"), "--repo-id", "org/llama-tiny-baseline"]) == 0
+    files = {p.name for p in (tmp_path / "hub").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "eval_results.json"} <= files
+    assert not RUNTIME & files  # a plain LLaMA needs no remote code
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "| add | train | 40 |  | 0.0% |" in card and "trust_remote_code" not in card
