@@ -189,7 +189,7 @@ def _cmd_eval(args) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     rows = evaluate_model(model, tokenizer, tasks=args.tasks, lengths=args.lengths, n_per_length=args.n,
                           seed=args.seed, split=args.split, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens)
+                          max_new_tokens=args.max_new_tokens, tool_calls=args.tool_calls)
     print(format_table(rows))
     paths = write_results(rows, args.output_dir or args.model)
     print(f"\nwrote {paths[0]} and {paths[1]}")
@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lengths for every task (default: each task's own, up to 4x its training range)")
     p.add_argument("--n", type=_positive_int, default=50, help="examples per (task, length)")
     p.add_argument("--split", choices=SPLITS, default="train", help="heldout: the evaluation-only templates")
+    p.add_argument("--tool-calls", action="store_true", help="the model writes a call ([[a+b]]) that Python answers (the tool-use baseline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default=None, help="where eval_results.json/.md go (default: the model folder)")
     p.add_argument("--batch-size", type=_positive_int, default=16)

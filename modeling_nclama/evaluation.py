@@ -17,6 +17,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .checkpoints import EVAL_RESULTS
 from .tasks import EVAL_LENGTHS, TASKS, make_dataset, validate
+from .tool_use import answer_call, tool_text
 
 __all__ = ["END_MARKERS", "RESULTS_JSON", "RESULTS_MD", "answer_text", "exact_match", "evaluate_model",
            "format_table", "write_results"]
@@ -68,22 +69,23 @@ def _left_padded(tokenizer, prompts: Sequence[str], pad_id: int) -> tuple[torch.
     return input_ids, attention_mask
 
 
-def _answer_budget(tokenizer, rows: Sequence[dict]) -> int:
-    """Enough new tokens for the longest right answer of a batch: separator, answer, and the stop token (+1)."""
-    texts = [row["text"][len(row["prompt"]):] for row in rows]
+def _answer_budget(tokenizer, rows: Sequence[dict], tool_calls: bool = False) -> int:
+    """Enough new tokens for the longest right answer (or call) of a batch: separator, answer, the stop token (+1)."""
+    texts = [(tool_text(row) if tool_calls else row["text"])[len(row["prompt"]):] for row in rows]
     return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) + 2
 
 
 def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: Optional[Sequence[int]] = None,
                    n_per_length: int = 50, seed: int = 0, split: str = "train", batch_size: int = 16,
-                   max_new_tokens: Optional[int] = None, progress: bool = True) -> list[dict]:
+                   max_new_tokens: Optional[int] = None, progress: bool = True, tool_calls: bool = False) -> list[dict]:
     """Exact match of greedy generation on ``n_per_length`` examples of every (task, length).
 
     Works for any causal LM whose ``generate`` takes ``input_ids``/``attention_mask`` (LlamaForCausalLM,
     NCLlamaForCausalLM): prompts are left-padded in batches, generation is greedy and stops at EOS or a newline,
     and only the new tokens are decoded. ``lengths`` (default: each task's :data:`~modeling_nclama.tasks.EVAL_LENGTHS`)
     apply to every task; ``max_new_tokens`` defaults to what the longest right answer of each batch needs.
-    Returns one row per (task, length): ``{task, length, split, n, exact_match}``."""
+    With ``tool_calls`` the model is the tool-use baseline: it writes a call, which ``tool_use.answer_call``
+    answers, and that answer is scored. Returns one row per (task, length): ``{task, length, split, n, exact_match}``."""
     tasks = list(tasks)
     validate(tasks, lengths, split)
     if not isinstance(n_per_length, int) or n_per_length <= 0:
@@ -108,11 +110,13 @@ def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: O
                     with torch.no_grad():
                         out = model.generate(input_ids=input_ids.to(model.device),
                                              attention_mask=attention_mask.to(model.device),
-                                             max_new_tokens=max_new_tokens or _answer_budget(tokenizer, batch),
+                                             max_new_tokens=max_new_tokens or _answer_budget(tokenizer, batch, tool_calls),
                                              do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_id,
                                              stopping_criteria=stop)
                     predictions += tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
                     bar.update(len(batch))
+                if tool_calls:
+                    predictions = [answer_call(text) or "" for text in predictions]
                 score = exact_match(predictions, [row["answer"] for row in data])
                 rows.append({"task": task, "length": length, "split": split, "n": len(data), "exact_match": score})
     finally:

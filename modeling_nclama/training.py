@@ -64,6 +64,7 @@ TASK_PROGRAMS: dict[str, Optional[str]] = {
 
 KINDS = ("llama", "nclama")
 LOSS_ON = ("all", "answer")
+FORMATS = ("answer", "tool_call")  # tool_call: the tool-use baseline (tool_use.py)
 LIBRARY_KEYS = ("value_size", "memory_size", "stack_depth", "max_steps")
 # nc_* settings a recipe may not set: they follow from the library and the tokenizer
 DERIVED_NC = ("nc_value_size", "nc_memory_size", "nc_stack_depth", "nc_library_fingerprint", "nc_reader_tokens",
@@ -226,7 +227,7 @@ def _length_list(spec: Sequence[int]) -> list[int]:
 
 
 def _data(where: str, value: Any) -> dict:
-    value = _check_keys(where, value or {}, ("tasks", "n", "seed", "lengths", "clrs_insertion_sort", "loss_on", "max_length"))
+    value = _check_keys(where, value or {}, ("tasks", "n", "seed", "lengths", "clrs_insertion_sort", "loss_on", "max_length", "format"))
     tasks = _tasks(f"{where}.tasks", value.get("tasks", "all"))
     clrs = _int(f"{where}.clrs_insertion_sort", value.get("clrs_insertion_sort", 0))
     max_length = value.get("max_length")
@@ -240,6 +241,7 @@ def _data(where: str, value: Any) -> dict:
         "clrs_insertion_sort": clrs,
         "loss_on": _choice(f"{where}.loss_on", value.get("loss_on", "all"), LOSS_ON),
         "max_length": max_length,
+        "format": _choice(f"{where}.format", value.get("format", "answer"), FORMATS),
     }
 
 
@@ -464,6 +466,10 @@ def _examples(data: dict):
     dataset = concatenate_datasets(parts).select(indices)
     if data["clrs_insertion_sort"]:
         dataset = concatenate_datasets([dataset, clrs_insertion_sort(data["clrs_insertion_sort"], seed=data["seed"])])
+    if data["format"] == "tool_call":  # the tool-use baseline writes a call instead of the answer
+        from .tool_use import tool_text
+
+        dataset = dataset.map(lambda row: {"text": tool_text(row)})
     return dataset
 
 
