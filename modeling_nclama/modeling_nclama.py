@@ -72,9 +72,11 @@ class InterpreterState:
     site_keys: torch.Tensor  # [B, T, d]
     tokens: torch.Tensor  # [B, T, K, W] result tokens of each position's top-k calls
     probs: torch.Tensor  # [B, T, K] their probabilities
+    last_sites: torch.Tensor  # [B, T] the site the last position answers, over sites
 
     def select(self, index: torch.Tensor) -> "InterpreterState":
-        return InterpreterState(*(t.index_select(0, index) for t in (self.ids, self.operand_keys, self.site_keys, self.tokens, self.probs)))
+        fields = (self.ids, self.operand_keys, self.site_keys, self.tokens, self.probs, self.last_sites)
+        return InterpreterState(*(t.index_select(0, index) for t in fields))
 
 
 class NCInterpreterHeads(nn.Module):
@@ -95,6 +97,7 @@ class NCInterpreterHeads(nn.Module):
             self.operand_value = nn.Linear(hidden, self.slots * config.nc_value_size)
         self.site_query = nn.Linear(hidden, dim)
         self.site_key = nn.Linear(hidden, dim)
+        self.site_continue = nn.Linear(hidden, 1)
         if config.nc_residual_injection:
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
 
@@ -351,19 +354,15 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         ``generate_with_trace``). Recomputed in one forward pass, which equals what generation computed."""
         if self.library is None:
             raise LibraryError("the model has no library attached")
-        heads, W, mode = self.nc_heads, self.config.nc_answer_window, self.config.nc_mode
+        mode = self.config.nc_mode
         ids = sequence.tolist()
         record: dict = {}
         _, interpreted = self._run_decoder(True, None, record, input_ids=sequence[None], use_cache=False)
-        hidden = interpreted.hidden
         gate = interpreted.gate[0]
-        keys, queries = heads.site_key(hidden)[0], heads.site_query(hidden)[0]  # the heads see [B, T, H], as in forward
         rows = []
         for t in range(prompt_length - 1, len(ids) - 1):
-            first = max(0, t - W + 1)
-            site_probs = torch.softmax((keys[first : t + 1] @ queries[t]).float() / math.sqrt(heads.dim), dim=-1)
-            p_site, index = site_probs.max(-1)
-            site = first + int(index)
+            p_site, offset = interpreted.site_probs[0, t].max(-1)
+            site = t - int(offset)
             calls = []
             for recorded in record.get((0, site), []):
                 name, args = self.config.nc_programs[recorded.call.program], _plain(recorded.call.arguments)
@@ -448,14 +447,41 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         valid = sites >= 0
         sites = sites.clamp(min=0)
         site_logits = torch.einsum("bnd,bnwd->bnw", heads.site_query(hidden), site_keys[:, sites]) / math.sqrt(heads.dim)
-        site_probs = torch.softmax(site_logits.float().masked_fill(~valid, float("-inf")), dim=-1)
+        attention = torch.softmax(site_logits.float().masked_fill(~valid, float("-inf")), dim=-1) * valid
+        last_sites = self._continued_sites(heads, hidden, attention, sites, T, state)  # [B, N, T] over sites
+        site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
         weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
-        new_state = InterpreterState(ids, operand_keys.detach(), site_keys.detach(), tokens, probs.detach())
-        return Interpreted(hidden, proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state, first_tokens, first_probs)
+        new_state = InterpreterState(ids, operand_keys.detach(), site_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach())
+        return Interpreted(proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state, first_tokens,
+                           first_probs, site_probs)
+
+    @staticmethod
+    def _continued_sites(heads: "NCInterpreterHeads", hidden: torch.Tensor, attention: torch.Tensor, sites: torch.Tensor,
+                         T: int, state: Optional[InterpreterState]) -> torch.Tensor:
+        """The site each position answers, over sites [B, N, T]: with probability c_t the site of the previous position
+        (the answer goes on: one offset further into the same result), otherwise a new site chosen by attention,
+
+            P[t] = c_t P[t - 1] + (1 - c_t) A[t],
+
+        computed for all positions at once: P[t] = sum_t' exp(L[t] - L[t']) (1 - c_t') A[t'] + exp(L[t]) P[start - 1],
+        with L the cumulative sum of log c. A long answer then stays on its call site however far it runs, without
+        the attention having to single that site out at distances never seen in training."""
+        B, N, _ = attention.shape
+        cont = torch.sigmoid(heads.site_continue(hidden).float().squeeze(-1))  # [B, N]
+        new = hidden.new_zeros(B, N, T, dtype=torch.float32).scatter_add(2, sites.expand(B, -1, -1), attention)
+        L = torch.cumsum(torch.log(cont.double().clamp_min(1e-30)), dim=1)  # [B, N]
+        causal = torch.ones(N, N, dtype=torch.bool).tril()
+        decay = torch.exp((L.unsqueeze(2) - L.unsqueeze(1)).masked_fill(~causal, float("-inf")))  # [B, N, N]
+        mix = (decay * (1.0 - cont.double()).unsqueeze(1)).float()
+        out = mix @ new
+        if state is not None and state.last_sites is not None:
+            carried = torch.nn.functional.pad(state.last_sites, (0, T - state.last_sites.shape[1]))
+            out = out + torch.exp(L).float().unsqueeze(2) * carried.unsqueeze(1)
+        return out
 
     def _pointer_calls(
         self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: torch.Tensor, operand_keys: torch.Tensor, record: Optional[dict]
@@ -734,7 +760,6 @@ class RecordedCall:
 class Interpreted:
     """The interpreter's output for the positions of one forward pass."""
 
-    hidden: torch.Tensor  # [B, N, H] what the heads read
     proposal: torch.Tensor  # [B, N, vocab] unnormalized library proposal
     proposed_tokens: torch.Tensor  # [B, N, E] every token the proposal may hold (the others have 0)
     mass: torch.Tensor  # [B, N] the proposal's total
@@ -742,6 +767,7 @@ class Interpreted:
     state: InterpreterState
     own_tokens: Optional[torch.Tensor] = None  # [B, N, K] first result token of each call made at the position (-1: none)
     own_probs: Optional[torch.Tensor] = None  # [B, N, K] those calls' probabilities
+    site_probs: Optional[torch.Tensor] = None  # [B, N, W] the site answered, by offset (0: the position itself)
 
 
 def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:

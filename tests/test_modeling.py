@@ -1,6 +1,7 @@
 """NCLlamaForCausalLM: exactly LLaMA at initialization, the library inside the forward pass, gradients to the heads."""
 import pytest
 import torch
+from torch import nn
 
 from forcing import force
 from modeling_nclama import Library, LibraryError
@@ -136,7 +137,7 @@ def test_fusion_equals_the_dense_mixture_values_and_gradients():
     weight = (torch.rand(B, N, E, dtype=torch.float64) / E).requires_grad_(True)
     gate = torch.rand(B, N, dtype=torch.float64, requires_grad=True)
     proposal = torch.zeros(B, N, V, dtype=torch.float64).scatter_add(2, tokens, weight)
-    got = NCLlamaForCausalLM._fuse(logits, Interpreted(None, proposal, tokens, weight.sum(-1), gate, None))
+    got = NCLlamaForCausalLM._fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None))
     mixture = (1 - gate * proposal.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * proposal
     expected = mixture.log() + torch.logsumexp(logits, -1, keepdim=True)
     assert torch.allclose(got, expected, atol=1e-10)
@@ -160,3 +161,30 @@ def test_a_full_result_cache_starts_over(model, tok, monkeypatch):
         model._menus.clear()  # ...and the next forward needs those and more
         got = model(**batch).logits
     assert torch.equal(got, expected) and len(model._results) > 3
+
+
+def test_continued_sites_follow_the_recurrence_in_one_pass_or_in_steps():
+    """P[t] = c_t P[t-1] + (1 - c_t) A[t]: all positions at once equals the loop, and equals prefix then steps."""
+    from types import SimpleNamespace
+
+    from modeling_nclama.modeling_nclama import InterpreterState
+
+    torch.manual_seed(0)
+    B, T, W, H = 2, 7, 4, 5
+    heads = SimpleNamespace(site_continue=nn.Linear(H, 1))
+    hidden = torch.randn(B, T, H)
+    offsets = torch.arange(W)
+    sites = torch.arange(T).unsqueeze(1) - offsets
+    valid = sites >= 0
+    attention = torch.softmax(torch.randn(B, T, W).masked_fill(~valid, float("-inf")), -1) * valid
+    sites = sites.clamp(min=0)
+    full = NCLlamaForCausalLM._continued_sites(heads, hidden, attention, sites, T, None)
+    cont = torch.sigmoid(heads.site_continue(hidden).squeeze(-1))
+    previous = torch.zeros(B, T)
+    for t in range(T):
+        new = torch.zeros(B, T).scatter_add(1, sites[t].expand(B, -1), attention[:, t])
+        previous = cont[:, t:t + 1] * previous + (1 - cont[:, t:t + 1]) * new
+        assert torch.allclose(full[:, t], previous, atol=1e-6)
+    state = InterpreterState(*[None] * 5, full[:, 3])  # the first 4 positions done, then one at a time
+    step = NCLlamaForCausalLM._continued_sites(heads, hidden[:, 4:5], attention[:, 4:5], sites[4:5], 5, state)
+    assert torch.allclose(step[:, 0], full[:, 4, :5], atol=1e-6)
