@@ -473,14 +473,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         B, N, _ = attention.shape
         cont = torch.sigmoid(heads.site_continue(hidden).float().squeeze(-1))  # [B, N]
         new = hidden.new_zeros(B, N, T, dtype=torch.float32).scatter_add(2, sites.expand(B, -1, -1), attention)
-        L = torch.cumsum(torch.log(cont.double().clamp_min(1e-30)), dim=1)  # [B, N]
+        L = torch.cumsum(torch.log(cont.clamp_min(1e-30)), dim=1)  # [B, N]
         causal = torch.ones(N, N, dtype=torch.bool).tril()
         decay = torch.exp((L.unsqueeze(2) - L.unsqueeze(1)).masked_fill(~causal, float("-inf")))  # [B, N, N]
-        mix = (decay * (1.0 - cont.double()).unsqueeze(1)).float()
-        out = mix @ new
+        out = (decay * (1.0 - cont).unsqueeze(1)) @ new
         if state is not None and state.last_sites is not None:
             carried = torch.nn.functional.pad(state.last_sites, (0, T - state.last_sites.shape[1]))
-            out = out + torch.exp(L).float().unsqueeze(2) * carried.unsqueeze(1)
+            out = out + torch.exp(L).unsqueeze(2) * carried.unsqueeze(1)
         return out
 
     def _pointer_calls(
