@@ -16,6 +16,8 @@
   nclama bench ops|machine|model                     benchmarks (results belong in BENCHMARKS.md)
   nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
   nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
+  nclama report lengths LABEL=DIR... --out PNG       models side by side: exact match by task and length
+  nclama report probes RUN_DIR --out PNG             what learns what: gate and call accuracy over training
 """
 from __future__ import annotations
 
@@ -116,6 +118,25 @@ def _cmd_bench(args) -> int:
     else:
         report = bench.bench_machine(batch=args.batch or 4096)
         print(bench.format_machine_tables(report))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from . import reports
+
+    if args.what == "probes":
+        probes = reports.probe_history(args.inputs[0])
+        print(reports.probe_table(probes))
+        print(f"wrote {reports.plot_what_learns_what(probes, args.out)}")
+        return 0
+    results = {}
+    for item in args.inputs:
+        label, sep, where = item.partition("=")
+        if not sep or not label or not where:
+            raise SystemExit(f"nclama report lengths: expected LABEL=DIR, got {item!r}")
+        results[label] = reports.load_results(where)
+    print(reports.accuracy_table(results))
+    print(f"wrote {reports.plot_accuracy_by_length(results, args.out)}")
     return 0
 
 
@@ -320,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--value-sizes", type=int, nargs="+", default=None, help="for 'ops'")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("report", help="tables and plots of the experiments, from evaluation results and training logs")
+    p.add_argument("what", choices=("lengths", "probes"))
+    p.add_argument("inputs", nargs="+", help="lengths: LABEL=MODEL_DIR (or LABEL=eval_results.json); probes: a training output folder")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("analyze", help="differentiability analyses")
     p.add_argument("what", choices=("fib",))

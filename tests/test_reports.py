@@ -40,3 +40,13 @@ def test_bad_inputs_name_the_file(tmp_path):
     (tmp_path / "train_log.json").write_text(json.dumps({"log_history": [{"loss": 1.0, "step": 1}]}))
     with pytest.raises(ValueError, match="logged no probes"):
         reports.probe_history(tmp_path / "train_log.json")
+
+
+def test_report_command(tmp_path, capsys):
+    from modeling_nclama.cli import main
+
+    write_results(tmp_path / "m", [{"task": "sub", "length": 3, "exact_match": 0.5}])
+    assert main(["report", "lengths", f"mine={tmp_path / 'm'}", "--out", str(tmp_path / "l.png")]) == 0
+    assert "| sub | 3 | yes | 0.500 |" in capsys.readouterr().out and (tmp_path / "l.png").is_file()
+    with pytest.raises(SystemExit, match="expected LABEL=DIR"):
+        main(["report", "lengths", str(tmp_path / "m"), "--out", str(tmp_path / "x.png")])
