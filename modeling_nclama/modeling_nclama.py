@@ -69,13 +69,12 @@ class InterpreterState:
 
     ids: torch.Tensor  # [B, T] token ids
     operand_keys: torch.Tensor  # [B, T, d] pointer keys of each position (an operand is keyed by its last token)
-    site_keys: torch.Tensor  # [B, T, d]
     tokens: torch.Tensor  # [B, T, K, W] result tokens of each position's top-k calls
     probs: torch.Tensor  # [B, T, K] their probabilities
     last_sites: torch.Tensor  # [B, T] the site the last position answers, over sites
 
     def select(self, index: torch.Tensor) -> "InterpreterState":
-        fields = (self.ids, self.operand_keys, self.site_keys, self.tokens, self.probs, self.last_sites)
+        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites)
         return InterpreterState(*(t.index_select(0, index) for t in fields))
 
 
@@ -95,8 +94,6 @@ class NCInterpreterHeads(nn.Module):
             self.operand_key = nn.Linear(hidden, dim)
         else:
             self.operand_value = nn.Linear(hidden, self.slots * config.nc_value_size)
-        self.site_query = nn.Linear(hidden, dim)
-        self.site_key = nn.Linear(hidden, dim)
         self.site_continue = nn.Linear(hidden, 1)
         if config.nc_residual_injection:
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
@@ -426,7 +423,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         else:
             ids, start = torch.cat([state.ids, input_ids], 1), state.ids.shape[1]
         T = ids.shape[1]
-        site_keys = heads.site_key(hidden)
         calls = torch.softmax(heads.call(hidden).float(), dim=-1)  # [B, N, P]
         if config.nc_operand_reader == "pointer":
             operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
@@ -438,7 +434,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
         first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
         if state is not None:
-            site_keys = torch.cat([state.site_keys, site_keys], 1)
             tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
         # Site pointer: position t answers the call made at t - j, j in [0, W), with token j of its result (j < T:
         # a short sequence needs no more of the window).
@@ -446,37 +441,36 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
         valid = sites >= 0
         sites = sites.clamp(min=0)
-        site_logits = torch.einsum("bnd,bnwd->bnw", heads.site_query(hidden), site_keys[:, sites]) / math.sqrt(heads.dim)
-        attention = torch.softmax(site_logits.float().masked_fill(~valid, float("-inf")), dim=-1) * valid
-        last_sites = self._continued_sites(heads, hidden, attention, sites, T, state)  # [B, N, T] over sites
+        last_sites = self._continued_sites(heads, hidden, T, state)  # [B, N, T] over sites
         site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
         weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
-        new_state = InterpreterState(ids, operand_keys.detach(), site_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach())
+        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach())
         return Interpreted(proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state, first_tokens,
                            first_probs, site_probs)
 
     @staticmethod
-    def _continued_sites(heads: "NCInterpreterHeads", hidden: torch.Tensor, attention: torch.Tensor, sites: torch.Tensor,
-                         T: int, state: Optional[InterpreterState]) -> torch.Tensor:
-        """The site each position answers, over sites [B, N, T]: with probability c_t the site of the previous position
-        (the answer goes on: one offset further into the same result), otherwise a new site chosen by attention,
+    def _continued_sites(heads: "NCInterpreterHeads", hidden: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:
+        """The call site each position answers, over sites [B, N, T]: with probability c_t the site of the previous
+        position (the answer goes on, one offset further into the same result), otherwise the position itself (a
+        new answer starts with the first token of the call made here),
 
-            P[t] = c_t P[t - 1] + (1 - c_t) A[t],
+            P[t] = c_t P[t - 1] + (1 - c_t) e_t,
 
-        computed for all positions at once: P[t] = sum_t' exp(L[t] - L[t']) (1 - c_t') A[t'] + exp(L[t]) P[start - 1],
-        with L the cumulative sum of log c. A long answer then stays on its call site however far it runs, without
-        the attention having to single that site out at distances never seen in training."""
-        B, N, _ = attention.shape
+        computed for all positions at once: P[t] = sum_t' exp(L[t] - L[t']) (1 - c_t') e_t' + exp(L[t]) P[start - 1],
+        with L the cumulative sum of log c. No site is chosen by distance or content, so an answer stays on its call
+        however far past the training lengths it runs."""
+        B, N = hidden.shape[:2]
+        start = T - N
         cont = torch.sigmoid(heads.site_continue(hidden).float().squeeze(-1))  # [B, N]
-        new = hidden.new_zeros(B, N, T, dtype=torch.float32).scatter_add(2, sites.expand(B, -1, -1), attention)
         L = torch.cumsum(torch.log(cont.clamp_min(1e-30)), dim=1)  # [B, N]
         causal = torch.ones(N, N, dtype=torch.bool).tril()
         decay = torch.exp((L.unsqueeze(2) - L.unsqueeze(1)).masked_fill(~causal, float("-inf")))  # [B, N, N]
-        out = (decay * (1.0 - cont).unsqueeze(1)) @ new
+        out = hidden.new_zeros(B, N, T, dtype=torch.float32)
+        out[:, :, start:] = decay * (1.0 - cont).unsqueeze(1)
         if state is not None and state.last_sites is not None:
             carried = torch.nn.functional.pad(state.last_sites, (0, T - state.last_sites.shape[1]))
             out = out + torch.exp(L).unsqueeze(2) * carried.unsqueeze(1)

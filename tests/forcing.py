@@ -4,20 +4,20 @@ from torch import nn
 
 
 class ForcedSites(nn.Module):
-    """Site keys that make every position after ``site`` point at ``site`` (a test stands in for training)."""
+    """A site-continuation head under which every position after ``site`` answers the call made at ``site``: a new
+    site at ``site`` and before it, continue after it."""
 
-    def __init__(self, site: int, dim: int):
+    def __init__(self, site: int):
         super().__init__()
-        self.site, self.dim, self.seen = site, dim, 0
+        self.site, self.seen = site, 0
 
     def forward(self, hidden):  # called on the prompt, then (with a KV cache) on one new position at a time
         if hidden.shape[1] > 1:
             self.seen = 0
-        keys = torch.zeros(*hidden.shape[:-1], self.dim)
-        if 0 <= self.site - self.seen < hidden.shape[1]:
-            keys[:, self.site - self.seen] = 100.0
+        positions = torch.arange(self.seen, self.seen + hidden.shape[1])
         self.seen += hidden.shape[1]
-        return keys
+        logits = torch.where(positions > self.site, 30.0, -30.0)
+        return logits.view(1, -1, 1).expand(*hidden.shape[:-1], 1)
 
 
 def force(model, program: str, site: int):
@@ -28,5 +28,4 @@ def force(model, program: str, site: int):
         heads.gate.weight.zero_(), heads.gate.bias.fill_(30.0)
         heads.call.weight.zero_(), heads.call.bias.fill_(-30.0)
         heads.call.bias[model.config.nc_programs.index(program)] = 30.0
-        heads.site_query.weight.zero_(), heads.site_query.bias.fill_(1.0)
-    heads.site_key = ForcedSites(site, heads.dim)
+    heads.site_continue = ForcedSites(site)
