@@ -3,14 +3,15 @@
 At every position ``s`` the heads read the hidden state and choose a library *call*: a program (the call head) and
 its operands (pointer attention over the numbers and lists that the compiled reader found earlier in the sequence).
 The top-k (program, operands) choices are executed exactly by the library's hard machine (results are cached), and
-each result becomes the tokens of its text, then the end-of-sequence token. At every position ``t`` a site pointer
-chooses which earlier call site ``s`` is being answered, so the library proposes token ``t - s`` of that result; a gate
-mixes the proposal with the language model:
+each result becomes the tokens of its text, then the end-of-sequence token. Each position ``t`` either continues
+the answer of the position before it (one token further into the same call's result) or starts a new answer with
+the first token of its own call (a learned probability), so the library proposes token ``t - s`` of the result of
+the call made at ``s``; a gate mixes the proposal with the language model:
 
     p(next token) = (1 - g m) p_LM + g p_lib   (with 1 - g m at least 1e-6),
 
 where ``p_lib`` is the (exactly marginalized) library proposal and ``m`` its total mass. Gradients reach the gate,
-call, operand and site heads through the likelihood, so calls are learned from answers alone. The gate's scale starts
+call, operand and continuation heads through the likelihood, so calls are learned from answers alone. The gate's scale starts
 at exactly 0: a model converted from LLaMA gives that LLaMA's logits.
 """
 from __future__ import annotations
@@ -79,7 +80,7 @@ class InterpreterState:
 
 
 class NCInterpreterHeads(nn.Module):
-    """Gate, call, operand (pointer or projection) and site-pointer heads on the decoder's hidden state, and the
+    """Gate, call, operand (pointer or projection) and site-continuation heads on the decoder's hidden state, and the
     optional residual injection of the library's proposal."""
 
     def __init__(self, config: NCLlamaConfig):
@@ -113,7 +114,7 @@ class NCInterpreterHeads(nn.Module):
 
     def injection(self, interpreted: "Interpreted", embeddings: torch.Tensor) -> torch.Tensor:
         """What residual injection adds to the hidden state: the expected embedding of the first result token of the
-        call made at the position itself, through a learned map. Neither gated nor sent through the site pointer:
+        call made at the position itself, through a learned map. Neither gated nor sent through the site recurrence:
         later layers may use a result that the output does not copy (a comparison's 0, 1 or 2 read as "yes" or
         "no"), and the call at a position gets gradient from the injection alone."""
         tokens, probs = interpreted.own_tokens, interpreted.own_probs
@@ -435,8 +436,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
         if state is not None:
             tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
-        # Site pointer: position t answers the call made at t - j, j in [0, W), with token j of its result (j < T:
-        # a short sequence needs no more of the window).
+        # Sites: position t answers the call made at t - j, j in [0, W), with token j of its result (j < T: a short
+        # sequence needs no more of the window).
         offsets = torch.arange(min(W, T))
         sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
         valid = sites >= 0
