@@ -52,6 +52,8 @@ class NCLlamaConfig(LlamaConfig):
         `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
         attention. `"projection"` (the paper's reader): each operand is a distribution over values below
         `nc_value_size` projected from the hidden state; only programs of int parameters are called.
+    nc_max_candidates (`int`, defaults to 8):
+        How many of the latest numbers and lists before a position its call may read (pointer reader).
     nc_max_operands (`int`, defaults to 2):
         Operand slots of the heads (at most the library's argument registers).
     nc_pointer_dim (`int`, defaults to 64):
@@ -84,6 +86,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_library_fingerprint: str | None = None
     nc_operand_reader: str = "pointer"
     nc_max_operands: int = 2
+    nc_max_candidates: int = 8
     nc_pointer_dim: int = 64
     nc_reader_tokens: dict | None = None
     nc_answer_window: int = 64
@@ -122,7 +125,7 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_mode must be one of {NC_MODES}, got {self.nc_mode!r}")
         if self.nc_operand_reader not in NC_OPERAND_READERS:
             raise ValueError(f"nc_operand_reader must be one of {NC_OPERAND_READERS}, got {self.nc_operand_reader!r}")
-        positive = ("nc_top_k", "nc_stack_depth", "nc_max_steps", "nc_max_operands", "nc_pointer_dim", "nc_answer_window")
+        positive = ("nc_top_k", "nc_stack_depth", "nc_max_steps", "nc_max_operands", "nc_max_candidates", "nc_pointer_dim", "nc_answer_window")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

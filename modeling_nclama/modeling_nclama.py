@@ -593,11 +593,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return tokens, torch.cat([chosen_p, chosen_p.new_zeros(B, N, K - k)], -1)
 
     def _operands(self, ids: list[int]) -> list[Operand]:
-        """What the reader finds, a list's items read only as the list (a 64-item list offers one operand, not 65,
-        and the calls that fit stay few)."""
+        """The operands a call may read: what the reader finds, a list's items read only as the list (a 64-item list
+        offers one operand, not 65), the last ``nc_max_candidates`` of them (so the calls that fit stay few however
+        many numbers came before, an answer's own numbers included)."""
         found = self.reader.read(ids)
         lists = [(o.start, o.end) for o in found if o.kind == "list"]
-        return [o for o in found if o.kind == "list" or not any(a <= o.start < b for a, b in lists)]
+        found = [o for o in found if o.kind == "list" or not any(a <= o.start < b for a, b in lists)]
+        return found[-self.config.nc_max_candidates:]
 
     def _menu(self, operands: list[Operand]) -> Optional["_Menu"]:
         """Every call that fits these operands, in tensor form (memoized by the operands' contents: consecutive

@@ -46,6 +46,7 @@ def test_library_settings_round_trip(tmp_path):
         ({"nc_mode": "fuzzy"}, "nc_mode must be one of"),
         ({"nc_mode": "exact"}, "nc_mode must be one of ('hard', 'soft')"),
         ({"nc_top_k": 0}, "nc_top_k must be a positive int"),
+        ({"nc_max_candidates": 0}, "nc_max_candidates must be a positive int"),
         ({"nc_layer": 2}, "nc_layer must be in [-2, 1]"),
         ({"nc_memory_size": 256}, "nc_memory_size must be in [2, nc_value_size - 1 = 255]"),
         ({"nc_operand_reader": "learned"}, "nc_operand_reader must be one of ('pointer', 'projection')"),
