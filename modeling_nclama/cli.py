@@ -212,7 +212,7 @@ def _cmd_eval(args) -> int:
                           seed=args.seed, split=args.split, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, tool_calls=args.tool_calls)
     print(format_table(rows))
-    paths = write_results(rows, args.output_dir or args.model)
+    paths = write_results(rows, args.output_dir or args.model, merge=args.merge)
     print(f"\nwrote {paths[0]} and {paths[1]}")
     return 0
 
@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tool-calls", action="store_true", help="the model writes a call ([[a+b]]) that Python answers (the tool-use baseline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default=None, help="where eval_results.json/.md go (default: the model folder)")
+    p.add_argument("--merge", action="store_true", help="keep the results already there (other tasks, splits, lengths)")
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: what the answer needs")
     p.set_defaults(func=_cmd_eval)

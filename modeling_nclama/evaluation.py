@@ -137,11 +137,16 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(rows: Sequence[dict], out_dir: Union[str, Path]) -> tuple[Path, Path]:
-    """``eval_results.json`` (``{"rows": [...]}``, read for the model card) and ``eval_results.md`` (the table)."""
+def write_results(rows: Sequence[dict], out_dir: Union[str, Path], *, merge: bool = False) -> tuple[Path, Path]:
+    """``eval_results.json`` (``{"rows": [...]}``, read for the model card) and ``eval_results.md`` (the table).
+    With ``merge``, rows already there stay, except those of the same (task, split, length), which these replace."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / RESULTS_JSON, out_dir / RESULTS_MD
+    if merge and json_path.is_file():
+        key = lambda r: (r["task"], r.get("split", "train"), r["length"])  # noqa: E731
+        new = {key(r) for r in rows}
+        rows = [r for r in json.loads(json_path.read_text())["rows"] if key(r) not in new] + list(rows)
     json_path.write_text(json.dumps({"rows": list(rows)}, indent=1) + "\n")
     md_path.write_text(format_table(rows) + "\n")
     return json_path, md_path

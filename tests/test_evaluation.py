@@ -217,3 +217,13 @@ def test_nclama_eval_argument_errors(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", str(tmp_path), *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_results_merge_by_task_split_and_length(tmp_path):
+    from modeling_nclama.evaluation import write_results
+
+    write_results([{"task": "add", "length": 5, "exact_match": 0.5}, {"task": "add", "length": 9, "exact_match": 1.0}], tmp_path)
+    write_results([{"task": "add", "split": "heldout", "length": 5, "exact_match": 0.25},
+                   {"task": "add", "length": 9, "exact_match": 0.75}], tmp_path, merge=True)
+    rows = json.loads((tmp_path / "eval_results.json").read_text())["rows"]
+    assert [(r["length"], r.get("split", "train"), r["exact_match"]) for r in rows] == [(5, "train", 0.5), (5, "heldout", 0.25), (9, "train", 0.75)]
