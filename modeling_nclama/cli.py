@@ -134,7 +134,7 @@ def _cmd_report(args) -> int:
         label, sep, where = item.partition("=")
         if not sep or not label or not where:
             raise SystemExit(f"nclama report lengths: expected LABEL=DIR, got {item!r}")
-        results[label] = reports.load_results(where)
+        results[label] = reports.load_results(where, args.split)
     print(reports.accuracy_table(results))
     print(f"wrote {reports.plot_accuracy_by_length(results, args.out)}")
     return 0
@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=("lengths", "probes"))
     p.add_argument("inputs", nargs="+", help="lengths: LABEL=MODEL_DIR (or LABEL=eval_results.json); probes: a training output folder")
     p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--split", choices=("train", "heldout"), default="train", help="lengths: which templates' results")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("analyze", help="differentiability analyses")

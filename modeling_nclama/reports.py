@@ -19,8 +19,8 @@ from .tasks import TRAINING_RANGES
 PathLike = Union[str, Path]
 
 
-def load_results(path: PathLike) -> list[dict]:
-    """The rows of an ``eval_results.json`` (a file, or the folder holding one)."""
+def load_results(path: PathLike, split: str = "train") -> list[dict]:
+    """The rows of an ``eval_results.json`` (a file, or the folder holding one) for one template split."""
     path = Path(path)
     if path.is_dir():
         path = path / "eval_results.json"
@@ -28,7 +28,7 @@ def load_results(path: PathLike) -> list[dict]:
         rows = json.loads(path.read_text())["rows"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not an evaluation result ({error})") from None
-    return rows
+    return [row for row in rows if row.get("split", "train") == split]
 
 
 def accuracy_table(results: Mapping[str, list[dict]]) -> str:

@@ -50,3 +50,9 @@ def test_report_command(tmp_path, capsys):
     assert "| sub | 3 | yes | 0.500 |" in capsys.readouterr().out and (tmp_path / "l.png").is_file()
     with pytest.raises(SystemExit, match="expected LABEL=DIR"):
         main(["report", "lengths", str(tmp_path / "m"), "--out", str(tmp_path / "x.png")])
+
+
+def test_results_are_read_per_template_split(tmp_path):
+    write_results(tmp_path, [{"task": "add", "length": 5, "exact_match": 1.0}, {"task": "add", "split": "heldout", "length": 5, "exact_match": 0.5}])
+    assert [r["exact_match"] for r in reports.load_results(tmp_path)] == [1.0]
+    assert [r["exact_match"] for r in reports.load_results(tmp_path, "heldout")] == [0.5]

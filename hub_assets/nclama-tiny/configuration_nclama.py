@@ -1,0 +1,156 @@
+"""Configuration of NCLlama: a LLaMA configuration plus the settings of the library and its interpreter heads.
+
+Every NCLlama setting starts with ``nc_``. The library's own settings (value size, memory, stack depth, step limit)
+are recorded here so that a model refuses a library that does not match it (``nc_library_fingerprint``).
+"""
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig
+
+NC_MODES = ("hard", "soft")
+NC_OPERAND_READERS = ("pointer", "projection")
+
+
+@strict
+class NCLlamaConfig(LlamaConfig):
+    r"""
+    nc_layer (`int`, defaults to -1):
+        Decoder layer whose output the interpreter heads read (0-based, or negative from the end; -1: the last
+        layer, whose output the heads read after the final norm, as the LM head does).
+    nc_mode (`str`, defaults to `"hard"`):
+        How the top-k (call, operands) choices of a position are executed. `"hard"`: exactly (results cached), each
+        choice's probability is that of the heads. `"soft"`: by the differentiable machine, each choice proposing its
+        most likely result with the heads' probability times the machine's probability of that result; the programs'
+        weights are then parameters of the model (`nc_program_weights`) and train with it.
+    nc_top_k (`int`, defaults to 4):
+        Number of (call, operands) combinations executed and marginalized per position.
+    nc_min_call_probability (`float`, defaults to 0.0):
+        A top-k call whose probability at its position is below this is not executed and proposes nothing (0: every
+        top-k call runs, the exact marginalization training needs). A trained model answers with calls of
+        probability near 1; skipping the unlikely ones (which may run to ``nc_max_steps``) makes inference fast,
+        changing no probability by more than this.
+    nc_program_sharpness (`float`, defaults to 20.0):
+        Soft mode: a compiled program's impossible choices (logit -inf) start this far below the row's best, so
+        that they have a gradient (probability e^-20: the program still computes exactly to float precision).
+    nc_freeze_programs (`bool`, defaults to `False`):
+        Soft mode: keep the programs' weights fixed (no gradient).
+    nc_value_size, nc_memory_size, nc_stack_depth:
+        The machine the library was compiled for (`nc_memory_size` at most `nc_value_size - 1`).
+    nc_max_steps (`int`, defaults to 20000):
+        Step budget of one call made by the model; a call that exceeds it proposes only the end of text.
+    nc_programs (`list[str]`):
+        The library programs the call head chooses among, in order.
+    nc_tape_arguments (`list[str]`):
+        Programs whose list parameters are digit tapes (numbers, least significant digit first): a number operand
+        is passed to them as a tape (``long_add`` reads "81273" as [3, 7, 2, 1, 8]).
+    nc_tape_results (`list[str]`):
+        Programs whose list result is a digit tape, written as a number.
+    nc_library_fingerprint (`str`, optional):
+        sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
+    nc_operand_reader (`str`, defaults to `"pointer"`):
+        `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
+        attention. `"projection"` (the paper's reader): each operand is a distribution over values below
+        `nc_value_size` projected from the hidden state; only programs of int parameters are called.
+    nc_max_candidates (`int`, defaults to 8):
+        How many of the latest numbers and lists before a position its call may read (pointer reader).
+    nc_max_operands (`int`, defaults to 2):
+        Operand slots of the heads (at most the library's argument registers).
+    nc_pointer_dim (`int`, defaults to 64):
+        Width of the pointer attention's queries and keys.
+    nc_reader_tokens (`dict[str, str]`):
+        Token id (as a string, JSON keys are strings) -> its text, for digit tokens (1-3 digits, LLaMA 3 style) and
+        list punctuation: the operand reader's table (``reader.py``), built by ``tokenization.reader_tokens``.
+    nc_answer_window (`int`, defaults to 64):
+        How many positions after a call its result may be emitted over.
+    nc_residual_injection (`bool`, defaults to `False`):
+        Add the expected embedding of the first result token of the call made at each position, through a
+        zero-initialized linear map, to the output of layer `nc_layer`, so that later layers can use results the
+        output does not copy (needs `nc_layer` below the last layer).
+    nc_base_model (`str`, optional):
+        The LLaMA checkpoint this model was converted from (`from_llama` with a path or Hub id), for the model card.
+    """
+
+    model_type = "nclama"
+
+    nc_layer: int = -1
+    nc_mode: str = "hard"
+    nc_top_k: int = 4
+    nc_value_size: int = 256
+    nc_memory_size: int | None = None
+    nc_stack_depth: int = 32
+    nc_max_steps: int = 20_000
+    nc_programs: list | None = None
+    nc_tape_arguments: list | None = None
+    nc_tape_results: list | None = None
+    nc_library_fingerprint: str | None = None
+    nc_operand_reader: str = "pointer"
+    nc_max_operands: int = 2
+    nc_max_candidates: int = 8
+    nc_pointer_dim: int = 64
+    nc_reader_tokens: dict | None = None
+    nc_answer_window: int = 64
+    nc_min_call_probability: float = 0.0
+    nc_program_sharpness: float = 20.0
+    nc_freeze_programs: bool = False
+    nc_residual_injection: bool = False
+    nc_base_model: str | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.nc_memory_size is None:
+            self.nc_memory_size = self.nc_value_size - 1
+        if self.nc_programs is None:
+            self.nc_programs = []
+        if self.nc_tape_arguments is None:
+            self.nc_tape_arguments = []
+        if self.nc_tape_results is None:
+            self.nc_tape_results = []
+        if self.nc_reader_tokens is None:
+            self.nc_reader_tokens = {}
+        if not getattr(self, "auto_map", None):
+            self.auto_map = {
+                "AutoConfig": "configuration_nclama.NCLlamaConfig",
+                "AutoModel": "modeling_nclama.NCLlamaModel",
+                "AutoModelForCausalLM": "modeling_nclama.NCLlamaForCausalLM",
+            }
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: every NCLlama setting must make sense on its own and with the LLaMA ones."""
+        super().validate_architecture()
+        layers = self.num_hidden_layers
+        if not -layers <= self.nc_layer < layers:
+            raise ValueError(f"nc_layer must be in [{-layers}, {layers - 1}] for {layers} layers, got {self.nc_layer}")
+        if self.nc_mode not in NC_MODES:
+            raise ValueError(f"nc_mode must be one of {NC_MODES}, got {self.nc_mode!r}")
+        if self.nc_operand_reader not in NC_OPERAND_READERS:
+            raise ValueError(f"nc_operand_reader must be one of {NC_OPERAND_READERS}, got {self.nc_operand_reader!r}")
+        positive = ("nc_top_k", "nc_stack_depth", "nc_max_steps", "nc_max_operands", "nc_max_candidates", "nc_pointer_dim", "nc_answer_window")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.nc_program_sharpness, bool) or not isinstance(self.nc_program_sharpness, (int, float)) or not 0 < self.nc_program_sharpness < float("inf"):
+            raise ValueError(f"nc_program_sharpness must be a positive finite number, got {self.nc_program_sharpness!r}")
+        if isinstance(self.nc_min_call_probability, bool) or not isinstance(self.nc_min_call_probability, (int, float)) or not 0 <= self.nc_min_call_probability < 1:
+            raise ValueError(f"nc_min_call_probability must be in [0, 1), got {self.nc_min_call_probability!r}")
+        if self.nc_residual_injection and self.nc_layer % layers == layers - 1:
+            raise ValueError(f"nc_residual_injection needs nc_layer below the last layer ({layers - 1}): there is no later layer to inject into")
+        if self.nc_value_size < 3:
+            raise ValueError(f"nc_value_size must be at least 3, got {self.nc_value_size}")
+        if not 2 <= self.nc_memory_size < self.nc_value_size:
+            raise ValueError(f"nc_memory_size must be in [2, nc_value_size - 1 = {self.nc_value_size - 1}], got {self.nc_memory_size}")
+        if len(set(self.nc_programs)) != len(self.nc_programs) or not all(isinstance(p, str) for p in self.nc_programs):
+            raise ValueError(f"nc_programs must be distinct program names, got {self.nc_programs!r}")
+        for name in ("nc_tape_arguments", "nc_tape_results"):
+            unknown = set(getattr(self, name)) - set(self.nc_programs)
+            if unknown:
+                raise ValueError(f"{name} names programs that are not in nc_programs: {sorted(unknown)}")
+        for token, text in self.nc_reader_tokens.items():
+            if not str(token).isdigit() or int(token) >= self.vocab_size:
+                raise ValueError(f"nc_reader_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")
+            if not isinstance(text, str) or text.isdigit() and len(text) > 3:
+                raise ValueError(f"nc_reader_tokens: token {token} maps to {text!r}, not a text or a string of 1-3 digits")
+
+
+__all__ = ["NCLlamaConfig"]

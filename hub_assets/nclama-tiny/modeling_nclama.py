@@ -1,0 +1,800 @@
+"""NCLlama: a LLaMA decoder whose interpreter heads call a compiled library inside the forward pass.
+
+At every position ``s`` the heads read the hidden state and choose a library *call*: a program (the call head) and
+its operands (pointer attention over the numbers and lists that the compiled reader found earlier in the sequence).
+The top-k (program, operands) choices are executed exactly by the library's hard machine (results are cached), and
+each result becomes the tokens of its text, then the end-of-sequence token. Each position ``t`` either continues
+the answer of the position before it (one token further into the same call's result) or starts a new answer with
+the first token of its own call (a learned probability), so the library proposes token ``t - s`` of the result of
+the call made at ``s``; a gate mixes the proposal with the language model:
+
+    p(next token) = (1 - g m) p_LM + g p_lib   (with 1 - g m at least 1e-6),
+
+where ``p_lib`` is the (exactly marginalized) library proposal and ``m`` its total mass. Gradients reach the gate,
+call, operand and continuation heads through the likelihood, so calls are learned from answers alone. The gate's scale starts
+at exactly 0: a model converted from LLaMA gives that LLaMA's logits.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+from transformers import LlamaForCausalLM, LlamaModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
+from transformers.utils import can_return_tuple, cached_file
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .configuration_nclama import NCLlamaConfig
+from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
+from .machine import MachineError
+from .reader import Operand, OperandReader
+
+_RESULT_CACHE_SIZE = 100_000  # executed calls kept (their result tokens)
+_MENU_CACHE_SIZE = 20_000  # operand sets whose fitting calls are kept in tensor form
+_LM_FLOOR = 1e-6  # the least mass the language model keeps in the output mixture
+
+
+def library_settings(library: Library, reader_tokens: dict, **nc_settings) -> dict:
+    """The ``nc_*`` configuration of a model that calls ``library``: its programs (by the standard library's naming:
+    ``long_*`` programs take and return digit tapes, ``*_tape`` programs return one), machine, fingerprint and
+    operand slots, plus the reader's table; ``nc_settings`` override or add to them."""
+    programs = nc_settings.pop("nc_programs", library.names)
+    settings = {
+        "nc_programs": programs,
+        "nc_tape_arguments": [p for p in programs if p.startswith("long_")],
+        "nc_tape_results": [p for p in programs if p.startswith("long_") or p.endswith("_tape")],
+        "nc_value_size": library.value_size,
+        "nc_memory_size": library.machine.memory_size,
+        "nc_stack_depth": library.machine.stack_depth,
+        "nc_max_operands": max(library[p].arity for p in programs),
+        "nc_library_fingerprint": library.fingerprint(),
+        "nc_reader_tokens": reader_tokens,
+    }
+    return {**settings, **nc_settings}
+
+
+@dataclass
+class InterpreterState:
+    """What the interpreter computed for the positions generated so far (kept on the KV cache)."""
+
+    ids: torch.Tensor  # [B, T] token ids
+    operand_keys: torch.Tensor  # [B, T, d] pointer keys of each position (an operand is keyed by its last token)
+    tokens: torch.Tensor  # [B, T, K, W] result tokens of each position's top-k calls
+    probs: torch.Tensor  # [B, T, K] their probabilities
+    last_sites: torch.Tensor  # [B, T] the site the last position answers, over sites
+
+    def select(self, index: torch.Tensor) -> "InterpreterState":
+        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites)
+        return InterpreterState(*(t.index_select(0, index) for t in fields))
+
+
+class NCInterpreterHeads(nn.Module):
+    """Gate, call, operand (pointer or projection) and site-continuation heads on the decoder's hidden state, and the
+    optional residual injection of the library's proposal."""
+
+    def __init__(self, config: NCLlamaConfig):
+        super().__init__()
+        hidden, dim = config.hidden_size, config.nc_pointer_dim
+        self.slots, self.dim = config.nc_max_operands, dim
+        self.gate = nn.Linear(hidden, 1)
+        self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
+        self.call = nn.Linear(hidden, max(1, len(config.nc_programs)))
+        if config.nc_operand_reader == "pointer":
+            self.operand_query = nn.Linear(hidden, self.slots * dim)
+            self.operand_key = nn.Linear(hidden, dim)
+        else:
+            self.operand_value = nn.Linear(hidden, self.slots * config.nc_value_size)
+        self.site_continue = nn.Linear(hidden, 1)
+        if config.nc_residual_injection:
+            self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
+
+    def gate_probability(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, T] probability of answering from the library. The scale is clamped to [0, 1] in the forward pass
+        but passes gradients straight through, so a closed gate can open."""
+        scale = self.gate_scale.clamp(0.0, 1.0)
+        if scale.requires_grad:
+            scale = self.gate_scale + (scale - self.gate_scale).detach()
+        return torch.sigmoid(self.gate(hidden).squeeze(-1)) * scale
+
+    def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Projection reader: per operand slot, a distribution over values [B, T, S, V]."""
+        logits = self.operand_value(hidden).float()
+        return torch.softmax(logits.view(*hidden.shape[:-1], self.slots, -1), dim=-1)
+
+    def injection(self, interpreted: "Interpreted", embeddings: torch.Tensor) -> torch.Tensor:
+        """What residual injection adds to the hidden state: the expected embedding of the first result token of the
+        call made at the position itself, through a learned map. Neither gated nor sent through the site recurrence:
+        later layers may use a result that the output does not copy (a comparison's 0, 1 or 2 read as "yes" or
+        "no"), and the call at a position gets gradient from the injection alone."""
+        tokens, probs = interpreted.own_tokens, interpreted.own_probs
+        weights = (probs * (tokens >= 0)).to(embeddings.dtype)  # [B, N, K]
+        return self.inject(torch.einsum("bnk,bnkh->bnh", weights, embeddings[tokens.clamp(min=0)]))
+
+
+class NCLlamaPreTrainedModel(LlamaPreTrainedModel):
+    config_class = NCLlamaConfig
+    config: NCLlamaConfig
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, NCInterpreterHeads):
+            init.zeros_(module.gate_scale)
+            if hasattr(module, "inject"):
+                init.zeros_(module.inject.weight)
+
+
+class NCLlamaModel(NCLlamaPreTrainedModel, LlamaModel):
+    """The decoder: LLaMA's, unchanged (the library acts on its output, in ``NCLlamaForCausalLM``)."""
+
+
+class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
+    def __init__(self, config: NCLlamaConfig):
+        NCLlamaPreTrainedModel.__init__(self, config)
+        self.model = NCLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.nc_heads = NCInterpreterHeads(config)
+        self.reader = OperandReader(config.nc_reader_tokens)
+        self.library: Optional[Library] = None
+        self._results: dict = {}
+        self._menus: dict = {}
+        self.post_init()
+
+    # ------------------------------------------------------------------ library
+    def attach_library(self, library: Library) -> None:
+        """Use ``library`` for calls; it must be the one the configuration was made for."""
+        c = self.config
+        if library.value_size != c.nc_value_size or library.machine.memory_size != c.nc_memory_size:
+            raise LibraryError(
+                f"library has value_size {library.value_size} and memory_size {library.machine.memory_size}; "
+                f"the model was configured for {c.nc_value_size} and {c.nc_memory_size}"
+            )
+        missing = [name for name in c.nc_programs if name not in library]
+        if missing:
+            raise LibraryError(f"the library lacks programs the model calls: {missing}")
+        if c.nc_library_fingerprint and library.fingerprint() != c.nc_library_fingerprint:
+            raise LibraryError("the library's fingerprint differs from the model's nc_library_fingerprint")
+        if c.nc_mode == "soft":
+            # The programs' weights become parameters (saved in the library files, not in model.safetensors).
+            self.nc_program_weights = nn.ModuleDict({
+                name: nn.ParameterDict({
+                    field: nn.Parameter(_trainable(w, c.nc_program_sharpness), requires_grad=not c.nc_freeze_programs)
+                    for field, w in library[name].weights.items() if w.numel()
+                })
+                for name in c.nc_programs
+            })
+            self._keys_to_ignore_on_save = set(self._keys_to_ignore_on_save or ()) | {
+                f"nc_program_weights.{name}" for name, _ in self.nc_program_weights.named_parameters()
+            }
+            library = library.with_programs(
+                [library[name].with_weights({**library[name].weights, **self.nc_program_weights[name]}) for name in c.nc_programs]
+            )
+        self.library = library
+        self._results, self._menus = {}, {}
+
+    def trained_library(self) -> Optional[Library]:
+        """The attached library with the programs' current weights (in soft mode they train with the model)."""
+        if self.library is None or self.config.nc_mode != "soft":
+            return self.library
+        return self.library.with_programs([
+            self.library[name].with_weights({k: w.detach().clone() for k, w in self.library[name].weights.items()})
+            for name in self.config.nc_programs
+        ])
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Weights and config as usual, plus the library files (``library.safetensors``, ``library.json``); the
+        configuration's fingerprint names the library saved (in soft mode, with the programs as trained)."""
+        library = self.trained_library()
+        if library is not None:
+            self.config.nc_library_fingerprint = library.fingerprint()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if library is not None:
+            library.save(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load as usual, then load and attach the library saved beside the weights (local folder, Hub cache or
+        Hub); a model configured with programs refuses to load without its library."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if model.config.nc_programs:
+            options = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            hub = {k: kwargs[k] for k in options if k in kwargs}
+            try:
+                folder = os.path.dirname(cached_file(pretrained_model_name_or_path, LIBRARY_JSON, **hub))
+                cached_file(pretrained_model_name_or_path, LIBRARY_TENSORS, **hub)
+            except OSError as error:
+                raise LibraryError(f"{pretrained_model_name_or_path}: the model's library files are missing ({error})") from None
+            model.attach_library(Library.load(folder))
+        return model
+
+    @classmethod
+    def from_llama(
+        cls, model_or_path: Union[str, LlamaForCausalLM], library: Library, *, reader_tokens: dict, **nc_settings
+    ) -> "NCLlamaForCausalLM":
+        """Augment a LLaMA checkpoint (a model or a path/Hub id) with ``library``, keeping every pretrained weight.
+
+        ``reader_tokens``: the operand reader's table for the checkpoint's tokenizer (``tokenization.reader_tokens``).
+        Other ``nc_*`` settings go to the configuration; programs default to the whole library, digit tapes follow
+        the standard library's naming (see ``library_settings``).
+        """
+        llama = model_or_path if isinstance(model_or_path, nn.Module) else LlamaForCausalLM.from_pretrained(model_or_path)
+        settings = {k: v for k, v in llama.config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
+        if isinstance(model_or_path, str):
+            nc_settings.setdefault("nc_base_model", model_or_path)
+        config = NCLlamaConfig(**settings, **library_settings(library, reader_tokens, **nc_settings))
+        model = cls(config)
+        missing, unexpected = model.load_state_dict(llama.state_dict(), strict=False)
+        if unexpected or any(not key.startswith("nc_heads.") for key in missing):
+            raise ValueError(f"not a LLaMA state dict: unexpected {unexpected}, missing {missing}")
+        model.attach_library(library)
+        return model.to(next(llama.parameters()).dtype)
+
+    # ------------------------------------------------------------------ forward
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        active = self.library is not None and input_ids is not None and bool(self.config.nc_programs)
+        state = None
+        if active and cache is not None:
+            state = getattr(cache, "nc_state", None)
+            if state is not None and state.ids.shape[1] != cache.get_seq_length():
+                state = None  # not this cache's continuation (checked before the decoder extends the cache)
+        outputs, interpreted = self._run_decoder(
+            active,
+            state,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        logits = self.lm_head(hidden_states)
+        if active:
+            if cache is not None:  # the interpreter's work on these positions is kept for the next steps
+                cache.nc_state = interpreted.state
+            logits = self._fuse(logits, interpreted)
+        logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    def _run_decoder(self, active: bool, state: Optional[InterpreterState], record: Optional[dict] = None, **inputs):
+        """The decoder's outputs and, when ``active``, the interpreter's output on the hidden states of layer
+        ``nc_layer`` (computed inside that layer's forward hook, so that residual injection reaches later layers)."""
+        layer = self.config.nc_layer % self.config.num_hidden_layers
+        last = layer == self.config.num_hidden_layers - 1
+        found: list[Interpreted] = []
+
+        def interpret(module, args, out):
+            hidden = out[0] if isinstance(out, tuple) else out
+            found[:] = [self.interpret(inputs["input_ids"], hidden, state, record)]
+            if not self.config.nc_residual_injection:
+                return None
+            hidden = hidden + self.nc_heads.injection(found[0], self.get_input_embeddings().weight)
+            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+        hook = self.model.layers[layer].register_forward_hook(interpret) if active and not last else None
+        try:
+            outputs = self.model(**inputs)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if active and last:  # the last layer's output is read after the final norm, as the LM head reads it
+            found[:] = [self.interpret(inputs["input_ids"], outputs.last_hidden_state, state, record)]
+        return outputs, found[0] if found else None
+
+    @staticmethod
+    def _fuse(logits: torch.Tensor, interpreted: "Interpreted") -> torch.Tensor:
+        """LM logits -> log of the gated mixture with the library's proposal, up to the LM's log-normalizer (so that
+        a closed gate returns the LM logits themselves):
+
+            log((1 - g m) softmax(l) + g q) + logsumexp(l) = logaddexp(l + log(1 - g m), log(g q) + logsumexp(l)),
+
+        which is ``l + log(1 - g m)`` wherever the proposal ``q`` is 0: only the tokens the library proposes (a few
+        per position) need the full formula, so the vocabulary-wide work is one shift and one scatter."""
+        logits32 = logits.float()
+        gate, proposal, tokens = interpreted.gate, interpreted.proposal, interpreted.proposed_tokens
+        # The language model keeps at least _LM_FLOOR of the mass (and the library's mass may exceed 1 by rounding):
+        # every token keeps a finite log-probability and gradient, even under a fully open gate.
+        lm_weight = torch.log1p(-(gate * interpreted.mass).clamp(max=1.0 - _LM_FLOOR)).unsqueeze(-1)
+        tokens, _ = tokens.sort(dim=-1)
+        first = torch.ones_like(tokens, dtype=torch.bool)
+        first[..., 1:] = tokens[..., 1:] != tokens[..., :-1]
+        from_library = gate.unsqueeze(-1) * proposal.gather(2, tokens)  # a token's whole mass, wherever it repeats
+        # log of the library term, -inf where it is 0 (clamped first, so no 0 * inf reaches the gradient)
+        log_library = torch.where(from_library > 0, from_library.clamp_min(1e-30).log(), float("-inf"))
+        lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
+        mixed = torch.logaddexp(logits32.gather(2, tokens) + lm_weight, log_library + lse)
+        mixed = torch.where(first, mixed, mixed.detach())  # a repeated token is written again, but counted once
+        return (logits32 + lm_weight).scatter(2, tokens, mixed).to(logits.dtype)
+
+    @torch.no_grad()
+    def generate_with_trace(self, input_ids: torch.LongTensor, max_trace_rows: int = 200, **generate_kwargs):
+        """``generate`` for one prompt, plus its trace: per generated token, the gate, the call site answered (and
+        its probability), the top calls there with their probabilities, operands (token positions and values),
+        results and machine steps, and the machine's step table for the most likely call."""
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"generate_with_trace takes one prompt, got a batch of {input_ids.shape[0]}")
+        sequence = self.generate(input_ids=input_ids, **generate_kwargs)
+        return sequence, self.explain(sequence[0], input_ids.shape[1], max_trace_rows=max_trace_rows)
+
+    @torch.no_grad()
+    def explain(self, sequence: torch.LongTensor, prompt_length: int, max_trace_rows: int = 200) -> list[dict]:
+        """What the interpreter did for each token of ``sequence`` after the first ``prompt_length`` (see
+        ``generate_with_trace``). Recomputed in one forward pass, which equals what generation computed."""
+        if self.library is None:
+            raise LibraryError("the model has no library attached")
+        mode = self.config.nc_mode
+        ids = sequence.tolist()
+        record: dict = {}
+        _, interpreted = self._run_decoder(True, None, record, input_ids=sequence[None], use_cache=False)
+        gate = interpreted.gate[0]
+        rows = []
+        for t in range(prompt_length - 1, len(ids) - 1):
+            p_site, offset = interpreted.site_probs[0, t].max(-1)
+            site = t - int(offset)
+            calls = []
+            for recorded in record.get((0, site), []):
+                name, args = self.config.nc_programs[recorded.call.program], _plain(recorded.call.arguments)
+                if mode == "hard":
+                    run = self.library.run_batch(name, [args], max_steps=self.config.nc_max_steps)
+                    result, steps, status = run.values[0], run.steps[0], run.status[0]
+                else:  # what the soft machine's most likely result is, and its (expected) steps
+                    try:
+                        result, trace = self.library.run(name, *args, mode="soft", trace=True, max_steps=self.config.nc_max_steps)
+                        steps, status = len(trace.steps), "ok"
+                    except MachineError as error:
+                        result, steps, status = None, None, str(error)
+                calls.append({
+                    "program": name,
+                    "probability": recorded.probability,
+                    "operands": [
+                        {"start": o.start, "end": o.end, "text": " ".join(o.items)} if o is not None else {"value": a}
+                        for o, a in zip(recorded.operands, args)
+                    ],
+                    "arguments": args,
+                    "result": result,
+                    "result_tokens": recorded.tokens,
+                    "steps": steps,
+                    "status": status,
+                })
+            row = {
+                "position": t + 1,
+                "token": ids[t + 1],
+                "gate": float(gate[t]),
+                "site": site,
+                "site_probability": float(p_site),
+                "offset": t - site,
+                "calls": calls,
+            }
+            if calls and calls[0]["status"] == "ok":
+                _, trace = self.library.run(calls[0]["program"], *calls[0]["arguments"], mode=mode, trace=True, max_steps=self.config.nc_max_steps)
+                row["machine_trace"] = trace.format(max_rows=max_trace_rows)
+            rows.append(row)
+        return rows
+
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search: reorder the KV cache and the interpreter's state together."""
+        cache.reorder_cache(beam_idx)
+        state = getattr(cache, "nc_state", None)
+        if state is not None:
+            cache.nc_state = state.select(beam_idx)
+        return cache
+
+    # ------------------------------------------------------------------ the interpreter
+    def interpret(
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional[InterpreterState] = None, record: Optional[dict] = None
+    ) -> "Interpreted":
+        """For the positions of ``input_ids`` (following those in ``state``, if any): the unnormalized library
+        proposal for the next token [B, N, vocab], the gate [B, N], and the state including them. ``record``, if
+        given, receives the chosen calls of every position (``explain``)."""
+        heads, config = self.nc_heads, self.config
+        B, N = input_ids.shape
+        W = config.nc_answer_window
+        if state is None:
+            ids, start = input_ids, 0
+        else:
+            ids, start = torch.cat([state.ids, input_ids], 1), state.ids.shape[1]
+        T = ids.shape[1]
+        calls = torch.softmax(heads.call(hidden).float(), dim=-1)  # [B, N, P]
+        if config.nc_operand_reader == "pointer":
+            operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
+            if state is not None:
+                operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
+            tokens, probs = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys, record)
+        else:
+            operand_keys = hidden.new_zeros(B, T, 0)
+            tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
+        first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
+        if state is not None:
+            tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
+        # Sites: position t answers the call made at t - j, j in [0, W), with token j of its result (j < T: a short
+        # sequence needs no more of the window).
+        offsets = torch.arange(min(W, T))
+        sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
+        valid = sites >= 0
+        sites = sites.clamp(min=0)
+        last_sites = self._continued_sites(heads, hidden, T, state)  # [B, N, T] over sites
+        site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
+        at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
+        weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
+        proposed = at_site.clamp(min=0).reshape(B, N, -1)
+        weight = weight.reshape(B, N, -1)
+        proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
+        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach())
+        return Interpreted(proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state, first_tokens,
+                           first_probs, site_probs)
+
+    @staticmethod
+    def _continued_sites(heads: "NCInterpreterHeads", hidden: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:
+        """The call site each position answers, over sites [B, N, T]: with probability c_t the site of the previous
+        position (the answer goes on, one offset further into the same result), otherwise the position itself (a
+        new answer starts with the first token of the call made here),
+
+            P[t] = c_t P[t - 1] + (1 - c_t) e_t,
+
+        computed for all positions at once: P[t] = sum_t' exp(L[t] - L[t']) (1 - c_t') e_t' + exp(L[t]) P[start - 1],
+        with L the cumulative sum of log c. No site is chosen by distance or content, so an answer stays on its call
+        however far past the training lengths it runs."""
+        B, N = hidden.shape[:2]
+        start = T - N
+        cont = torch.sigmoid(heads.site_continue(hidden).float().squeeze(-1))  # [B, N]
+        L = torch.cumsum(torch.log(cont.clamp_min(1e-30)), dim=1)  # [B, N]
+        causal = torch.ones(N, N, dtype=torch.bool).tril()
+        decay = torch.exp((L.unsqueeze(2) - L.unsqueeze(1)).masked_fill(~causal, float("-inf")))  # [B, N, N]
+        out = hidden.new_zeros(B, N, T, dtype=torch.float32)
+        out[:, :, start:] = decay * (1.0 - cont).unsqueeze(1)
+        if state is not None and state.last_sites is not None:
+            carried = torch.nn.functional.pad(state.last_sites, (0, T - state.last_sites.shape[1]))
+            out = out + torch.exp(L).unsqueeze(2) * carried.unsqueeze(1)
+        return out
+
+    def _pointer_calls(
+        self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: torch.Tensor, operand_keys: torch.Tensor, record: Optional[dict]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Result tokens [B, N, K, W] and probabilities [B, N, K] of the top-k calls at positions ``start`` onward,
+        operands chosen by pointer attention over the numbers and lists the reader found in each position's prefix
+        (never after it: a position's call must not depend on what follows). All positions are scored together."""
+        heads, config = self.nc_heads, self.config
+        B, N, _ = calls.shape
+        K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
+        site_b, site_n, site_operands, site_menu, menus, menu_index = [], [], [], [], [], {}
+        for b in range(B):
+            row = ids[b].tolist()
+            menu = None
+            for s in range(start, len(row)):
+                if s == start or row[s] in self.reader.triggers:  # other tokens never change what the prefix holds
+                    operands = self._operands(row[: s + 1])
+                    menu = self._menu(operands)
+                if menu is None:
+                    continue
+                if id(menu) not in menu_index:
+                    menu_index[id(menu)] = len(menus)
+                    menus.append(menu)
+                site_b.append(b), site_n.append(s - start), site_operands.append(operands), site_menu.append(menu_index[id(menu)])
+        tokens = torch.full((B, N, K, W), -1, dtype=torch.long)
+        probs = calls.new_zeros(B, N, K)
+        if not site_b:
+            return tokens, probs
+        bi, ni, mi = torch.tensor(site_b), torch.tensor(site_n), torch.tensor(site_menu)
+        width = max(map(len, site_operands))
+        where = torch.tensor([[o.end - 1 for o in ops] + [-1] * (width - len(ops)) for ops in site_operands])  # [G, O]
+        if len(menus) == 1:  # (the usual case while generating: one position, or positions seeing the same operands)
+            programs, slots = menus[0].programs.expand(len(site_b), -1), menus[0].slots.expand(len(site_b), -1, -1)
+        else:
+            programs = pad_sequence([m.programs for m in menus], batch_first=True)[mi]  # [G, C]
+            slots = pad_sequence([m.slots for m in menus], batch_first=True, padding_value=-2)[mi]  # [G, C, S]
+        queries = queries.view(B, N, S, heads.dim)[bi, ni]  # [G, S, d]
+        keys = operand_keys[bi.unsqueeze(1), where.clamp(min=0)]  # [G, O, d]
+        logits = torch.einsum("gsd,god->gso", queries, keys).float() / math.sqrt(heads.dim)
+        pointer = torch.softmax(logits.masked_fill((where < 0).unsqueeze(1), float("-inf")), dim=-1)  # [G, S, O]
+        p = calls[bi, ni].gather(1, programs)  # [G, C]
+        for slot in range(S):
+            chosen = slots[:, :, slot]
+            p = p * torch.where(chosen >= 0, pointer[:, slot].gather(1, chosen.clamp(min=0)), (chosen == -1).to(p.dtype))
+        top = p.detach().topk(min(K, p.shape[1]), dim=-1).indices  # [G, k]; padding combos have p = 0
+        chosen_p = p.gather(1, top)
+        if config.nc_mode == "hard":
+            self._fill_menus(menus, site_menu, top.tolist(), (chosen_p.detach() >= config.nc_min_call_probability).tolist())
+            if len(menus) == 1:
+                chosen_tokens = menus[0].tokens[top]  # [G, k, W]
+            else:
+                table = pad_sequence([m.tokens for m in menus], batch_first=True, padding_value=-1)  # [E, C, W]
+                chosen_tokens = table[mi.unsqueeze(1), top]
+        if config.nc_mode == "soft" or record is not None:
+            picked = [[menus[e].choices[c] if c < len(menus[e].choices) else None for c in cs] for e, cs in zip(site_menu, top.tolist())]
+        if config.nc_mode == "soft":
+            run = (chosen_p.detach() >= config.nc_min_call_probability).tolist()
+            chosen_tokens, factor = self._soft_results([[c.call if c and go else None for c, go in zip(row, ok)] for row, ok in zip(picked, run)])
+            chosen_p = chosen_p * factor
+        if record is not None:
+            for g, row in enumerate(picked):
+                operands = site_operands[g]
+                record[(site_b[g], start + site_n[g])] = [
+                    RecordedCall(c.call, [operands[i] for i in c.operands], float(chosen_p[g, k]), _real(chosen_tokens[g, k]))
+                    for k, c in enumerate(row) if c is not None
+                ]
+        k = top.shape[1]
+        tokens[bi, ni, :k] = chosen_tokens
+        probs = probs.index_put((bi, ni), torch.cat([chosen_p, chosen_p.new_zeros(len(site_b), K - k)], 1))
+        return tokens, probs
+
+    def _projection_calls(self, calls: torch.Tensor, values: torch.Tensor, record: Optional[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's alternative reader: each operand slot is a distribution over values [B, N, S, V] projected
+        from the hidden state (so only programs of int parameters are called, on values below V). The top-k
+        (program, values) choices of every position, scored together, with their result tokens and probabilities."""
+        config = self.config
+        B, N, P = calls.shape
+        K, S = config.nc_top_k, self.nc_heads.slots
+        top_v, top_i = values.topk(min(K, values.shape[-1]), dim=-1)  # [B, N, S, k]
+        scores, choices = [], []
+        for index, name in enumerate(config.nc_programs):
+            program = self.library[name]
+            if program.arity > S or any(ptype != "int" for _, ptype in program.params):
+                continue
+            for picks in itertools.product(range(top_v.shape[-1]), repeat=program.arity):
+                p = calls[:, :, index]
+                for slot, pick in enumerate(picks):
+                    p = p * top_v[:, :, slot, pick]
+                scores.append(p)
+                choices.append((index, picks))
+        tokens = torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long)
+        if not choices:
+            return tokens, calls.new_zeros(B, N, K)
+        scores = torch.stack(scores, -1)  # [B, N, C]
+        top = scores.detach().topk(min(K, scores.shape[-1]), dim=-1).indices
+        chosen_p = scores.gather(2, top)
+        arguments = top_i.tolist()
+        picked = [
+            [LibraryCall(choices[c][0], tuple(arguments[b][n][slot][pick] for slot, pick in enumerate(choices[c][1])), False) for c in cs]
+            for b, rows in enumerate(top.tolist()) for n, cs in enumerate(rows)
+        ]
+        run = (chosen_p.detach() >= config.nc_min_call_probability).view(B * N, -1).tolist()
+        executed = [[c if go else None for c, go in zip(row, ok)] for row, ok in zip(picked, run)]
+        k = top.shape[-1]
+        chosen_tokens, factor = (self._hard_tokens if config.nc_mode == "hard" else self._soft_results)(executed)
+        if factor is not None:
+            chosen_p = chosen_p * factor.view(B, N, k)
+        tokens[:, :, :k] = chosen_tokens.view(B, N, k, -1)
+        if record is not None:
+            flat_p = chosen_p.reshape(B * N, k)
+            for g, row in enumerate(picked):
+                record[divmod(g, N)] = [
+                    RecordedCall(c, [None] * len(c.arguments), float(flat_p[g, j]), _real(chosen_tokens[g, j])) for j, c in enumerate(row)
+                ]
+        return tokens, torch.cat([chosen_p, chosen_p.new_zeros(B, N, K - k)], -1)
+
+    def _operands(self, ids: list[int]) -> list[Operand]:
+        """The operands a call may read: what the reader finds, a list's items read only as the list (a 64-item list
+        offers one operand, not 65), the last ``nc_max_candidates`` of them (so the calls that fit stay few however
+        many numbers came before, an answer's own numbers included)."""
+        found = self.reader.read(ids)
+        lists = [(o.start, o.end) for o in found if o.kind == "list"]
+        found = [o for o in found if o.kind == "list" or not any(a <= o.start < b for a, b in lists)]
+        return found[-self.config.nc_max_candidates:]
+
+    def _menu(self, operands: list[Operand]) -> Optional["_Menu"]:
+        """Every call that fits these operands, in tensor form (memoized by the operands' contents: consecutive
+        positions mostly see the same operands), or None if there is none."""
+        key = tuple((o.kind, o.items, o.bracketed) for o in operands)
+        if key not in self._menus:
+            if len(self._menus) >= _MENU_CACHE_SIZE:
+                self._menus.clear()
+            choices = self._enumerate(operands)
+            self._menus[key] = _Menu(choices, self.nc_heads.slots, self.config.nc_answer_window) if choices else None
+        return self._menus[key]
+
+    def _enumerate(self, operands: list[Operand]) -> list["_Choice"]:
+        V, library, config = self.config.nc_value_size, self.library, self.config
+        out = []
+        for program_index, name in enumerate(config.nc_programs):
+            program = library[name]
+            if program.arity > config.nc_max_operands:
+                continue
+            fits_per_param = []
+            for _, ptype in program.params:
+                fits = []
+                for i, o in enumerate(operands):
+                    if ptype == "int" and o.kind == "number" and o.number < V:
+                        fits.append((i, o.number))
+                    elif ptype == "list" and name in config.nc_tape_arguments and o.kind == "number":
+                        fits.append((i, tuple(int(d) for d in reversed(o.items[0]))))
+                    elif ptype == "list" and name not in config.nc_tape_arguments and o.kind == "list" and max(o.values) < V:
+                        fits.append((i, tuple(o.values)))
+                fits_per_param.append(fits)
+            for picked in itertools.product(*fits_per_param):
+                bracketed = any(operands[i].bracketed for i, _ in picked)  # a list result is written the same way
+                out.append(_Choice(LibraryCall(program_index, tuple(v for _, v in picked), bracketed), tuple(i for i, _ in picked)))
+        return out
+
+    def _fill_menus(self, menus: list["_Menu"], site_menu: list[int], top: list[list[int]], run: list[list[bool]]) -> None:
+        """Execute the chosen calls (those ``run`` marks) whose results the menus do not hold yet."""
+        missing = {}
+        for e, chosen, go in zip(site_menu, top, run):
+            menu = menus[e]
+            for c, ok in zip(chosen, go):
+                if ok and c < len(menu.choices) and not menu.done[c]:
+                    missing[(e, c)] = menu.choices[c].call
+        if missing:
+            for (e, c), tokens in zip(missing, self._token_lists(list(missing.values()))):
+                menus[e].tokens[c, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                menus[e].done[c] = True
+
+    def _token_lists(self, calls: list["LibraryCall"]) -> list[list[int]]:
+        """Result tokens (at most the answer window) of hard calls: cached, the rest run as one vectorized batch."""
+        names = self.config.nc_programs
+        todo = [call for call in dict.fromkeys(calls) if call not in self._results]
+        if len(self._results) + len(todo) > _RESULT_CACHE_SIZE:  # full: start over (these calls all run again)
+            self._results.clear()
+            todo = list(dict.fromkeys(calls))
+        if todo:
+            result = self.library.run_calls([(names[c.program], _plain(c.arguments)) for c in todo], max_steps=self.config.nc_max_steps)
+            for call, value in zip(todo, result.values):  # a failed call proposes only the end
+                self._results[call] = self._text_tokens(names[call.program], value, call.bracketed)[: self.config.nc_answer_window]
+        return [self._results[call] for call in calls]
+
+    def _hard_tokens(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, None]:
+        """Result tokens [G, k, W] of hard calls (none for None), and no probability factor."""
+        flat = [call for row in picked for call in row]
+        results = iter(self._token_lists([call for call in flat if call is not None]))
+        rows = _token_tensor([next(results) if call is not None else [] for call in flat], self.config.nc_answer_window)
+        return rows.view(len(picked), -1, rows.shape[-1]), None
+
+    def _soft_results(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft execution of the chosen calls (each distinct call once, one batched soft run per program): the
+        tokens of each call's most likely result [G, k, W] and that result's probability [G, k] under the
+        differentiable machine (its cells' probabilities times the probability of halting), through which gradients
+        reach the program weights."""
+        W, R, M = self.config.nc_answer_window, self.library.machine.num_registers, self.library.machine.memory_size
+        by_program: dict[str, list] = {}
+        for call in dict.fromkeys(call for row in picked for call in row if call is not None):
+            by_program.setdefault(self.config.nc_programs[call.program], []).append(call)
+        token_lists, probability = {}, {}
+        for name, calls in by_program.items():
+            program = self.library[name]
+            args, memory = self.library.encode_soft(program, [_plain(c.arguments) for c in calls])
+            entry = torch.zeros(len(calls), len(self.library))
+            entry[:, self.library.machine.index[name]] = 1.0
+            run = self.library.run_soft(entry, args, memory, max_steps=self.config.nc_max_steps)
+            p_result, results = run.cells[:, R].max(-1)
+            for i, call in enumerate(calls):
+                value, p = int(results[i]), run.halted[i] * p_result[i]
+                if program.returns == "list":  # the list the result points at, read at its most likely length
+                    p_length, length = run.memory[i, min(value, M - 1)].max(-1)
+                    if value + 1 + int(length) > M:
+                        value, p = None, p * 0.0
+                    else:
+                        p_items, items = run.memory[i, value + 1 : value + 1 + int(length)].max(-1)
+                        value, p = items.tolist(), p * p_length * p_items.prod()
+                token_lists[call] = self._text_tokens(name, value, call.bracketed)[:W]
+                probability[call] = p
+        flat = [call for row in picked for call in row]
+        tokens = _token_tensor([token_lists[c] if c is not None else [] for c in flat], W)
+        factor = torch.stack([probability[c] if c is not None else torch.zeros(()) for c in flat])
+        return tokens.view(len(picked), -1, W), factor.view(len(picked), -1)
+
+    def _text_tokens(self, name: str, value, bracketed: bool) -> list[int]:
+        eos = self.config.eos_token_id
+        eos = [eos[0] if isinstance(eos, list) else eos] if eos is not None else []
+        if value is None:
+            return eos
+        if isinstance(value, int):
+            return self.reader.number_tokens(str(value)) + eos
+        if name in self.config.nc_tape_results:
+            digits = "".join(str(d) for d in reversed(value)).lstrip("0") or "0"
+            return self.reader.number_tokens(digits) + eos
+        return self.reader.list_tokens(value, bracketed) + eos
+
+
+@dataclass(frozen=True)
+class LibraryCall:
+    """A call the interpreter can make: a program (index in ``nc_programs``) on arguments (ints, and tuples of ints
+    for lists and digit tapes); a list result is written the way the operand list was written."""
+
+    program: int
+    arguments: tuple
+    bracketed: bool
+
+
+@dataclass(frozen=True)
+class _Choice:
+    call: LibraryCall
+    operands: tuple[int, ...]  # per parameter: the index of the operand it reads
+
+
+class _Menu:
+    """The calls that fit one set of operands: programs [C] and operand slots [C, S] (-1: unused slot) for scoring,
+    and the result tokens [C, W] of those executed so far."""
+
+    def __init__(self, choices: list[_Choice], slots: int, window: int):
+        self.choices = choices
+        self.programs = torch.tensor([c.call.program for c in choices])
+        self.slots = torch.tensor([list(c.operands) + [-1] * (slots - len(c.operands)) for c in choices]).view(len(choices), slots)
+        self.tokens = torch.full((len(choices), window), -1, dtype=torch.long)
+        self.done = [False] * len(choices)
+
+
+@dataclass
+class RecordedCall:
+    """One of the top-k calls of a position, as ``explain`` reports it."""
+
+    call: LibraryCall
+    operands: list  # the Operand each parameter read (None with the projection reader)
+    probability: float
+    tokens: list[int]
+
+
+@dataclass
+class Interpreted:
+    """The interpreter's output for the positions of one forward pass."""
+
+    proposal: torch.Tensor  # [B, N, vocab] unnormalized library proposal
+    proposed_tokens: torch.Tensor  # [B, N, E] every token the proposal may hold (the others have 0)
+    mass: torch.Tensor  # [B, N] the proposal's total
+    gate: torch.Tensor  # [B, N]
+    state: InterpreterState
+    own_tokens: Optional[torch.Tensor] = None  # [B, N, K] first result token of each call made at the position (-1: none)
+    own_probs: Optional[torch.Tensor] = None  # [B, N, K] those calls' probabilities
+    site_probs: Optional[torch.Tensor] = None  # [B, N, W] the site answered, by offset (0: the position itself)
+
+
+def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """Logits with their -inf entries raised to ``sharpness`` below the row's best (finite ones are kept, so that
+    trained weights load unchanged)."""
+    floor = logits.amax(-1, keepdim=True) - sharpness
+    return torch.where(torch.isinf(logits), floor, logits).detach().clone()
+
+
+def _plain(arguments: tuple) -> list:
+    return [list(a) if isinstance(a, tuple) else a for a in arguments]
+
+
+def _token_tensor(token_lists: list[list[int]], window: int) -> torch.Tensor:
+    out = torch.full((len(token_lists), window), -1, dtype=torch.long)
+    for i, tokens in enumerate(token_lists):
+        out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return out
+
+
+def _real(tokens: torch.Tensor) -> list[int]:
+    return [t for t in tokens.tolist() if t >= 0]
+
+
+# generate() inspects the forward signature of a remote-code model at every step: give it the answer at once.
+NCLlamaForCausalLM.forward.__signature__ = inspect.signature(NCLlamaForCausalLM.forward)
+
+# save_pretrained writes these files and the auto_map into the folder, so that the Auto classes load it with
+# trust_remote_code=True wherever it goes (a local folder, the Hub).
+NCLlamaConfig.register_for_auto_class()
+NCLlamaModel.register_for_auto_class("AutoModel")
+NCLlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = ["NCLlamaForCausalLM", "NCLlamaModel", "NCLlamaPreTrainedModel", "NCInterpreterHeads"]

@@ -1,0 +1,54 @@
+"""The shipped models in hub_assets/: complete Hub repo folders that load with the Auto classes, small, with their
+evaluation results in their model cards."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from modeling_nclama.tasks import CANONICAL
+
+ASSETS = Path(__file__).resolve().parents[1] / "hub_assets"
+NCLAMA, BASELINE = ASSETS / "nclama-tiny", ASSETS / "llama-tiny-baseline"
+
+
+def test_the_two_folders_are_small_and_complete():
+    size = sum(p.stat().st_size for folder in (NCLAMA, BASELINE) for p in folder.rglob("*") if p.is_file())
+    assert size < 50e6
+    for folder in (NCLAMA, BASELINE):
+        files = {p.name for p in folder.iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "eval_results.json"} <= files
+        assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl"))]  # nothing pickled
+        rows = json.loads((folder / "eval_results.json").read_text())["rows"]
+        card = (folder / "README.md").read_text()
+        assert rows and all(f"| {r['task']} | {r.get('split', 'train')} | {r['length']} |" in card for r in rows)
+    assert {"library.json", "library.safetensors", "modeling_nclama.py"} <= {p.name for p in NCLAMA.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def nclama():
+    model = AutoModelForCausalLM.from_pretrained(NCLAMA, trust_remote_code=True).eval()
+    return model, AutoTokenizer.from_pretrained(NCLAMA, trust_remote_code=True)
+
+
+def generate(model, tok, prompt: str) -> str:
+    inputs = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).split("\n")[0].strip()
+
+
+def test_the_shipped_nclama_answers_with_its_library(nclama):
+    model, tok = nclama
+    assert type(model).__name__ == "NCLlamaForCausalLM" and model.library is not None
+    prompt, answer = next((p, a) for p, a in CANONICAL if p == "81273+4406=")
+    assert generate(model, tok, prompt) == answer
+    sequence, trace = model.generate_with_trace(tok(prompt, return_tensors="pt")["input_ids"], max_new_tokens=6, do_sample=False)
+    assert trace[0]["gate"] > 0.9 and trace[0]["calls"][0]["program"] == "long_add"  # computed by the library
+
+
+def test_the_baseline_is_a_plain_llama():
+    model = AutoModelForCausalLM.from_pretrained(BASELINE).eval()
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert generate(model, AutoTokenizer.from_pretrained(BASELINE), "3+4=")  # it writes something
