@@ -682,6 +682,14 @@ def heads_optimizer(model: torch.nn.Module, args, heads_learning_rate: float) ->
                              eps=args.adam_epsilon, weight_decay=args.weight_decay)
 
 
+def _leave_process_group() -> None:
+    """Under torchrun: wait for every process (the main one saves and evaluates), then tear the process group down,
+    so that no process exits with gloo's threads still running (which aborts it)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _restore_soft_programs(model, checkpoint: str) -> None:
     """Soft mode keeps the trained programs in the checkpoint's library files, not in its model weights: attach
     them before the Trainer restores the rest."""
@@ -754,6 +762,7 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
         "log_history": trainer.state.log_history,
     }
     if not trainer.is_world_process_zero():
+        _leave_process_group()
         return summary
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -771,4 +780,5 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
         print(format_table(rows))
         print(f"wrote {paths[0]} and {paths[1]}")
         summary["eval"] = rows
+    _leave_process_group()
     return summary
