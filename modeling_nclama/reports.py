@@ -19,15 +19,20 @@ from .tasks import TRAINING_RANGES
 PathLike = Union[str, Path]
 
 
-def load_results(path: PathLike, split: str = "train") -> list[dict]:
-    """The rows of an ``eval_results.json`` (a file, or the folder holding one) for one template split."""
+def _read(path: PathLike, name: str, key: str, what: str) -> list:
+    """``key`` of the JSON file ``path`` (or of ``path/name`` for a folder), or a ValueError naming the file."""
     path = Path(path)
     if path.is_dir():
-        path = path / "eval_results.json"
+        path = path / name
     try:
-        rows = json.loads(path.read_text())["rows"]
+        return list(json.loads(path.read_text())[key])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not an evaluation result ({error})") from None
+        raise ValueError(f"{path}: not {what} ({error})") from None
+
+
+def load_results(path: PathLike, split: str = "train") -> list[dict]:
+    """The rows of an ``eval_results.json`` (a file, or the folder holding one) for one template split."""
+    rows = _read(path, "eval_results.json", "rows", "an evaluation result")
     return [row for row in rows if row.get("split", "train") == split]
 
 
@@ -84,16 +89,10 @@ def plot_accuracy_by_length(results: Mapping[str, list[dict]], path: PathLike) -
 
 def probe_history(train_log: PathLike) -> list[dict]:
     """The probe entries of a ``train_log.json`` (or of the folder holding one), in step order."""
-    path = Path(train_log)
-    if path.is_dir():
-        path = path / "train_log.json"
-    try:
-        history = json.loads(path.read_text())["log_history"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a training log ({error})") from None
+    history = _read(train_log, "train_log.json", "log_history", "a training log")
     probes = [entry for entry in history if any(key.startswith("probe/") for key in entry)]
     if not probes:
-        raise ValueError(f"{path}: the run logged no probes (set probe.steps in the recipe)")
+        raise ValueError(f"{train_log}: the run logged no probes (set probe.steps in the recipe)")
     return sorted(probes, key=lambda entry: entry["step"])
 
 
