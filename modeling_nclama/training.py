@@ -10,7 +10,8 @@ defaults (errors name the bad key and value); :func:`train` runs it. Sections::
       from_pretrained: DIR
     trainable: all | [name prefixes or globs]        # e.g. ["nc_heads.*"]: the decoder is frozen
     data: {tasks: all | [...], n: 20000, seed: 0, lengths: training_ranges | [ints] | {task: [low, high] | [ints]},
-           clrs_insertion_sort: 0, loss_on: all | answer, max_length: null}
+           clrs_insertion_sort: 0, loss_on: all | answer, max_length: null,
+           format: answer | tool_call}                # tool_call: the tool-use baseline writes [[a+b]] (tool_use.py)
     training: {...any TrainingArguments field..., heads_learning_rate: null}   # the interpreter heads' own rate
     probe: {steps: 0, per_task: 2, seed: 1234}        # NCLlama only: gate and call accuracy in the log history
     eval: {tasks: all | [...], lengths: null | [...], n: 20, split: train | heldout, seed: 0, batch_size: 16}
