@@ -472,7 +472,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         decay = torch.exp((L.unsqueeze(2) - L.unsqueeze(1)).masked_fill(~causal, float("-inf")))  # [B, N, N]
         out = hidden.new_zeros(B, N, T, dtype=torch.float32)
         out[:, :, start:] = decay * (1.0 - cont).unsqueeze(1)
-        if state is not None and state.last_sites is not None:
+        if state is not None:
             carried = torch.nn.functional.pad(state.last_sites, (0, T - state.last_sites.shape[1]))
             out = out + torch.exp(L).unsqueeze(2) * carried.unsqueeze(1)
         return out
@@ -761,9 +761,9 @@ class Interpreted:
     mass: torch.Tensor  # [B, N] the proposal's total
     gate: torch.Tensor  # [B, N]
     state: InterpreterState
-    own_tokens: Optional[torch.Tensor] = None  # [B, N, K] first result token of each call made at the position (-1: none)
-    own_probs: Optional[torch.Tensor] = None  # [B, N, K] those calls' probabilities
-    site_probs: Optional[torch.Tensor] = None  # [B, N, W] the site answered, by offset (0: the position itself)
+    own_tokens: torch.Tensor  # [B, N, K] first result token of each call made at the position (-1: none)
+    own_probs: torch.Tensor  # [B, N, K] those calls' probabilities
+    site_probs: torch.Tensor  # [B, N, W] the site answered, by offset (0: the position itself)
 
 
 def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:

@@ -54,10 +54,7 @@ def accuracy_table(results: Mapping[str, list[dict]]) -> str:
 
 def plot_accuracy_by_length(results: Mapping[str, list[dict]], path: PathLike) -> Path:
     """PNG: one panel per task, exact match against length, a line per model, the training range shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     tasks = sorted({row["task"] for rows in results.values() for row in rows})
     columns = min(4, len(tasks))
@@ -80,11 +77,7 @@ def plot_accuracy_by_length(results: Mapping[str, list[dict]], path: PathLike) -
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("Exact match by length (shaded: the training range)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def probe_history(train_log: PathLike) -> list[dict]:
@@ -98,10 +91,7 @@ def probe_history(train_log: PathLike) -> list[dict]:
 
 def plot_what_learns_what(probes: list[dict], path: PathLike) -> Path:
     """PNG: the gate at the answer (left) and the call accuracy (right) against steps, overall (bold) and per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     steps = [p["step"] for p in probes]
     tasks = sorted({key.split("/")[1] for p in probes for key in p if key.count("/") == 2})
@@ -118,11 +108,7 @@ def plot_what_learns_what(probes: list[dict], path: PathLike) -> Path:
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle("What learns what: calls emerge from answer supervision alone")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def probe_table(probes: list[dict]) -> str:
@@ -131,3 +117,21 @@ def probe_table(probes: list[dict]) -> str:
     for p in probes:
         out.append(f"| {p['step']} | {p.get('probe/gate', math.nan):.3f} | {p.get('probe/call_accuracy', math.nan):.2f} |")
     return "\n".join(out)
+
+
+def _pyplot():
+    """matplotlib's pyplot without a display (imported only when a plot is made)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -137,7 +137,7 @@ def test_fusion_equals_the_dense_mixture_values_and_gradients():
     weight = (torch.rand(B, N, E, dtype=torch.float64) / E).requires_grad_(True)
     gate = torch.rand(B, N, dtype=torch.float64, requires_grad=True)
     proposal = torch.zeros(B, N, V, dtype=torch.float64).scatter_add(2, tokens, weight)
-    got = NCLlamaForCausalLM._fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None))
+    got = NCLlamaForCausalLM._fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None, None, None, None))
     mixture = (1 - gate * proposal.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * proposal
     expected = mixture.log() + torch.logsumexp(logits, -1, keepdim=True)
     assert torch.allclose(got, expected, atol=1e-10)

@@ -26,6 +26,13 @@ def test_the_two_folders_are_small_and_complete():
     assert {"library.json", "library.safetensors", "modeling_nclama.py"} <= {p.name for p in NCLAMA.iterdir()}
 
 
+def test_the_shipped_runtime_is_this_runtime():
+    """The folder carries copies of the runtime files (a Hub repo needs them): a runtime change must be re-exported."""
+    runtime = Path(__file__).resolve().parents[1] / "modeling_nclama"
+    shipped = sorted(p.name for p in NCLAMA.glob("*.py"))
+    assert shipped and all((NCLAMA / name).read_text() == (runtime / name).read_text() for name in shipped), shipped
+
+
 @pytest.fixture(scope="module")
 def nclama():
     model = AutoModelForCausalLM.from_pretrained(NCLAMA, trust_remote_code=True).eval()

@@ -9,24 +9,6 @@ from modeling_nclama import tasks
 from modeling_nclama.tasks import (ALL_TASKS, CANONICAL, CLRS_TASK, TASKS, TEMPLATES, TRAINING_RANGES,
                                    clrs_insertion_sort, make_dataset, render, templates)
 
-# The specification (issue 4): prompt, answer. The module's CANONICAL must be exactly this.
-SPEC = [
-    ("81273+4406=", "85679"),
-    ("81273-4406=", "76867"),
-    ("734*58=", "42572"),
-    ("What is 81273 plus 4406?", "85679"),
-    ("What is 81273 minus 4406?", "76867"),
-    ("What is 734 times 58?", "42572"),
-    ("Add 3 and 4.", "7"),
-    ("Is 81273 less than 4406?", "no"),
-    ("gcd(84, 36)=", "12"),
-    ("7!=", "5040"),
-    ("fib(20)=", "6765"),
-    ("sort: 5 3 9 1 ->", "1 3 5 9"),
-    ("Sort the list [5, 3, 9, 1].", "[1, 3, 5, 9]"),
-    ("What is the largest number in [5, 3, 9, 1]?", "9"),
-    ("What is the sum of [5, 3, 9, 1]?", "18"),
-]
 
 # Which training template and operands write each canonical prompt.
 CANONICAL_SOURCES = [
@@ -131,11 +113,7 @@ def reference(prompt):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_canonical_is_the_specification():
-    assert CANONICAL == SPEC
-
-
-@pytest.mark.parametrize("source, expected", list(zip(CANONICAL_SOURCES, SPEC)), ids=[p for p, _ in SPEC])
+@pytest.mark.parametrize("source, expected", list(zip(CANONICAL_SOURCES, CANONICAL)), ids=[p for p, _ in CANONICAL])
 def test_every_canonical_pair_comes_from_a_training_template(source, expected):
     template_id, operands = source
     assert not TEMPLATES[template_id].heldout
