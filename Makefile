@@ -16,8 +16,14 @@ $(STAMP): setup.cfg pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
-	$(VENV)/bin/nclama run std fib 6 --trace
+# The Gradio Space (space/app.py) on the shipped model, at http://127.0.0.1:7860, analytics off.
+demo: $(VENV)/.space-installed
+	GRADIO_ANALYTICS_ENABLED=False GRADIO_SERVER_NAME=127.0.0.1 GRADIO_SERVER_PORT=7860 OMP_NUM_THREADS=1 \
+		$(PY) space/app.py
+
+$(VENV)/.space-installed: $(STAMP)
+	$(PY) -m pip install -q -e '.[space]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,342 @@
+"""What the Space computes, inside a worker process: generation with its trace, the two comparison answers, library
+runs and compilation. Everything here returns plain JSON-able data.
+
+Bad input raises ``ValueError`` with a message meant for the person (or API client) who sent it; the worker passes
+it on as the request's error.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import queue
+import threading
+from typing import Any, Iterator, Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.generation.streamers import BaseStreamer
+
+from modeling_nclama import Library
+from modeling_nclama.evaluation import answer_text
+from modeling_nclama.tasks import CANONICAL
+from settings import LIMITS
+
+MODES = ("hard", "soft")
+
+
+class Engine:
+    """The NCLlama model, the same model with its library switched off, the plain baseline, and the library."""
+
+    def __init__(self, model: str, baseline: str):
+        torch.set_num_threads(1)  # tiny models: intra-op threads cost more than they give
+        self.model_name, self.baseline_name = model, baseline
+        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
+        self.model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
+        if getattr(self.model, "library", None) is None:
+            raise ValueError(f"{model} is not an NCLlama model with a library")
+        # The runtime calls the library only while one is attached: a second copy without it is the same network
+        # with the gate shut (no interpreter, no residual injection), the plain LM it was fine-tuned into.
+        self.library_off = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
+        self.library_off.library = None
+        self.baseline_tokenizer = AutoTokenizer.from_pretrained(baseline)
+        self.baseline = AutoModelForCausalLM.from_pretrained(baseline).eval()
+        self.library = self.model.library
+        # explain() runs each of a position's top calls again for every token that answers it, improbable ones
+        # too (factorial_tape(734) runs to the step limit, 1.4 s, once per answer token): remember the runs.
+        self.library.run_batch = _memoized(self.library.run_batch)
+
+    def info(self) -> dict:
+        """What the web process shows without asking again: the programs, the examples, the models."""
+        return {
+            "model": self.model_name,
+            "baseline": self.baseline_name,
+            "mode": self.model.config.nc_mode,
+            "value_size": self.library.value_size,
+            "examples": [prompt for prompt, _ in CANONICAL],
+            "programs": [
+                {
+                    "name": p.name,
+                    "params": [list(param) for param in p.params],
+                    "returns": p.returns,
+                    "source": p.source,
+                    "assembly": p.assembly(),
+                    "called_by_model": p.name in self.model.config.nc_programs,
+                }
+                for p in self.library.programs
+            ],
+        }
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt: str, max_new_tokens: int) -> Iterator[dict]:
+        """The answer as it grows, one update per generated token, then the whole trace (``done``)."""
+        ids, max_new_tokens = self._prompt_ids(self.tokenizer, prompt, max_new_tokens)
+        streamer = _TokenQueue()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["sequence"] = self.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                    do_sample=False, streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
+                )
+            except BaseException as error:  # handed to the caller below
+                outcome["error"] = error
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        new: list[int] = []
+        while (token := streamer.tokens.get()) is not None:
+            new.append(token)
+            yield self._partial(prompt, ids[0].tolist(), new)
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield self._traced(prompt, outcome["sequence"][0], ids.shape[1])
+
+    def compare(self, prompt: str, max_new_tokens: int) -> dict:
+        """The answers of the plain baseline and of this model with its library switched off."""
+        return {
+            "baseline": self._answer(self.baseline, self.baseline_tokenizer, prompt, max_new_tokens),
+            "library_off": self._answer(self.library_off, self.tokenizer, prompt, max_new_tokens),
+        }
+
+    def _answer(self, model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+        ids, max_new_tokens = self._prompt_ids(tokenizer, prompt, max_new_tokens)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return answer_text(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+    @staticmethod
+    def _prompt_ids(tokenizer, prompt: Any, max_new_tokens: Any) -> tuple[torch.Tensor, int]:
+        check_prompt(prompt)
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, LIMITS.new_tokens)
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        if ids.shape[1] > LIMITS.prompt_tokens:
+            raise ValueError(f"the prompt is {ids.shape[1]} tokens long; at most {LIMITS.prompt_tokens} are allowed")
+        return ids, max_new_tokens
+
+    def _texts(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def _partial(self, prompt: str, prompt_ids: list[int], new: list[int]) -> dict:
+        return {
+            "prompt": prompt,
+            "answer": answer_text(self.tokenizer.decode(new, skip_special_tokens=True)),
+            "prompt_length": len(prompt_ids),
+            "sequence": self._texts(prompt_ids + new),
+            "tokens": [{"position": len(prompt_ids) + i, "token": t, "text": self._texts([t])[0]} for i, t in enumerate(new)],
+            "machines": {},
+            "done": False,
+        }
+
+    def _traced(self, prompt: str, sequence: torch.Tensor, prompt_length: int) -> dict:
+        """Per generated token, what ``explain`` reports (less its text step table), with token texts, the calls'
+        results as text, each operand's parameter name, and the key of the top call's machine trace in
+        ``machines`` (one traced run per distinct call)."""
+        ids = sequence.tolist()
+        out = self._partial(prompt, ids[:prompt_length], ids[prompt_length:])
+        rows = self.model.explain(sequence, prompt_length, max_trace_rows=1)
+        for row, token in zip(rows, out["tokens"]):
+            row.pop("machine_trace", None)
+            row["text"] = token["text"]
+            for call in row["calls"]:
+                params = [name for name, _ in self.library[call["program"]].params]
+                for param, operand in zip(params, call["operands"]):
+                    operand["param"] = param
+                call["result_text"] = self.tokenizer.decode(call.pop("result_tokens"), skip_special_tokens=True)
+            row["machine"] = self._machine_for(row["calls"][0], out["machines"]) if row["calls"] else None
+        out["tokens"], out["done"] = rows, True
+        return out
+
+    def _machine_for(self, call: dict, machines: dict) -> Optional[str]:
+        if call["status"] != "ok":
+            return None
+        key = f"{call['program']}{call['arguments']}"
+        if key not in machines:
+            mode = self.model.config.nc_mode
+            steps = self.model.config.nc_max_steps if mode == "hard" else LIMITS.soft_steps
+            try:
+                _, trace = self.library.run(call["program"], *call["arguments"], mode=mode, trace=True, max_steps=steps)
+            except RuntimeError as error:  # the soft machine may not halt within the Space's cap
+                machines[key] = {"error": str(error)}
+            else:
+                machines[key] = trace_json(trace, call["program"], call["arguments"], call["result"])
+        return key
+
+    # ------------------------------------------------------------------ library and compiler
+    def run_program(self, name: Any, arguments: Any, mode: Any, max_steps: Any) -> dict:
+        """Run a program of the model's library on arguments written as Python literals (``84, 36``)."""
+        if not isinstance(name, str) or name not in self.library:
+            raise ValueError(f"no program {name!r} in the library; it has: {', '.join(self.library.names)}")
+        return _run(self.library, name, parse_arguments(arguments), mode, max_steps)
+
+    def compile(self, source: Any, call: Any, mode: Any, max_steps: Any) -> dict:
+        """Compile every function of ``source`` (AST only: never executed) and run ``call`` (``triangle(10)``)."""
+        check_source(source)
+        name, args = parse_call(call)
+        library = Library.from_source(source, value_size=LIMITS.compile_value_size)
+        lines = sum(p.num_lines for p in library.programs)
+        if len(library) > LIMITS.functions:
+            raise ValueError(f"the source defines {len(library)} functions; at most {LIMITS.functions} are allowed")
+        if lines > LIMITS.program_lines:
+            raise ValueError(f"the program compiles to {lines} instructions; at most {LIMITS.program_lines} are allowed")
+        if name not in library:
+            raise ValueError(f"the call names {name!r}, which the source does not define (it defines: {', '.join(library.names)})")
+        run = _run(library, name, args, mode, max_steps)
+        run["functions"] = [
+            {"name": p.name, "params": [list(x) for x in p.params], "returns": p.returns, "lines": p.num_lines,
+             "assembly": p.assembly()}
+            for p in library.programs
+        ]
+        return run
+
+
+def _memoized(run_batch):
+    """``run_batch(name, batch, max_steps=...)``, remembered by the batch's contents (lists made tuples)."""
+
+    @functools.lru_cache(maxsize=4096)
+    def cached(name: str, frozen: tuple, max_steps: Optional[int]):
+        return run_batch(name, _thawed(frozen), max_steps=max_steps)
+
+    def run(name: str, batch, *, max_steps: Optional[int] = None):
+        return cached(name, _frozen(batch), max_steps)
+
+    return run
+
+
+def _frozen(value):
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _thawed(value):
+    return [_thawed(v) for v in value] if isinstance(value, tuple) else value
+
+
+class _TokenQueue(BaseStreamer):
+    """Receives each generated token from ``generate`` (the first ``put`` is the prompt)."""
+
+    def __init__(self):
+        self.tokens: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.tokens.put(token)
+
+    def end(self) -> None:
+        self.tokens.put(None)
+
+
+def _run(library, name: str, args: list, mode: Any, max_steps: Any) -> dict:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
+    cap = LIMITS.hard_steps if mode == "hard" else LIMITS.soft_steps
+    max_steps = check_int("max_steps", max_steps, 1, cap, f" in {mode} mode")
+    try:
+        result, trace = library.run(name, *args, mode=mode, trace=True, max_steps=max_steps)
+    except TypeError as error:  # wrong number or kind of arguments
+        raise ValueError(str(error)) from None
+    except RuntimeError as error:  # MachineError (of whichever copy of the runtime made the library)
+        raise ValueError(f"the machine stopped: {error}") from None
+    return {"program": name, "arguments": args, "mode": mode, "result": result, "steps": len(trace.steps),
+            "machine": trace_json(trace, name, args, result)}
+
+
+def trace_json(trace, program: str, arguments: list, result: Any) -> dict:
+    """A machine trace as JSON: per step (the first ``LIMITS.trace_rows``) the line, the instruction and the
+    registers and memory after it (the most likely values and the registers' probabilities in soft mode)."""
+    soft = trace.mode == "soft"
+    rows = []
+    for s in trace.steps[: LIMITS.trace_rows]:
+        row = {
+            "step": s.step, "program": s.program, "line": s.line, "instruction": s.instruction,
+            "probability": s.probability,
+            "registers": {k: v[0] for k, v in s.registers.items()} if soft else dict(s.registers),
+            "memory": s.memory[: LIMITS.memory_cells],
+        }
+        if soft:
+            row["register_probabilities"] = {k: v[1] for k, v in s.registers.items()}
+        rows.append(row)
+    return {"program": program, "arguments": arguments, "result": result, "mode": trace.mode,
+            "steps": len(trace.steps), "rows": rows}
+
+
+# ---------------------------------------------------------------------- input checks
+def check_prompt(prompt: Any) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: type a question, e.g. 81273+4406=")
+    if len(prompt) > LIMITS.prompt_chars:
+        raise ValueError(f"the prompt is {len(prompt)} characters long; at most {LIMITS.prompt_chars} are allowed")
+    _check_text("prompt", prompt, "\n")
+
+
+def check_source(source: Any) -> None:
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError("the source is empty: paste Python functions to compile")
+    if len(source) > LIMITS.source_chars:
+        raise ValueError(f"the source is {len(source)} characters long; at most {LIMITS.source_chars} are allowed")
+    lines = len(source.splitlines())
+    if lines > LIMITS.source_lines:
+        raise ValueError(f"the source has {lines} lines; at most {LIMITS.source_lines} are allowed")
+    _check_text("source", source, "\n\t\r")
+
+
+def _check_text(what: str, text: str, whitespace: str) -> None:
+    """Printable ASCII only: what the model was trained on and the compiler's subset need."""
+    for i, ch in enumerate(text):
+        if not (" " <= ch <= "~" or ch in whitespace):
+            raise ValueError(
+                f"the {what} has an unsupported character {ch!r} (U+{ord(ch):04X}) at position {i + 1}; "
+                f"only printable ASCII is supported"
+            )
+
+
+def check_int(what: str, value: Any, low: int, high: int, where: str = "") -> int:
+    """``value`` as an int in [low, high] (a whole float from a number box counts)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} must be a whole number from {low} to {high}{where}, got {value!r}")
+    return value
+
+
+def parse_arguments(text: Any) -> list:
+    """``84, 36`` -> [84, 36]; ``[5, 3, 9, 1]`` -> [[5, 3, 9, 1]]: Python literals, ints and lists of ints only."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("no arguments: write them as Python literals, e.g. 84, 36 or [5, 3, 9, 1]")
+    if len(text) > LIMITS.call_chars:
+        raise ValueError(f"the arguments are {len(text)} characters long; at most {LIMITS.call_chars} are allowed")
+    try:
+        node = ast.parse(f"({text},)", mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"cannot read the arguments {text!r}: write Python literals, e.g. 84, 36 or [5, 3, 9, 1]") from None
+    return [_literal(arg) for arg in node.elts] if isinstance(node, ast.Tuple) else [_literal(node)]
+
+
+def parse_call(text: Any) -> tuple[str, list]:
+    """``triangle(10)`` -> ("triangle", [10])."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("no call: write one like triangle(10)")
+    if len(text) > LIMITS.call_chars:
+        raise ValueError(f"the call is {len(text)} characters long; at most {LIMITS.call_chars} are allowed")
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        node = None
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.keywords:
+        raise ValueError(f"cannot read the call {text!r}: write a function name and literal arguments, e.g. triangle(10)")
+    return node.func.id, [_literal(arg) for arg in node.args]
+
+
+def _literal(node: ast.AST):
+    """An int or a list of ints, read from the AST (nothing is evaluated)."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.List) and all(isinstance(e, ast.Constant) and type(e.value) is int for e in node.elts):
+        return [e.value for e in node.elts]
+    raise ValueError(f"unsupported argument {ast.unparse(node)!r}: arguments are ints or lists of ints")

@@ -1,0 +1,321 @@
+"""The Gradio Space (space/app.py), served on a local port with the shipped model: every API endpoint through
+gradio_client, good and bad input, streaming and queueing; then a real browser (Debian's chromium driven by
+Playwright) that asks a question and reads the answer and its trace."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "hub_assets" / "nclama-tiny"
+BASELINE = ROOT / "hub_assets" / "llama-tiny-baseline"
+ARTIFACTS = ROOT / "out" / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is in the test extra: pip install -e '.[test]'")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(command: list, cwd: Path, env: dict, log: Path, timeout: float = 300) -> tuple[subprocess.Popen, str]:
+    """Start a Space (``command`` runs app.py) on a free local port; wait until it answers."""
+    port = free_port()
+    env = {**env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Space exited with status {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=5):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    stop(process)
+    raise RuntimeError(f"the Space did not answer within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    """The Space as `make demo` serves it: from the checkout, on the shipped models (no model setting)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NCLAMA_")}
+    log = tmp_path_factory.mktemp("space") / "space.log"
+    process, url = serve([sys.executable, "space/app.py"], ROOT, env, log)
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def client(space):
+    return gradio_client.Client(space, verbose=False)
+
+
+def refused(client, *args, api_name: str) -> str:
+    """The error message the API gives for a refused request."""
+    with pytest.raises(gradio_client.exceptions.AppError) as error:
+        client.predict(*args, api_name=api_name)
+    return str(error.value)
+
+
+# ---------------------------------------------------------------------- the API
+def test_the_api_has_the_named_endpoints(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/generate", "/compare", "/program", "/run_program", "/compile"} <= set(endpoints)
+
+
+def test_generate_answers_the_canonical_addition_and_traces_it(client):
+    answer, trace = client.predict("81273+4406=", 24, api_name="/generate")
+    assert answer == "85679"
+    assert trace["done"] and trace["answer"] == "85679"
+    sequence = trace["sequence"]
+    assert "".join(sequence[trace["prompt_length"]:]).startswith("85679")
+    first = trace["tokens"][0]
+    assert first["text"] == sequence[trace["prompt_length"]] and first["gate"] > 0.5
+    assert sequence[first["site"]] == "="  # the call is made at the end of the prompt
+    top = first["calls"][0]
+    assert top["program"] == "long_add" and top["probability"] > 0.5 and top["status"] == "ok"
+    assert top["result_text"] == "85679"
+    # the operands point at the prompt tokens of the two numbers (LLaMA 3 style chunks: 812|73, 440|6)
+    pointed = sorted("".join(sequence[o["start"]:o["end"]]) for o in top["operands"])
+    assert pointed == ["4406", "81273"] and sorted(o["text"] for o in top["operands"]) == ["4406", "81273"]
+    assert {o["param"] for o in top["operands"]} == {"a", "b"}
+    # the machine's execution of that call: every step's instruction, registers and memory
+    machine = trace["machines"][first["machine"]]
+    assert machine["program"] == "long_add" and machine["steps"] == top["steps"] > 10
+    assert len(machine["rows"]) == machine["steps"] and machine["rows"][0]["instruction"].startswith("load")
+    assert {"r0", "x0"} <= set(machine["rows"][0]["registers"])
+    # later tokens continue the same call, one offset further
+    assert [row["offset"] for row in trace["tokens"][:2]] == [0, 1]
+    assert trace["tokens"][1]["site"] == first["site"]
+
+
+@pytest.mark.timeout(300)
+def test_generate_answers_every_example(client):
+    from modeling_nclama.tasks import CANONICAL
+
+    wrong = {}
+    for prompt, expected in CANONICAL:
+        answer, trace = client.predict(prompt, 24, api_name="/generate")
+        if answer != expected or not trace["tokens"][0]["calls"]:
+            wrong[prompt] = answer
+    assert not wrong
+
+
+def test_generate_streams_token_by_token(client):
+    job = client.submit("Sort the list [5, 3, 9, 1].", 24, api_name="/generate")
+    job.result(timeout=120)
+    updates = job.outputs()
+    answers = [answer for answer, _ in updates]
+    assert answers[-1] == "[1, 3, 5, 9]"
+    assert len(updates) >= 10  # one update per token (12 of them, and the end), then the trace
+    assert all(b.startswith(a) for a, b in zip(answers, answers[1:]))
+    assert not updates[0][1]["done"] and updates[-1][1]["done"]
+    assert updates[-1][1]["tokens"][0]["calls"][0]["program"] == "insertion_sort"
+
+
+def _reference_answer(model, tokenizer, prompt: str) -> str:
+    import torch
+    from modeling_nclama.evaluation import answer_text
+
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return answer_text(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+def test_compare_gives_the_baseline_and_the_library_off_answers(client):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompt = "81273+4406="
+    baseline, library_off = client.predict(prompt, 24, api_name="/compare")
+    plain = AutoModelForCausalLM.from_pretrained(BASELINE)
+    assert baseline == _reference_answer(plain, AutoTokenizer.from_pretrained(BASELINE), prompt)
+    off = AutoModelForCausalLM.from_pretrained(SHIPPED, trust_remote_code=True)
+    off.library = None  # the runtime calls the library only while one is attached
+    assert library_off == _reference_answer(off, AutoTokenizer.from_pretrained(SHIPPED, trust_remote_code=True), prompt)
+    assert "85679" not in (baseline, library_off)  # only the library computes this sum
+
+
+def test_program_shows_source_and_assembly(client):
+    signature, source, assembly, example = client.predict("gcd", api_name="/program")
+    assert signature.startswith("`gcd(a: int, b: int) -> int`")
+    assert source.startswith("def gcd(a, b):") and "mod" in assembly and example == "12, 12"
+    signature, *_ = client.predict("long_add", api_name="/program")
+    assert "digit tapes" in signature
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_run_program_in_both_modes_with_a_trace(client, mode):
+    text, run = client.predict("gcd", "84, 36", mode, 100, api_name="/run_program")
+    assert run["result"] == 12 and text.startswith("gcd(84, 36) = 12")
+    machine = run["machine"]
+    assert machine["mode"] == mode and machine["steps"] == run["steps"] == len(machine["rows"])
+    assert machine["rows"][-1]["instruction"] == "ret"
+    text, run = client.predict("insertion_sort", "[5, 3, 9, 1]", mode, 100, api_name="/run_program")
+    assert run["result"] == [1, 3, 5, 9]
+
+
+def test_compile_runs_a_pasted_function(client):
+    source = "def triangle(n):\n    total = 0\n    for i in range(n + 1):\n        total += i\n    return total\n"
+    text, run = client.predict(source, "triangle(10)", "hard", 1000, api_name="/compile")
+    assert run["result"] == 55 and text.startswith("triangle(10) = 55")
+    assert run["functions"][0]["assembly"].startswith("def triangle(n: int) -> int")
+    assert run["machine"]["rows"][0]["program"] == "triangle"
+    _, run = client.predict(source, "triangle(4)", "soft", 100, api_name="/compile")
+    assert run["result"] == 10 and run["machine"]["mode"] == "soft"
+
+
+def test_requests_are_queued_and_all_answered(client):
+    prompts = {"81273-4406=": "76867", "What is 734 times 58?": "42572", "Add 3 and 4.": "7"}
+    jobs = {p: client.submit(p, 24, api_name="/generate") for p in prompts}
+    assert {p: job.result(timeout=180)[0] for p, job in jobs.items()} == prompts
+
+
+# ---------------------------------------------------------------------- bad input: a clear error, never a crash
+SOURCE = "def f(n):\n    return n + 1\n"
+TOO_MANY_INSTRUCTIONS = "def f(x):\n" + "".join(f"    x = x{'*x' * 90}\n" for _ in range(20)) + "    return x\n"
+TOO_MANY_FUNCTIONS = "".join(f"def f{i}(n):\n    return n\n" for i in range(17))
+SPIN = "def spin(n):\n    while n < 255:\n        n = n + 0\n    return n\n"
+
+
+@pytest.mark.parametrize("api_name, args, message", [
+    ("/generate", ("", 24), "the prompt is empty"),
+    ("/generate", ("   ", 24), "the prompt is empty"),
+    ("/generate", ("1" * 301, 24), "at most 300 are allowed"),
+    ("/generate", ("9," * 150, 24), "tokens long; at most 160 are allowed"),
+    ("/generate", ("81273+4406=\u00e9", 24), "unsupported character 'é' (U+00E9) at position 12"),
+    ("/generate", ("81273\x00+4406=", 24), "unsupported character"),
+    ("/generate", ("81273+4406=", 0), "less than minimum value 1"),
+    ("/generate", ("81273+4406=", 65), "greater than maximum value 64"),
+    ("/generate", ("81273+4406=", 2.5), "max_new_tokens must be a whole number from 1 to 64"),
+    ("/compare", ("", 24), "the prompt is empty"),
+    ("/program", ("no_such_program",), "not in the list of choices"),
+    ("/run_program", ("gcd", "84", "hard", 100), "gcd takes 2 arguments"),
+    ("/run_program", ("gcd", "84, x", "hard", 100), "unsupported argument 'x'"),
+    ("/run_program", ("gcd", "84, (", "hard", 100), "cannot read the arguments"),
+    ("/run_program", ("gcd", "84, 5000", "hard", 100), "outside [0, 1024)"),
+    ("/run_program", ("gcd", "", "hard", 100), "no arguments"),
+    ("/run_program", ("gcd", "84, 36", "hard", 3), "gcd did not halt within 3 steps"),
+    ("/run_program", ("gcd", "84, 36", "hard", 20001), "greater than maximum value 20000"),
+    ("/run_program", ("gcd", "84, 36", "soft", 101), "max_steps must be a whole number from 1 to 100 in soft mode"),
+    ("/run_program", ("gcd", "84, 36", "fast", 100), "not in the list of choices"),
+    ("/compile", ("def f(n):\n    return n.real\n", "f(1)", "hard", 100), "line 2, column 12: unsupported syntax"),
+    ("/compile", ("def f(n:\n    return n\n", "f(1)", "hard", 100), "line 1"),
+    ("/compile", ("", "f(1)", "hard", 100), "the source is empty"),
+    ("/compile", ("#" * 4001, "f(1)", "hard", 100), "at most 4000 are allowed"),
+    ("/compile", ("#\n" * 151, "f(1)", "hard", 100), "151 lines; at most 150 are allowed"),
+    ("/compile", ("# caf\u00e9\n" + SOURCE, "f(1)", "hard", 100), "unsupported character"),
+    ("/compile", (TOO_MANY_FUNCTIONS, "f0(1)", "hard", 100), "17 functions; at most 16"),
+    ("/compile", (TOO_MANY_INSTRUCTIONS, "f(1)", "hard", 100), "instructions; at most 1500 are allowed"),
+    ("/compile", (SOURCE, "g(1)", "hard", 100), "the call names 'g'"),
+    ("/compile", (SOURCE, "f(", "hard", 100), "cannot read the call"),
+    ("/compile", (SOURCE, "f(__import__('os'))", "hard", 100), "unsupported argument"),
+    ("/compile", (SPIN, "spin(1)", "hard", 500), "did not halt within 500 steps"),
+])
+def test_bad_input_is_refused_with_a_clear_message(client, api_name, args, message):
+    assert message in refused(client, *args, api_name=api_name)
+
+
+def test_the_space_still_serves_after_bad_input(client):
+    test_bad_input_is_refused_with_a_clear_message(client, "/compile", (SPIN, "spin(1)", "hard", 500), "did not halt")
+    assert client.predict("81273+4406=", 24, api_name="/generate")[0] == "85679"
+
+
+# ---------------------------------------------------------------------- a real browser
+def _install_chromium() -> None:
+    """Debian's chromium, installed with apt-get (as root, or through passwordless sudo); skip only if neither."""
+    if Path(CHROMIUM).exists():
+        return
+    if os.geteuid() == 0:
+        sudo = []
+    elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        sudo = ["sudo", "-n"]
+    else:
+        pytest.skip(f"{CHROMIUM} is missing and this user can install no package (not root, no passwordless sudo)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+        done = subprocess.run(sudo + command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            pytest.skip(f"could not install chromium ({' '.join(command)}): {done.stderr[-500:]}")
+
+
+def _import_playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "playwright"], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"could not install playwright with pip: {done.stderr[-500:]}")
+        from playwright.sync_api import sync_playwright
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _install_chromium()
+    sync_playwright = _import_playwright()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_browser_asks_and_sees_the_answer_and_its_trace(space, browser):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    try:
+        page.goto(space)
+        page.locator("#prompt textarea").fill("81273+4406=")
+        page.locator("#generate").click()
+        page.wait_for_function("document.querySelector('#answer textarea').value === '85679'", timeout=120_000)
+        # the trace of the first answer token: the gate, the call, the operands highlighted, the machine
+        page.wait_for_selector("#heatmap img", timeout=60_000)
+        summary = page.locator("#token-summary").inner_text()
+        assert "Token 1 of" in summary and "gate 1.000" in summary and "long_add(" in summary
+        highlighted = page.locator("#operands .token.highlighted .text").all_inner_texts()
+        assert {"812", "73", "440", "6", "=", "856"} <= set(highlighted) and "+" not in highlighted
+        assert {"operand a", "operand b", "call site", "this token"} <= set(page.locator("#operands .legend-item").all_inner_texts())
+        calls = page.locator("#calls").inner_text()
+        assert "long_add" in calls and "85679" in calls
+        assert "load x2" in page.locator("#machine-steps").inner_text()
+        # the side-by-side answers
+        page.wait_for_function("document.querySelector('#baseline textarea').value !== ''", timeout=60_000)
+        assert page.locator("#library-off textarea").input_value() != ""
+        # another token of the answer
+        page.locator("#tokens label").nth(1).click()
+        page.wait_for_function("document.querySelector('#token-summary').innerText.includes('Token 2 of')")
+        assert "token 2 of that call's result" in page.locator("#token-summary").inner_text()
+        page.wait_for_function("document.querySelectorAll('.pending').length === 0")  # every output drawn
+        page.screenshot(path=str(ARTIFACTS / "space_generate.png"), full_page=True)
+        # bad input: a clear message, and the page keeps working
+        page.locator("#prompt textarea").fill("")
+        page.locator("#generate").click()
+        toast = page.locator("[data-testid=toast-body]").filter(has_text="the prompt is empty")
+        toast.wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "space_error.png"))
+    finally:
+        page.close()
+    assert (ARTIFACTS / "space_generate.png").stat().st_size > 10_000
