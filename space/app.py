@@ -178,9 +178,12 @@ def build_demo(pool: Pool) -> gr.Blocks:
     def program(name: str) -> tuple[str, str, str, str]:
         """A library program's signature, Python source, assembly, and example arguments."""
         if name not in programs:
-            raise gr.Error(f"no program {name!r} in the library; it has: {', '.join(programs)}", title="Request refused")
+            raise gr.Error(f"no program {name!r} in the library; it has: {', '.join(programs)}",
+                           title="Request refused")
         p = programs[name]
         signature = f"`{name}({', '.join(f'{n}: {t}' for n, t in p['params'])}) -> {p['returns']}`"
+        if p["called_by_model"]:
+            signature += " · the model calls it"
         if name.startswith("long_"):
             signature += " · numbers as digit tapes, least significant digit first: 4406 is `[6, 0, 4, 4]`"
         examples = ", ".join("[5, 3, 9, 1]" if kind == "list" else "12" for _, kind in p["params"])

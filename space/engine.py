@@ -126,7 +126,8 @@ class Engine:
             "answer": answer_text(self.tokenizer.decode(new, skip_special_tokens=True)),
             "prompt_length": len(prompt_ids),
             "sequence": self._texts(prompt_ids + new),
-            "tokens": [{"position": len(prompt_ids) + i, "token": t, "text": self._texts([t])[0]} for i, t in enumerate(new)],
+            "tokens": [{"position": len(prompt_ids) + i, "token": t, "text": text}
+                       for i, (t, text) in enumerate(zip(new, self._texts(new)))],
             "machines": {},
             "done": False,
         }
@@ -181,9 +182,11 @@ class Engine:
         if len(library) > LIMITS.functions:
             raise ValueError(f"the source defines {len(library)} functions; at most {LIMITS.functions} are allowed")
         if lines > LIMITS.program_lines:
-            raise ValueError(f"the program compiles to {lines} instructions; at most {LIMITS.program_lines} are allowed")
+            raise ValueError(
+                f"the program compiles to {lines} instructions; at most {LIMITS.program_lines} are allowed")
         if name not in library:
-            raise ValueError(f"the call names {name!r}, which the source does not define (it defines: {', '.join(library.names)})")
+            raise ValueError(
+                f"the call names {name!r}, which the source does not define (it defines: {', '.join(library.names)})")
         run = _run(library, name, args, mode, max_steps)
         run["functions"] = [
             {"name": p.name, "params": [list(x) for x in p.params], "returns": p.returns, "lines": p.num_lines,
@@ -314,7 +317,8 @@ def parse_arguments(text: Any) -> list:
     try:
         node = ast.parse(f"({text},)", mode="eval").body
     except SyntaxError:
-        raise ValueError(f"cannot read the arguments {text!r}: write Python literals, e.g. 84, 36 or [5, 3, 9, 1]") from None
+        raise ValueError(
+            f"cannot read the arguments {text!r}: write Python literals, e.g. 84, 36 or [5, 3, 9, 1]") from None
     return [_literal(arg) for arg in node.elts] if isinstance(node, ast.Tuple) else [_literal(node)]
 
 
@@ -329,7 +333,8 @@ def parse_call(text: Any) -> tuple[str, list]:
     except SyntaxError:
         node = None
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.keywords:
-        raise ValueError(f"cannot read the call {text!r}: write a function name and literal arguments, e.g. triangle(10)")
+        raise ValueError(
+            f"cannot read the call {text!r}: write a function name and literal arguments, e.g. triangle(10)")
     return node.func.id, [_literal(arg) for arg in node.args]
 
 

@@ -2,58 +2,21 @@
 gradio_client, good and bad input, streaming and queueing; then a real browser (Debian's chromium driven by
 Playwright) that asks a question and reads the answer and its trace."""
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
+import gradio_client
 import pytest
+from space_server import serve, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "hub_assets" / "nclama-tiny"
 BASELINE = ROOT / "hub_assets" / "llama-tiny-baseline"
 ARTIFACTS = ROOT / "out" / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-
-gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is in the test extra: pip install -e '.[test]'")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(command: list, cwd: Path, env: dict, log: Path, timeout: float = 300) -> tuple[subprocess.Popen, str]:
-    """Start a Space (``command`` runs app.py) on a free local port; wait until it answers."""
-    port = free_port()
-    env = {**env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Space exited with status {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url + "config", timeout=5):
-                return process, url
-        except OSError:
-            time.sleep(0.5)
-    stop(process)
-    raise RuntimeError(f"the Space did not answer within {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +218,8 @@ def _install_chromium() -> None:
     else:
         pytest.skip(f"{CHROMIUM} is missing and this user can install no package (not root, no passwordless sudo)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+    for command in (["apt-get", "update", "-qq"], install):
         done = subprocess.run(sudo + command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             pytest.skip(f"could not install chromium ({' '.join(command)}): {done.stderr[-500:]}")
@@ -265,7 +229,8 @@ def _import_playwright():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "playwright"], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "playwright"], capture_output=True,
+                              text=True)
         if done.returncode != 0:
             pytest.skip(f"could not install playwright with pip: {done.stderr[-500:]}")
         from playwright.sync_api import sync_playwright
@@ -297,7 +262,8 @@ def test_a_browser_asks_and_sees_the_answer_and_its_trace(space, browser):
         assert "Token 1 of" in summary and "gate 1.000" in summary and "long_add(" in summary
         highlighted = page.locator("#operands .token.highlighted .text").all_inner_texts()
         assert {"812", "73", "440", "6", "=", "856"} <= set(highlighted) and "+" not in highlighted
-        assert {"operand a", "operand b", "call site", "this token"} <= set(page.locator("#operands .legend-item").all_inner_texts())
+        legend = page.locator("#operands .legend-item").all_inner_texts()
+        assert {"operand a", "operand b", "call site", "this token"} <= set(legend)
         calls = page.locator("#calls").inner_text()
         assert "long_add" in calls and "85679" in calls
         assert "load x2" in page.locator("#machine-steps").inner_text()
@@ -319,3 +285,14 @@ def test_a_browser_asks_and_sees_the_answer_and_its_trace(space, browser):
     finally:
         page.close()
     assert (ARTIFACTS / "space_generate.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("readme, after", [(ROOT / "README.md", "## The Space"),
+                                           (ROOT / "space" / "README.md", "## API")])
+def test_the_readme_api_examples_run_as_written(space, readme, after):
+    text = readme.read_text()
+    block = re.search(r"```python\n(.*?)```", text[text.index(after):], re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block.replace("http://127.0.0.1:7860/", space), str(readme), "exec"), namespace)
+    assert namespace["answer"] == "85679" and namespace["trace"]["tokens"][0]["calls"][0]["program"] == "long_add"
+    assert namespace["signature"].startswith("`gcd(") and namespace["run"]["result"] is not None
