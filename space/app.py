@@ -99,11 +99,11 @@ def steps_table(machine: Optional[dict]) -> list[list]:
     """The executed instructions, and what each wrote (registers and memory cells that changed)."""
     if not machine or "rows" not in machine:
         return []
-    out, previous = [], None
+    out, previous = [], {}  # before the first step: every cell reads 0 (the arguments show as written then)
     for row in machine["rows"]:
         cells = _cells(row)
-        changed = [f"{k}={v}" for k, v in cells.items() if previous is None and v or previous and previous.get(k) != v]
-        out.append([row["step"], row["program"], row["line"], row["instruction"], " ".join(changed)])
+        changed = " ".join(f"{k}={v}" for k, v in cells.items() if previous.get(k, 0) != v)
+        out.append([row["step"], row["program"], row["line"], row["instruction"], changed])
         previous = cells
     return out
 
@@ -124,7 +124,7 @@ def heatmap(machine: Optional[dict]) -> Optional[Figure]:
     for t, row in enumerate(rows):
         grid[: len(registers), t] = [row["registers"][k] for k in registers]
         grid[len(registers): len(registers) + len(row["memory"]), t] = row["memory"]
-    figure = Figure(figsize=(9, max(3.0, 0.16 * len(names) + 1.2)), layout="constrained")
+    figure = Figure(figsize=(9, min(8.0, max(3.0, 0.16 * len(names) + 1.2))), layout="constrained")
     axes = figure.add_subplot()
     image = axes.imshow(np.ma.masked_invalid(grid), aspect="auto", interpolation="nearest", cmap="viridis")
     every = max(1, len(names) // 40)
@@ -177,10 +177,7 @@ def build_demo(pool: Pool) -> gr.Blocks:
 
     def program(name: str) -> tuple[str, str, str, str]:
         """A library program's signature, Python source, assembly, and example arguments."""
-        if name not in programs:
-            raise gr.Error(f"no program {name!r} in the library; it has: {', '.join(programs)}",
-                           title="Request refused")
-        p = programs[name]
+        p = programs[name]  # the dropdown refuses other names
         signature = f"`{name}({', '.join(f'{n}: {t}' for n, t in p['params'])}) -> {p['returns']}`"
         if p["called_by_model"]:
             signature += " · the model calls it"

@@ -1,9 +1,23 @@
 """Starting and stopping a Space (space/app.py) on a free local port, for tests/test_space*.py."""
+import importlib.util
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import ModuleType
+
+SPACE = Path(__file__).resolve().parents[1] / "space"
+
+
+def space_module(name: str) -> ModuleType:
+    """A module of space/ (``workers``, ``settings``), loaded from its file without putting space/ on sys.path."""
+    spec = importlib.util.spec_from_file_location(f"space_{name}", SPACE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

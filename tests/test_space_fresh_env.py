@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio_client
 import pytest
 import yaml
-from space_server import serve, stop
+from space_server import serve, space_module, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "space"
@@ -30,13 +30,11 @@ def pinned(package: str) -> str:
 
 
 def test_the_space_card_matches_the_requirements_and_the_settings():
-    sys.path.insert(0, str(SPACE))
-    from settings import HUB_BASELINE, HUB_MODEL
-
+    settings = space_module("settings")
     card = front_matter()
     assert card["sdk"] == "gradio" and card["sdk_version"] == pinned("gradio")
     assert (SPACE / card["app_file"]).is_file() and card["license"] == "apache-2.0" and card["title"]
-    assert card["models"] == [HUB_MODEL, HUB_BASELINE] and set(card["models"]) == set(HUB_REPOS)
+    assert card["models"] == [settings.HUB_MODEL, settings.HUB_BASELINE] and set(card["models"]) == set(HUB_REPOS)
 
 
 def hub_cache(home: Path) -> None:

@@ -1,16 +1,14 @@
 """The Space's worker pool (space/workers.py): time limits, crashes and abandoned streams never leave a worker hung;
 the next request is served by a fresh one."""
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from space_server import space_module
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "space"))
-
-from workers import Pool, RequestError, WorkerStartError  # noqa: E402
+workers = space_module("workers")
+Pool, RequestError, WorkerStartError = workers.Pool, workers.RequestError, workers.WorkerStartError
 
 
 @pytest.fixture
