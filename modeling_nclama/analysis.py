@@ -1,6 +1,6 @@
 """Differentiability experiments on the differentiable computer (toolchain; never imported by the runtime).
 
-Two experiments:
+Three experiments:
 
 ``fibonacci_gradients``: the paper's Fibonacci analysis, measured. The recursive ``fib`` of the standard library
 (``fib(n - 1) + fib(n - 2)``, recursion depth ``n``) runs in soft mode for n = 1 .. max_depth; the loss is the negative
@@ -19,7 +19,13 @@ program gets one corrupted instruction field, is shown to be wrong in hard mode,
 on input/output examples through soft execution, and its argmax (re-assembled exactly one-hot) is checked in hard mode
 on held-out random inputs.
 
-Both run on CPU in seconds to a minute at their defaults. matplotlib is imported only by ``plot_fibonacci_gradients``.
+``fibonacci_training_curves``: trainability against depth. One field row of a line of the compiled recursive ``fib`` is
+corrupted and retrained with Adam through soft execution on fib(k), k <= n, for increasing n; the rest of the program
+is either exact or softened as in ``fibonacci_gradients``. It records the loss, the probability of the right answer
+and the argmax program's hard accuracy per update.
+
+The first two run on CPU in seconds to a minute at their defaults, the third in 2.5 to 4 minutes (one thread).
+matplotlib is imported only by the plotting functions.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+from tqdm.auto import tqdm
 
 from .library import Library
 from .program import BRANCHES, OPS, Program
@@ -43,6 +50,9 @@ __all__ = [
     "plot_fibonacci_gradients",
     "repair_program",
     "format_repair_report",
+    "fibonacci_training_curves",
+    "format_training_table",
+    "plot_fibonacci_training",
 ]
 
 
@@ -515,3 +525,214 @@ def format_repair_report(report: dict) -> str:
             f"loss curve (every {max(1, len(curve) // 8)}th): {shown}, final {curve[-1]:.3g}" if curve else "no updates",
         ]
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. Trainability: training curves through recursive fib at increasing depth
+
+
+def _fib_training_run(
+    lib: Library,
+    deep: Library,
+    corrupted: Program,
+    rest: Optional[float],
+    *,
+    depth: int,
+    line: int,
+    field: str,
+    line_sharpness: float,
+    steps: int,
+    lr: float,
+    prune: float,
+    step_margin: int,
+    held_out: Sequence[int],
+    hard_limit: int,
+    dtype: torch.dtype,
+    bar: tqdm,
+) -> dict:
+    """Train one row, ``field`` of ``line``, of the corrupted fib with Adam on fib(k), k = 0 .. depth; the rest of the
+    program stays one-hot (``rest=None``) or softened to sharpness ``rest``, frozen. Metrics after 0 .. steps
+    updates."""
+    V, R = lib.value_size, lib.machine.num_registers
+    name = "exact" if rest is None else "softened"
+    base = corrupted if rest is None else corrupted.soften(rest)
+    frozen = {k: w.to(dtype) for k, w in base.weights.items()}
+    row = corrupted.soften(line_sharpness).weights[field][line].to(dtype).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([row], lr=lr)
+    ks = list(range(depth + 1))
+    targets = torch.tensor([_fib_mod(k, V) for k in ks])
+    hard = lib.run_batch(corrupted.name, [(k,) for k in ks])  # the library holds the original program
+    soft_steps = max(hard.steps) + step_margin
+    args, memory = lib.encode(corrupted, [(k,) for k in ks])
+    args = torch.nn.functional.one_hot(args, V).to(dtype)
+    memory = torch.nn.functional.one_hot(memory, V).to(dtype)
+    entry = torch.ones(len(ks), 1, dtype=dtype)
+    held_expected = [_fib_mod(k, V) for k in held_out]
+
+    def program(weights_row: torch.Tensor) -> Program:
+        w = frozen[field]
+        return base.with_weights({**frozen, field: torch.cat([w[:line], weights_row.unsqueeze(0), w[line + 1:]])})
+
+    curve: dict[str, list] = {"loss": [], "p_correct": [], "hard_accuracy": [], "grad_norm": []}
+    start = time.perf_counter()
+    for update in range(steps + 1):
+        with torch.set_grad_enabled(update < steps):
+            run = lib.with_programs([program(row)]).run_soft(entry, args, memory, max_steps=soft_steps, prune=prune)
+            p = run.cells[:, R].gather(1, targets.unsqueeze(1)).squeeze(1)
+            loss = -torch.log(p.clamp_min(torch.finfo(dtype).tiny)).mean()
+        argmax = program(row.detach()).hardened()
+        curve["loss"].append(loss.item())
+        curve["p_correct"].append(p[-1].item())
+        curve["hard_accuracy"].append(_hard_accuracy(lib, argmax, [(k,) for k in ks], targets.tolist(), hard_limit))
+        if update == steps:
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        curve["grad_norm"].append(float(row.grad.norm()))
+        optimizer.step()
+        bar.set_postfix(depth=depth, program=name, loss=f"{loss.item():.3g}", refresh=False)
+        bar.update(1)
+    reached = [i for i, x in enumerate(curve["p_correct"]) if x >= 0.5]
+    return {
+        "program": name,
+        "rest_sharpness": rest,
+        "depth": depth,
+        "hard_steps": hard.steps[-1],
+        "soft_steps": soft_steps,
+        **curve,
+        "p_correct_by_k": p.tolist(),
+        "updates_to_half": reached[0] if reached else None,
+        "instruction_after": _line_text(argmax, line),
+        "hard_accuracy_held_out": _hard_accuracy(deep, argmax, [(k,) for k in held_out], held_expected, hard_limit),
+        "time_s": time.perf_counter() - start,
+    }
+
+
+def fibonacci_training_curves(
+    max_depth: int = 7,
+    steps: int = 40,
+    *,
+    min_depth: int = 2,
+    value_size: int = 32,
+    corrupt: tuple[int, str, Union[str, int]] = (9, "b", 1),
+    sharpness: float = 16.0,
+    line_sharpness: float = 3.0,
+    lr: float = 0.3,
+    prune: float = 1e-3,
+    step_margin: int = 4,
+    held_out_max: int = 12,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> dict:
+    """Training curves through soft execution of recursive ``fib`` for depths n = ``min_depth`` .. ``max_depth``.
+
+    Why: ``fibonacci_gradients`` measures gradients at one point; this asks whether gradient descent through the
+    unrolled recursion actually trains, and how that changes with depth. The compiled ``fib`` (alone, V =
+    ``value_size``) gets one corrupted instruction field (``corrupt``: ``(line, field, value)`` as in
+    ``repair_program``), by default the operand b of line 9: ``add x0, r1, x0`` -> ``add x0, r1, r1`` (2 fib(n-1):
+    wrong from fib(2) on, control flow unchanged, so the machine steps are those of the original). That
+    field's row of that line is softened to ``line_sharpness`` and trained with Adam (``lr``, ``steps`` full-batch
+    updates) on the examples fib(k) mod V, k = 0 .. n, loss = mean -log P(result = fib(k) mod V), soft execution for
+    (hard steps of fib(n)) + ``step_margin`` machine steps (``prune`` as in ``repair_program``). Two programs per depth,
+    the row trained the same way in both:
+
+    * ``exact``: the rest of the program one-hot, as compiled: the only uncertainty is the trained row.
+    * ``softened``: the rest softened to ``sharpness`` (16: the setting of ``fibonacci_gradients``) and frozen: the
+      probability that leaks at every step is out of reach of the trained row.
+
+    Per run (a dict in ``runs``): ``loss``, ``p_correct`` (P(right answer to fib(n)), the deepest example) and
+    ``hard_accuracy`` (of the argmax program, exactly one-hot, hard mode, on k = 0 .. n) after 0 .. ``steps`` updates,
+    ``grad_norm`` (of the trained row, per update), ``updates_to_half`` (first point with ``p_correct`` >= 0.5, or
+    None), ``p_correct_by_k`` at the end, the trained line as text, and ``hard_accuracy_held_out`` (the argmax program
+    on k = 0 .. ``held_out_max``: whether the data of depth n pinned down the right program). No randomness: the
+    examples are all k <= n and the start is the corrupted program, so a run is deterministic.
+    """
+    if not 2 <= min_depth <= max_depth:
+        raise ValueError(
+            f"need 2 <= min_depth <= max_depth (fib(0), fib(1) are the base case), got {min_depth}, {max_depth}"
+        )
+    if max_depth > held_out_max:
+        raise ValueError(f"max_depth {max_depth} is above held_out_max {held_out_max}")
+    if held_out_max >= value_size:
+        raise ValueError(f"held_out_max {held_out_max} must be below value_size {value_size} (k is one value)")
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    source = stdlib_function_source("fib")
+    lib = Library.from_source(source, value_size=value_size, memory_size=2, stack_depth=max_depth + 2)
+    deep = Library.from_source(source, value_size=value_size, memory_size=2, stack_depth=held_out_max + 2)
+    original = lib["fib"]
+    line, field, value = corrupt
+    corrupted = _corrupt(original, line, field, value)
+    held_out = list(range(held_out_max + 1))
+    expected = [_fib_mod(k, value_size) for k in held_out]
+    hard_limit = 4 * max(deep.run_batch("fib", [(k,) for k in held_out]).steps) + 64  # a wrong program may loop
+    runs = []
+    depths = range(min_depth, max_depth + 1)
+    with tqdm(total=2 * len(depths) * steps, desc="fib-training", unit="update", disable=not progress) as bar:
+        for rest in (None, sharpness):
+            for n in depths:
+                runs.append(_fib_training_run(
+                    lib, deep, corrupted, rest, depth=n, line=line, field=field, line_sharpness=line_sharpness,
+                    steps=steps, lr=lr, prune=prune, step_margin=step_margin, held_out=held_out, hard_limit=hard_limit,
+                    dtype=dtype, bar=bar,
+                ))
+    return {
+        "settings": {
+            "value_size": value_size, "corruption": {"line": line, "field": field, "value": value},
+            "sharpness": sharpness, "line_sharpness": line_sharpness, "lr": lr, "steps": steps, "prune": prune,
+            "step_margin": step_margin, "held_out_max": held_out_max, "dtype": str(dtype).removeprefix("torch."),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+        },
+        "original_instruction": _line_text(original, line),
+        "corrupted_instruction": _line_text(corrupted, line),
+        "corrupted_hard_accuracy_held_out": _hard_accuracy(
+            deep, corrupted, [(k,) for k in held_out], expected, hard_limit
+        ),
+        "runs": runs,
+    }
+
+
+def format_training_table(report: dict) -> str:
+    """Markdown table of ``fibonacci_training_curves``: one row per (program, depth)."""
+    held, line = report["settings"]["held_out_max"], report["settings"]["corruption"]["line"]
+    lines = [
+        f"| program | depth n | machine steps | loss start | loss end | P(correct) end | updates to P ≥ 0.5 |"
+        f" hard acc. k ≤ n | hard acc. k ≤ {held} | line {line} after |",
+        "|" + "|".join(" ---: " for _ in range(10)) + "|",
+    ]
+    for r in report["runs"]:
+        reached = "never" if r["updates_to_half"] is None else str(r["updates_to_half"])
+        lines.append(
+            f"| {r['program']} | {r['depth']} | {r['hard_steps']} | {_fmt(r['loss'][0])} | {_fmt(r['loss'][-1])} |"
+            f" {_fmt(r['p_correct'][-1])} | {reached} | {r['hard_accuracy'][-1]:.2f} |"
+            f" {r['hard_accuracy_held_out']:.2f} |"
+            f" `{r['instruction_after']}` |"
+        )
+    return "\n".join(lines)
+
+
+def plot_fibonacci_training(report: dict, path: Union[str, Path]) -> Path:
+    """PNG: the loss against the optimization step (log scale), one line per depth; exact (left), softened (right)."""
+    from .reports import _pyplot, _save
+
+    plt = _pyplot()
+    programs = ("exact", "softened")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    depths = sorted({r["depth"] for r in report["runs"]})
+    colors = plt.get_cmap("viridis")
+    for ax, name in zip(axes, programs):
+        for r in (r for r in report["runs"] if r["program"] == name):
+            shade = colors(depths.index(r["depth"]) / max(1, len(depths) - 1))
+            loss = [x if x > 0 and math.isfinite(x) else float("nan") for x in r["loss"]]
+            ax.plot(range(len(loss)), loss, color=shade, label=f"n = {r['depth']} ({r['hard_steps']} steps)")
+        ax.set_yscale("log")
+        ax.set_xlabel("Adam update")
+        ax.grid(True, which="both", alpha=0.3)
+        rest = "one-hot" if name == "exact" else f"softened to {report['settings']['sharpness']:g}, frozen"
+        ax.set_title(f"{name}: rest of fib {rest}", fontsize=10)
+    axes[0].set_ylabel("loss: mean -log P(fib(k) mod V), k ≤ n")
+    axes[1].legend(fontsize=8, title="depth n", title_fontsize=8)
+    title = f"repairing `{report['corrupted_instruction']}` by gradient descent through soft execution"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(plt, fig, path)

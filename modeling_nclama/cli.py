@@ -15,6 +15,8 @@
                                                      fine-tune with transformers.Trainer (torchrun for DDP)
   nclama bench ops|machine|model                     benchmarks (results belong in BENCHMARKS.md)
   nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
+  nclama analyze fib-training [--max-depth N] [--steps K] [--out DIR]
+                                                     training curves through soft execution by depth (table + PNG)
   nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
   nclama report lengths LABEL=DIR... --out PNG       models side by side: exact match by task and length
   nclama report probes RUN_DIR --out PNG             what learns what: gate and call accuracy over training
@@ -143,8 +145,18 @@ def _cmd_report(args) -> int:
 def _cmd_analyze(args) -> int:
     from . import analysis
 
-    rows = analysis.fibonacci_gradients(max_depth=args.max_depth)
     out = Path(args.out)
+    if args.what == "fib-training":
+        report = analysis.fibonacci_training_curves(max_depth=args.max_depth or 7, steps=args.steps or 40)
+        out.mkdir(parents=True, exist_ok=True)
+        analysis.plot_fibonacci_training(report, out / "fib_training.png")
+        (out / "fib_training.json").write_text(json.dumps(report, indent=1))
+        print(analysis.format_training_table(report))
+        print(f"\nwrote {out / 'fib_training.png'} and {out / 'fib_training.json'}")
+        return 0
+    if args.steps is not None:
+        raise ValueError("--steps is for 'analyze fib-training' (optimization steps); 'analyze fib' does not train")
+    rows = analysis.fibonacci_gradients(max_depth=args.max_depth or 8)
     out.mkdir(parents=True, exist_ok=True)
     analysis.plot_fibonacci_gradients(rows, out / "fib_gradients.png")
     (out / "fib_gradients.json").write_text(json.dumps(rows, indent=1))
@@ -351,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("analyze", help="differentiability analyses")
-    p.add_argument("what", choices=("fib",))
-    p.add_argument("--max-depth", type=int, default=8)
+    p.add_argument("what", choices=("fib", "fib-training"))
+    p.add_argument("--max-depth", type=_positive_int, default=None, help="default: 8 for fib, 7 for fib-training")
+    p.add_argument("--steps", type=_positive_int, default=None, help="fib-training: Adam updates per depth, default 40")
     p.add_argument("--out", default="hub_assets/figures")
     p.set_defaults(func=_cmd_analyze)
 
