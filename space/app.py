@@ -211,8 +211,9 @@ def build_demo(pool: Pool) -> gr.Blocks:
     private = {"api_visibility": "private", "concurrency_limit": 4}
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(
-            f"# {TITLE}\n`{info['model']}` calls programs compiled from Python inside its forward pass; here you "
-            "can see what it called, on which operands, how the machine ran, and how each answer token came out."
+            f"# {TITLE}\n`{info['model']}` calls programs compiled from Python inside its forward pass ({info['mode']} "
+            f"execution, values below {info['value_size']}); here you can see what it called, on which operands, how "
+            "the machine ran, and how each answer token came out."
         )
         with gr.Tab("Generate"):
             with gr.Row():

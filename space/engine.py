@@ -34,8 +34,8 @@ class Engine:
         self.model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
         if getattr(self.model, "library", None) is None:
             raise ValueError(f"{model} is not an NCLlama model with a library")
-        # The runtime calls the library only while one is attached: a second copy without it is the same network
-        # with the gate shut (no interpreter, no residual injection), the plain LM it was fine-tuned into.
+        # The runtime calls the library only while one is attached: a second copy without it is the same trained
+        # network with the gate shut (no interpreter, no residual injection), its language model answering alone.
         self.library_off = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
         self.library_off.library = None
         self.baseline_tokenizer = AutoTokenizer.from_pretrained(baseline)
