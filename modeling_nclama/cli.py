@@ -217,12 +217,12 @@ def _cmd_eval(args) -> int:
     from .evaluation import evaluate_model, format_table, write_results
     from .tasks import validate
 
-    validate(args.tasks, args.lengths, args.split)  # a bad request fails before the model loads
+    validate(args.tasks, args.lengths, args.split, args.max_value)  # a bad request fails before the model loads
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     rows = evaluate_model(model, tokenizer, tasks=args.tasks, lengths=args.lengths, n_per_length=args.n,
                           seed=args.seed, split=args.split, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens, tool_calls=args.tool_calls)
+                          max_new_tokens=args.max_new_tokens, tool_calls=args.tool_calls, max_value=args.max_value)
     print(format_table(rows))
     paths = write_results(rows, args.output_dir or args.model, merge=args.merge)
     print(f"\nwrote {paths[0]} and {paths[1]}")
@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="keep the results already there (other tasks, splits, lengths)")
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: what the answer needs")
+    p.add_argument("--max-value", type=_positive_int, default=None, help="list items in 0..N (list tasks only)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("train", help="train a model from a recipe with transformers.Trainer",

@@ -77,7 +77,8 @@ def _answer_budget(tokenizer, rows: Sequence[dict], tool_calls: bool = False) ->
 
 def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: Optional[Sequence[int]] = None,
                    n_per_length: int = 50, seed: int = 0, split: str = "train", batch_size: int = 16,
-                   max_new_tokens: Optional[int] = None, progress: bool = True, tool_calls: bool = False) -> list[dict]:
+                   max_new_tokens: Optional[int] = None, progress: bool = True, tool_calls: bool = False,
+                   max_value: Optional[int] = None) -> list[dict]:
     """Exact match of greedy generation on ``n_per_length`` examples of every (task, length).
 
     Works for any causal LM whose ``generate`` takes ``input_ids``/``attention_mask`` (LlamaForCausalLM,
@@ -85,7 +86,7 @@ def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: O
     and only the new tokens are decoded. ``lengths`` (default: each task's :data:`~modeling_nclama.tasks.EVAL_LENGTHS`)
     apply to every task; ``max_new_tokens`` defaults to what the longest right answer of each batch needs.
     With ``tool_calls`` the model is the tool-use baseline: it writes a call, which ``tool_use.answer_call``
-    answers, and that answer is scored. Returns one row per (task, length): ``{task, length, split, n, exact_match}``."""
+    answers, and that answer is scored. ``max_value`` caps list items (``tasks.make_dataset``). Returns one row per (task, length): ``{task, length, split, n, exact_match}``."""
     tasks = list(tasks)
     validate(tasks, lengths, split)
     if not isinstance(n_per_length, int) or n_per_length <= 0:
@@ -102,7 +103,7 @@ def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: O
     try:
         with tqdm(total=len(cells) * n_per_length, desc="evaluate", unit="example", disable=not progress) as bar:
             for task, length in cells:
-                data = make_dataset([task], n_per_length, seed=seed, split=split, lengths=[length]).to_list()
+                data = make_dataset([task], n_per_length, seed=seed, split=split, lengths=[length], max_value=max_value).to_list()
                 predictions = []
                 for start in range(0, len(data), batch_size):
                     batch = data[start:start + batch_size]

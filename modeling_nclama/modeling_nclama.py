@@ -10,7 +10,9 @@ the call made at ``s``; a gate mixes the proposal with the language model:
 
     p(next token) = (1 - g m) p_LM + g p_lib   (with 1 - g m at least 1e-6),
 
-where ``p_lib`` is the (exactly marginalized) library proposal and ``m`` its total mass. Gradients reach the gate,
+where ``p_lib`` is the (exactly marginalized) library proposal and ``m`` its total mass (with ``nc_closers_from_lm``,
+the mass the library puts on a list's closing bracket is shared among the closing tokens, "]", "]\n", "].", as the
+LM prefers them: the library says that the list ends, the LM says what punctuation ends it). Gradients reach the gate,
 call, operand and continuation heads through the likelihood, so calls are learned from answers alone. The gate's scale starts
 at exactly 0: a model converted from LLaMA gives that LLaMA's logits.
 """
@@ -38,7 +40,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .configuration_nclama import NCLlamaConfig
 from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
 from .machine import MachineError
-from .reader import Operand, OperandReader
+from .reader import Operand, OperandReader, Style
 
 _RESULT_CACHE_SIZE = 100_000  # executed calls kept (their result tokens)
 _MENU_CACHE_SIZE = 20_000  # operand sets whose fitting calls are kept in tensor form
@@ -145,7 +147,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.nc_heads = NCInterpreterHeads(config)
-        self.reader = OperandReader(config.nc_reader_tokens)
+        self.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
+        self._closers = torch.tensor(sorted(self.reader.closers), dtype=torch.long)
         self.library: Optional[Library] = None
         self._results: dict = {}
         self._menus: dict = {}
@@ -277,7 +280,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if active:
             if cache is not None:  # the interpreter's work on these positions is kept for the next steps
                 cache.nc_state = interpreted.state
-            logits = self._fuse(logits, interpreted)
+            closers = self._closers if self.config.nc_closers_from_lm else None
+            logits = self._fuse(logits, interpreted, closers)
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
@@ -312,16 +316,21 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return outputs, found[0] if found else None
 
     @staticmethod
-    def _fuse(logits: torch.Tensor, interpreted: "Interpreted") -> torch.Tensor:
+    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", closers: Optional[torch.Tensor] = None) -> torch.Tensor:
         """LM logits -> log of the gated mixture with the library's proposal, up to the LM's log-normalizer (so that
         a closed gate returns the LM logits themselves):
 
             log((1 - g m) softmax(l) + g q) + logsumexp(l) = logaddexp(l + log(1 - g m), log(g q) + logsumexp(l)),
 
         which is ``l + log(1 - g m)`` wherever the proposal ``q`` is 0: only the tokens the library proposes (a few
-        per position) need the full formula, so the vocabulary-wide work is one shift and one scatter."""
+        per position) need the full formula, so the vocabulary-wide work is one shift and one scatter. ``closers``
+        (token ids): the proposal's mass on them is shared among them as the LM's softmax does."""
         logits32 = logits.float()
         gate, proposal, tokens = interpreted.gate, interpreted.proposal, interpreted.proposed_tokens
+        if closers is not None and len(closers):
+            share = torch.softmax(logits32[..., closers], -1)
+            proposal = proposal.index_copy(2, closers, proposal[..., closers].sum(-1, keepdim=True) * share)
+            tokens = torch.cat([tokens, closers.expand(*tokens.shape[:-1], -1)], -1)
         # The language model keeps at least _LM_FLOOR of the mass (and the library's mass may exceed 1 by rounding):
         # every token keeps a finite log-probability and gradient, even under a fully open gate.
         lm_weight = torch.log1p(-(gate * interpreted.mass).clamp(max=1.0 - _LM_FLOOR)).unsqueeze(-1)
@@ -574,7 +583,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         chosen_p = scores.gather(2, top)
         arguments = top_i.tolist()
         picked = [
-            [LibraryCall(choices[c][0], tuple(arguments[b][n][slot][pick] for slot, pick in enumerate(choices[c][1])), False) for c in cs]
+            [LibraryCall(choices[c][0], tuple(arguments[b][n][slot][pick] for slot, pick in enumerate(choices[c][1])), Style()) for c in cs]
             for b, rows in enumerate(top.tolist()) for n, cs in enumerate(rows)
         ]
         run = (chosen_p.detach() >= config.nc_min_call_probability).view(B * N, -1).tolist()
@@ -604,7 +613,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
     def _menu(self, operands: list[Operand]) -> Optional["_Menu"]:
         """Every call that fits these operands, in tensor form (memoized by the operands' contents: consecutive
         positions mostly see the same operands), or None if there is none."""
-        key = tuple((o.kind, o.items, o.bracketed) for o in operands)
+        key = tuple((o.kind, o.items, o.style) for o in operands)
         if key not in self._menus:
             if len(self._menus) >= _MENU_CACHE_SIZE:
                 self._menus.clear()
@@ -631,8 +640,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                         fits.append((i, tuple(o.values)))
                 fits_per_param.append(fits)
             for picked in itertools.product(*fits_per_param):
-                bracketed = any(operands[i].bracketed for i, _ in picked)  # a list result is written the same way
-                out.append(_Choice(LibraryCall(program_index, tuple(v for _, v in picked), bracketed), tuple(i for i, _ in picked)))
+                # a result is written the way its operands were (a list operand's way first)
+                style = max((operands[i].style for i, _ in picked), key=lambda s: s.bracketed, default=Style())
+                out.append(_Choice(LibraryCall(program_index, tuple(v for _, v in picked), style), tuple(i for i, _ in picked)))
         return out
 
     def _fill_menus(self, menus: list["_Menu"], site_menu: list[int], top: list[list[int]], run: list[list[bool]]) -> None:
@@ -658,7 +668,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if todo:
             result = self.library.run_calls([(names[c.program], _plain(c.arguments)) for c in todo], max_steps=self.config.nc_max_steps)
             for call, value in zip(todo, result.values):  # a failed call proposes only the end
-                self._results[call] = self._text_tokens(names[call.program], value, call.bracketed)[: self.config.nc_answer_window]
+                self._results[call] = self._text_tokens(names[call.program], value, call.style)[: self.config.nc_answer_window]
         return [self._results[call] for call in calls]
 
     def _hard_tokens(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, None]:
@@ -694,34 +704,33 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                     else:
                         p_items, items = run.memory[i, value + 1 : value + 1 + int(length)].max(-1)
                         value, p = items.tolist(), p * p_length * p_items.prod()
-                token_lists[call] = self._text_tokens(name, value, call.bracketed)[:W]
+                token_lists[call] = self._text_tokens(name, value, call.style)[:W]
                 probability[call] = p
         flat = [call for row in picked for call in row]
         tokens = _token_tensor([token_lists[c] if c is not None else [] for c in flat], W)
         factor = torch.stack([probability[c] if c is not None else torch.zeros(()) for c in flat])
         return tokens.view(len(picked), -1, W), factor.view(len(picked), -1)
 
-    def _text_tokens(self, name: str, value, bracketed: bool) -> list[int]:
+    def _text_tokens(self, name: str, value, style: Style) -> list[int]:
         eos = self.config.eos_token_id
         eos = [eos[0] if isinstance(eos, list) else eos] if eos is not None else []
         if value is None:
             return eos
         if isinstance(value, int):
-            return self.reader.number_tokens(str(value)) + eos
+            return self.reader.value_tokens(value, style.decimal) + eos
         if name in self.config.nc_tape_results:
-            digits = "".join(str(d) for d in reversed(value)).lstrip("0") or "0"
-            return self.reader.number_tokens(digits) + eos
-        return self.reader.list_tokens(value, bracketed) + eos
+            return self.reader.value_tokens(int("".join(str(d) for d in reversed(value)) or "0"), style.decimal) + eos
+        return self.reader.list_tokens(value, style) + eos
 
 
 @dataclass(frozen=True)
 class LibraryCall:
     """A call the interpreter can make: a program (index in ``nc_programs``) on arguments (ints, and tuples of ints
-    for lists and digit tapes); a list result is written the way the operand list was written."""
+    for lists and digit tapes); a result is written the way its operands were written."""
 
     program: int
     arguments: tuple
-    bracketed: bool
+    style: Style
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,13 @@ if TYPE_CHECKING:  # datasets is imported where a dataset is built, so the CLI a
 
 __all__ = [
     "TASKS", "CLRS_TASK", "ALL_TASKS", "SPLITS", "TRAINING_RANGES", "EVAL_LENGTHS", "TEMPLATES", "CANONICAL",
-    "Template", "templates", "solve", "render", "validate", "make_dataset", "clrs_insertion_sort",
+    "LIST_TASKS", "Template", "templates", "solve", "render", "validate", "make_dataset", "clrs_insertion_sort",
 ]
 
 TASKS: tuple[str, ...] = ("add", "sub", "mul", "less_than", "gcd", "factorial", "fib", "sort", "max", "sum")
 CLRS_TASK = "clrs_insertion_sort"
 ALL_TASKS: tuple[str, ...] = TASKS + (CLRS_TASK,)
+LIST_TASKS: tuple[str, ...] = ("sort", "max", "sum")
 SPLITS: tuple[str, ...] = ("train", "heldout")
 
 #: What training data covers: ``length`` is the inclusive range of lengths (see the module docstring for the unit
@@ -309,7 +310,7 @@ def _gcd_pair(rng: random.Random, length: int) -> tuple[int, int]:
     return (a, b) if rng.random() < 0.5 else (b, a)
 
 
-def _operands(task: str, rng: random.Random, length: int) -> dict:
+def _operands(task: str, rng: random.Random, length: int, max_value: Optional[int] = None) -> dict:
     if task in ("add", "mul", "less_than"):
         a, b = _pair(rng, length)
         return {"a": a, "b": b}
@@ -321,6 +322,8 @@ def _operands(task: str, rng: random.Random, length: int) -> dict:
         return {"a": a, "b": b}
     if task in ("factorial", "fib"):
         return {"n": length}
+    if max_value is not None:
+        return {"xs": [rng.randint(0, max_value) for _ in range(length)]}
     return {"xs": [_number(rng, rng.randint(1, 3)) for _ in range(length)]}
 
 
@@ -337,9 +340,11 @@ def _clrs_example(rng: random.Random, length: int) -> dict:
             "length": length, "template": "clrs"}
 
 
-def validate(tasks: Iterable[str], lengths: Optional[Iterable[int]] = None, split: str = "train") -> None:
-    """Raise ``ValueError`` naming the problem: an unknown task or split, a length a task cannot have, or a
-    held-out split of the CLRS task (it has one format only). Callers check a request before loading a model."""
+def validate(tasks: Iterable[str], lengths: Optional[Iterable[int]] = None, split: str = "train",
+             max_value: Optional[int] = None) -> None:
+    """Raise ``ValueError`` naming the problem: an unknown task or split, a length a task cannot have, a held-out
+    split of the CLRS task (it has one format only), or a ``max_value`` that is not a positive int or is given for
+    a task without a list. Callers check a request before loading a model."""
     tasks = list(tasks)
     if not tasks:
         raise ValueError("no tasks given")
@@ -354,20 +359,29 @@ def validate(tasks: Iterable[str], lengths: Optional[Iterable[int]] = None, spli
             if not isinstance(length, int) or length < _MIN_LENGTH[task]:
                 raise ValueError(f"length {length!r} is not valid for {task}: a length is an int >= "
                                  f"{_MIN_LENGTH[task]} ({TRAINING_RANGES[task]['unit']})")
+    if max_value is not None:
+        if isinstance(max_value, bool) or not isinstance(max_value, int) or max_value < 1:
+            raise ValueError(f"max_value must be a positive int, got {max_value!r}")
+        unused = [t for t in tasks if t not in LIST_TASKS]
+        if unused:
+            raise ValueError(f"max_value caps list items; {', '.join(unused)} has no list (list tasks: {', '.join(LIST_TASKS)})")
 
 
 def make_dataset(tasks: Sequence[str], n: int, *, seed: int, split: str = "train",
-                 lengths: Optional[Sequence[int]] = None) -> Dataset:
+                 lengths: Optional[Sequence[int]] = None, max_value: Optional[int] = None) -> Dataset:
     """``n`` examples of ``tasks`` (round robin, so tasks are balanced), deterministic given ``seed``.
 
     ``split="heldout"`` uses only the held-out templates. Each example's length is drawn uniformly from ``lengths``
     (default: the task's :data:`TRAINING_RANGES`), so evaluation can ask for one length at a time. Each task draws
     from its own random stream (seeded by ``seed``, ``split`` and the task), so adding a task does not change the
-    examples of the others."""
+    examples of the others.
+
+    ``max_value`` caps list items (sort, max, sum: uniform over 0..max_value instead of numbers of 1-3 digits), for
+    experiments with a small library value size."""
     from datasets import Dataset, Features, Value
 
     tasks = list(tasks)
-    validate(tasks, lengths, split)
+    validate(tasks, lengths, split, max_value)
     if not isinstance(n, int) or n <= 0:
         raise ValueError(f"n must be a positive int, got {n!r}")
     streams = {task: random.Random(f"nclama/{seed}/{split}/{task}") for task in dict.fromkeys(tasks)}
@@ -381,7 +395,7 @@ def make_dataset(tasks: Sequence[str], n: int, *, seed: int, split: str = "train
             rows.append(_clrs_example(rng, length))
         else:
             template = rng.choice(templates(task, split))
-            rows.append(render(template.id, **_operands(task, rng, length)))
+            rows.append(render(template.id, **_operands(task, rng, length, max_value)))
     features = Features({"prompt": Value("string"), "answer": Value("string"), "text": Value("string"),
                          "task": Value("string"), "length": Value("int32"), "template": Value("string")})
     return Dataset.from_list(rows, features=features)

@@ -380,8 +380,8 @@ def number_token_values(tokenizer) -> dict[int, str]:
 
 def reader_tokens(tokenizer) -> dict[str, str]:
     """The table of the model's operand reader (``NCLlamaConfig.nc_reader_tokens``): token id (as a string, for JSON)
-    -> text, for every digit token and every token made only of list punctuation (brackets, commas, spaces, a
-    closing bracket followed by punctuation like "]."). See ``reader.py``."""
+    -> text, for every digit token, every token made only of list punctuation (brackets, commas, spaces, a
+    closing bracket followed by punctuation like "].") and the decimal point. See ``reader.py``."""
     table = {str(k): v for k, v in number_token_values(tokenizer).items()}
     added = set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
     for token, idx in tokenizer.get_vocab().items():
@@ -392,7 +392,7 @@ def reader_tokens(tokenizer) -> dict[str, str]:
         is_separator = text and not text.strip(", ")
         is_opener = stripped.endswith("[") and not stripped[:-1].strip(" ,")
         is_closer = stripped.startswith("]") and all(not ch.isalnum() for ch in stripped)
-        if is_separator or is_opener or is_closer:
+        if is_separator or is_opener or is_closer or text == ".":
             table[str(idx)] = text
     return dict(sorted(table.items(), key=lambda kv: int(kv[0])))
 

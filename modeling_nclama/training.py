@@ -10,11 +10,13 @@ defaults (errors name the bad key and value); :func:`train` runs it. Sections::
       from_pretrained: DIR
     trainable: all | [name prefixes or globs]        # e.g. ["nc_heads.*"]: the decoder is frozen
     data: {tasks: all | [...], n: 20000, seed: 0, lengths: training_ranges | [ints] | {task: [low, high] | [ints]},
+           max_value: null,                           # list items in 0..max_value (list tasks only)
            clrs_insertion_sort: 0, loss_on: all | answer, max_length: null,
            format: answer | tool_call}                # tool_call: the tool-use baseline writes [[a+b]] (tool_use.py)
     training: {...any TrainingArguments field..., heads_learning_rate: null}   # the interpreter heads' own rate
     probe: {steps: 0, per_task: 2, seed: 1234}        # NCLlama only: gate and call accuracy in the log history
-    eval: {tasks: all | [...], lengths: null | [...], n: 20, split: train | heldout, seed: 0, batch_size: 16}
+    eval: {tasks: all | [...], lengths: null | [...], n: 20, split: train | heldout, seed: 0, batch_size: 16,
+           max_value: null}
     final_config: {nc_max_steps: 20000}               # nc_* settings set after training, before saving/evaluating
 
 Examples are ``text`` plus the end-of-sequence token, tokenized as generation sees them (the prompt, then the rest
@@ -47,9 +49,9 @@ __all__ = [
 
 RECIPES = Path(__file__).resolve().parents[1] / "configuration" / "recipes"
 
-#: The library program that answers each task (``None``: no single program does). Call accuracy compares the top
+#: The library program that answers each task. Call accuracy compares the top
 #: call at the answered site with it; a program missing from the model's library is not scored.
-TASK_PROGRAMS: dict[str, Optional[str]] = {
+TASK_PROGRAMS: dict[str, str] = {
     "add": "long_add",
     "sub": "long_sub",
     "mul": "long_mul",
@@ -60,7 +62,7 @@ TASK_PROGRAMS: dict[str, Optional[str]] = {
     "sort": "insertion_sort",
     "max": "max_list",
     "sum": "sum_list_tape",
-    CLRS_TASK: None,
+    CLRS_TASK: "insertion_sort",  # its keys are decimals: read with nc_decimal_places=3
 }
 
 KINDS = ("llama", "nclama")
@@ -228,8 +230,10 @@ def _length_list(spec: Sequence[int]) -> list[int]:
 
 
 def _data(where: str, value: Any) -> dict:
-    value = _check_keys(where, value or {}, ("tasks", "n", "seed", "lengths", "clrs_insertion_sort", "loss_on", "max_length", "format"))
+    value = _check_keys(where, value or {}, ("tasks", "n", "seed", "lengths", "max_value", "clrs_insertion_sort", "loss_on",
+                                             "max_length", "format"))
     tasks = _tasks(f"{where}.tasks", value.get("tasks", "all"))
+    max_value = _max_value(where, value.get("max_value"), tasks)
     clrs = _int(f"{where}.clrs_insertion_sort", value.get("clrs_insertion_sort", 0))
     max_length = value.get("max_length")
     if max_length is not None:
@@ -239,11 +243,20 @@ def _data(where: str, value: Any) -> dict:
         "n": _int(f"{where}.n", value.get("n", 20_000), 1),
         "seed": _int(f"{where}.seed", value.get("seed", 0)),
         "lengths": _lengths(f"{where}.lengths", value.get("lengths"), tasks),
+        "max_value": max_value,
         "clrs_insertion_sort": clrs,
         "loss_on": _choice(f"{where}.loss_on", value.get("loss_on", "all"), LOSS_ON),
         "max_length": max_length,
         "format": _choice(f"{where}.format", value.get("format", "answer"), FORMATS),
     }
+
+
+def _max_value(where: str, value: Any, tasks: Sequence[str]) -> Optional[int]:
+    try:
+        validate(tasks, max_value=value)
+    except ValueError as error:
+        raise RecipeError(f"{where}.max_value: {error}") from None
+    return value
 
 
 def _training(where: str, value: Any) -> dict:
@@ -288,8 +301,9 @@ def _probe(where: str, value: Any) -> dict:
 def _eval(where: str, value: Any) -> Optional[dict]:
     if value is None:
         return None
-    value = _check_keys(where, value, ("tasks", "lengths", "n", "split", "seed", "batch_size", "max_new_tokens"))
+    value = _check_keys(where, value, ("tasks", "lengths", "n", "split", "seed", "batch_size", "max_new_tokens", "max_value"))
     tasks = _tasks(f"{where}.tasks", value.get("tasks", "all"))
+    max_value = _max_value(where, value.get("max_value"), tasks)
     split = _choice(f"{where}.split", value.get("split", "train"), SPLITS)
     lengths = value.get("lengths")
     try:
@@ -300,7 +314,8 @@ def _eval(where: str, value: Any) -> Optional[dict]:
     return {"tasks": tasks, "lengths": list(lengths) if lengths else None, "n": _int(f"{where}.n", value.get("n", 20), 1),
             "split": split, "seed": _int(f"{where}.seed", value.get("seed", 0)),
             "batch_size": _int(f"{where}.batch_size", value.get("batch_size", 16), 1),
-            "max_new_tokens": None if max_new is None else _int(f"{where}.max_new_tokens", max_new, 1)}
+            "max_new_tokens": None if max_new is None else _int(f"{where}.max_new_tokens", max_new, 1),
+            "max_value": max_value}
 
 
 def validate_recipe(raw: Any, source: str = "recipe") -> dict:
@@ -461,7 +476,8 @@ def _examples(data: dict):
     parts = []
     for index, task in enumerate(tasks[:n]):  # a task past the n-th would get no example
         task_lengths = lengths if isinstance(lengths, list) else _length_list(lengths[task])
-        parts.append(make_dataset([task], len(range(index, n, len(tasks))), seed=data["seed"], lengths=task_lengths))
+        parts.append(make_dataset([task], len(range(index, n, len(tasks))), seed=data["seed"], lengths=task_lengths,
+                                  max_value=data["max_value"]))
     offsets = [sum(len(p) for p in parts[:k]) for k in range(len(parts))]
     indices = [offsets[i % len(tasks)] + i // len(tasks) for i in range(n)]  # row i: task i mod T, its (i div T)-th
     dataset = concatenate_datasets(parts).select(indices)
@@ -580,14 +596,15 @@ def training_arguments(training: dict, output_dir: Union[str, Path], kind: str):
 # probes: what learns what
 # ----------------------------------------------------------------------------------------------------------------
 
-def build_probes(tokenizer, tasks: Sequence[str], per_task: int = 2, seed: int = 1234) -> list[dict]:
-    """A small fixed probe set: ``per_task`` training examples of each task, cut after the answer's first token
-    (the separator's tokens stay in the prefix): ``{task, ids, prefix_length}``."""
+def build_probes(tokenizer, tasks: Sequence[str], per_task: int = 2, seed: int = 1234,
+                 max_value: Optional[int] = None) -> list[dict]:
+    """A small fixed probe set: ``per_task`` training examples of each task (list items up to ``max_value``), cut
+    after the answer's first token (the separator's tokens stay in the prefix): ``{task, ids, prefix_length}``."""
     from .tasks import make_dataset
 
     probes = []
     for task in tasks:
-        for row in make_dataset([task], per_task, seed=seed).to_list():
+        for row in make_dataset([task], per_task, seed=seed, max_value=max_value if task != CLRS_TASK else None).to_list():
             ids, prompt_length = _encode(tokenizer, row["prompt"], row["text"])
             first = prompt_length
             while first < len(ids) - 1 and not tokenizer.decode([ids[first]]).strip():
@@ -728,7 +745,8 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
     callbacks = []
     if recipe["probe"]["steps"]:
         probe_tasks = recipe["data"]["tasks"] + ([CLRS_TASK] if recipe["data"]["clrs_insertion_sort"] else [])
-        probes = build_probes(tokenizer, list(dict.fromkeys(probe_tasks)), recipe["probe"]["per_task"], recipe["probe"]["seed"])
+        probes = build_probes(tokenizer, list(dict.fromkeys(probe_tasks)), recipe["probe"]["per_task"], recipe["probe"]["seed"],
+                              recipe["data"]["max_value"])
         callbacks.append(ProbeCallback(probes, recipe["probe"]["steps"]))
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
     if not resume and output_dir.is_dir() and get_last_checkpoint(str(output_dir)):
@@ -776,7 +794,7 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
         spec = recipe["eval"]
         rows = evaluate_model(trainer.model, tokenizer, tasks=spec["tasks"], lengths=spec["lengths"],
                               n_per_length=spec["n"], seed=spec["seed"], split=spec["split"],
-                              batch_size=spec["batch_size"], max_new_tokens=spec["max_new_tokens"])
+                              batch_size=spec["batch_size"], max_new_tokens=spec["max_new_tokens"], max_value=spec["max_value"])
         paths = write_results(rows, output_dir)
         print(format_table(rows))
         print(f"wrote {paths[0]} and {paths[1]}")

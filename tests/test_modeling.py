@@ -87,6 +87,16 @@ def test_a_sorted_list_is_written_like_the_prompts_list(model, tok):
         assert tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == answer.strip()
 
 
+def test_decimals_are_sorted_and_written_as_decimals(llama, lib, tok):
+    """CLRS-Text's insertion_sort: keys are decimals, read in fixed point and written back the same way."""
+    model = NCLlamaForCausalLM.from_llama(llama, Library.standard(1024), reader_tokens=reader_tokens(tok),
+                                          nc_decimal_places=3).eval()
+    inputs = tok("insertion_sort:\nkey: [0.549 0.715 0.6 0.05]\npred:\n", return_tensors="pt")
+    force(model, "insertion_sort", site=inputs["input_ids"].shape[1] - 1)
+    out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    assert tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == "[0.05 0.549 0.6 0.715]"
+
+
 def test_generate_with_trace_explains_every_token(model, tok):
     prompt = tok("81273+4406=", return_tensors="pt")
     site = prompt["input_ids"].shape[1] - 1
@@ -142,6 +152,19 @@ def test_fusion_equals_the_dense_mixture_values_and_gradients():
     expected = mixture.log() + torch.logsumexp(logits, -1, keepdim=True)
     assert torch.allclose(got, expected, atol=1e-10)
     probe = torch.randn(B, N, V, dtype=torch.float64)
+    grads = torch.autograd.grad((got * probe).sum(), (logits, weight, gate), retain_graph=True)
+    expected_grads = torch.autograd.grad((expected * probe).sum(), (logits, weight, gate), retain_graph=True)
+    for a, b in zip(grads, expected_grads):
+        assert torch.allclose(a, b, atol=1e-9)
+    # closers from the LM: the proposal's mass on closing tokens is shared among them as the LM's softmax does
+    closers = torch.tensor([1, 7, 9])
+    got = NCLlamaForCausalLM._fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None, None, None, None), closers)
+    shared = proposal.clone()
+    shared[..., closers] = proposal[..., closers].sum(-1, keepdim=True) * torch.softmax(logits[..., closers], -1)
+    assert torch.allclose(shared.sum(-1), proposal.sum(-1)) and not torch.allclose(shared, proposal)
+    mixture = (1 - gate * shared.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * shared
+    expected = mixture.log() + torch.logsumexp(logits, -1, keepdim=True)
+    assert torch.allclose(got, expected, atol=1e-10)
     grads = torch.autograd.grad((got * probe).sum(), (logits, weight, gate), retain_graph=True)
     expected_grads = torch.autograd.grad((expected * probe).sum(), (logits, weight, gate))
     for a, b in zip(grads, expected_grads):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from modeling_nclama.reader import OperandReader
+from modeling_nclama.reader import OperandReader, Style
 from modeling_nclama.tokenization import default_tokenizer, reader_tokens
 
 
@@ -98,9 +98,50 @@ def test_operand_values():
         lst.number
 
 
-@pytest.mark.parametrize("text, items, bracketed", [("[1, 3, 5, 9]", [1, 3, 5, 9], True), ("1 3 5 9", [1, 3, 5, 9], False),
-                                                     ("[1000, 7]", [1000, 7], True), ("[]", [], True)])
-def test_lists_are_written_as_the_tokenizer_writes_them(reader, tok, text, items, bracketed):
-    assert reader.list_tokens(items, bracketed) == tok(text, add_special_tokens=False)["input_ids"]
+@pytest.mark.parametrize("text, items, style", [
+    ("[1, 3, 5, 9]", [1, 3, 5, 9], Style(bracketed=True)),
+    ("1 3 5 9", [1, 3, 5, 9], Style()),
+    ("[1000, 7]", [1000, 7], Style(bracketed=True)),
+    ("[12 7 5]", [12, 7, 5], Style(bracketed=True, commas=False)),
+    ("[]", [], Style(bracketed=True)),
+])
+def test_lists_are_written_as_the_tokenizer_writes_them(reader, tok, text, items, style):
+    assert reader.list_tokens(items, style) == tok(text, add_special_tokens=False)["input_ids"]
     operands = [o for o in reader.read(tok(text, add_special_tokens=False)["input_ids"]) if o.kind == "list"]
-    assert all(o.bracketed == bracketed for o in operands)
+    assert all(o.style == style for o in operands)
+
+
+@pytest.fixture(scope="module")
+def decimal_reader(tok):
+    return OperandReader(reader_tokens(tok), decimal_places=3)
+
+
+def test_decimals_are_one_number_in_fixed_point(decimal_reader, reader, tok):
+    text = "insertion_sort:\nkey: [0.549 0.7 0.05 1.0]\npred:\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    (lst,) = [o for o in decimal_reader.read(ids) if o.kind == "list"]
+    assert lst.values == [549, 700, 50, 1000]
+    assert lst.style == Style(bracketed=True, commas=False, decimal=True)
+    assert tok.decode(ids[lst.start : lst.end]) .strip() == "[0.549 0.7 0.05 1.0]"
+    # without decimal places, the same text is eight numbers and no list of four
+    assert [o.items[0] for o in reader.read(ids) if o.kind == "number"] == ["0", "549", "0", "7", "0", "05", "1", "0"]
+    # a fraction longer than the places is not a decimal; a point not followed by a digit ends the number
+    (a, b) = decimal_reader.read(tok("0.1234", add_special_tokens=False)["input_ids"])
+    assert (a.items, b.items, a.style.decimal) == (("0",), ("1234",), False)
+    (n,) = decimal_reader.read(tok("12.", add_special_tokens=False)["input_ids"])
+    assert (n.items, n.style.decimal) == (("12",), False)
+
+
+@pytest.mark.parametrize("value, text", [(549, "0.549"), (430, "0.43"), (5, "0.005"), (0, "0.0"), (1000, "1.0"), (12345, "12.345")])
+def test_decimals_are_written_as_python_writes_floats(decimal_reader, tok, value, text):
+    assert text == str(value / 1000)
+    assert decimal_reader.value_tokens(value, decimal=True) == tok(text, add_special_tokens=False)["input_ids"]
+    assert decimal_reader.list_tokens([value, value], Style(bracketed=True, commas=False, decimal=True)) == \
+        tok(f"[{text} {text}]", add_special_tokens=False)["input_ids"]
+
+
+def test_decimal_places_are_checked(tok, reader):
+    with pytest.raises(ValueError, match="decimal_places"):
+        OperandReader(reader_tokens(tok), decimal_places=4)
+    with pytest.raises(ValueError, match="decimal_places > 0"):
+        reader.value_tokens(5, decimal=True)

@@ -240,10 +240,20 @@ def test_several_lengths_are_drawn_from():
     (lambda: make_dataset(["add"], 0, seed=0), "n must be a positive int"),
     (lambda: make_dataset([], 4, seed=0), "no tasks"),
     (lambda: make_dataset([CLRS_TASK], 4, seed=0, split="heldout"), "no held-out templates"),
+    (lambda: make_dataset(["sort", "add"], 4, seed=0, max_value=9), "max_value caps list items; add has no list"),
+    (lambda: make_dataset(["sort"], 4, seed=0, max_value=0), "max_value must be a positive int, got 0"),
 ])
 def test_bad_requests_name_the_problem(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+def test_max_value_caps_list_items():
+    rows = make_dataset(["sort", "max", "sum"], 60, seed=0, lengths=[8], max_value=9).to_list()
+    for row in rows:
+        items = [int(x) for x in re.findall(r"\d+", row["prompt"])]
+        assert len(items) == 8 and max(items) <= 9, row["prompt"]
+    assert {int(x) for row in rows for x in re.findall(r"\d+", row["prompt"])} == set(range(10))  # all of 0..9 drawn
 
 
 CLRS_FLOAT = r"0\.\d{1,3}|0\.0"

@@ -72,6 +72,8 @@ GOOD_MODEL = {"init": {"preset": "tiny", "kind": "llama"}}
     ({"model": GOOD_MODEL, "eval": {"split": "test"}}, "eval.split: must be one of train, heldout"),
     ({"model": GOOD_MODEL, "training": {"heads_learning_rate": 0}}, "training.heads_learning_rate: must be a positive number"),
     ({"model": GOOD_MODEL, "final_config": {"max_steps": 5}}, "final_config: must be a mapping of nc_* settings"),
+    ({"model": GOOD_MODEL, "data": {"tasks": ["add"], "max_value": 9}}, "data.max_value: max_value caps list items; add has no list"),
+    ({"model": GOOD_MODEL, "eval": {"tasks": ["sort"], "max_value": -1}}, "eval.max_value: max_value must be a positive int"),
 ])
 def test_recipe_errors_name_the_key(recipe, message):
     with pytest.raises(RecipeError) as error:
@@ -109,6 +111,15 @@ def test_committed_recipes():
     spec = nc["model"]["from_llama"]
     assert spec["path"] == "out/llama-tiny-baseline" and spec["library"] == {"value_size": 1024}
     assert nc["probe"]["steps"] > 0
+    for path in sorted((ROOT / "configuration/recipes").glob("*.yaml")):  # every committed recipe is valid
+        load_recipe(path)
+    # the experiment pairs differ only where they say they do
+    hard, soft = load_recipe("sort-hard-tiny"), load_recipe("sort-soft-tiny")
+    soft["model"]["from_llama"]["nc"]["nc_mode"] = "hard"
+    assert hard == soft and hard["data"]["max_value"] == 31 == hard["eval"]["max_value"]
+    clrs_llama, clrs_nclama = load_recipe("clrs-llama-tiny"), load_recipe("clrs-nclama-tiny")
+    assert clrs_llama["data"] == clrs_nclama["data"] and clrs_llama["eval"] == clrs_nclama["eval"]
+    assert clrs_nclama["model"]["from_llama"]["nc"]["nc_decimal_places"] == 3
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -247,7 +258,7 @@ def test_probes_read_the_gate_and_the_call(baseline):
     assert metrics["probe/gate"] == 0.0  # a converted model starts with the gate closed
     assert set(metrics) == {"probe/add/gate", "probe/add/call_accuracy", "probe/less_than/gate",
                             "probe/less_than/call_accuracy", "probe/gate", "probe/call_accuracy"}
-    assert TASK_PROGRAMS["clrs_insertion_sort"] is None and set(TASK_PROGRAMS) >= set(TASKS)
+    assert TASK_PROGRAMS["clrs_insertion_sort"] == "insertion_sort" and set(TASK_PROGRAMS) >= set(TASKS)
     assert model.training  # restored
 
 

@@ -61,6 +61,14 @@ class NCLlamaConfig(LlamaConfig):
     nc_reader_tokens (`dict[str, str]`):
         Token id (as a string, JSON keys are strings) -> its text, for digit tokens (1-3 digits, LLaMA 3 style) and
         list punctuation: the operand reader's table (``reader.py``), built by ``tokenization.reader_tokens``.
+    nc_decimal_places (`int`, defaults to 0):
+        With 1-3, the reader reads a decimal like "0.549" as one number in fixed point (549 thousandths with 3
+        places; needs the "." token in `nc_reader_tokens`) and writes results read from decimals back as decimals.
+        With 0, "0.549" is two numbers.
+    nc_closers_from_lm (`bool`, defaults to `False`):
+        The library proposes that a list ends; the language model chooses which closing token ends it ("]", "]\n",
+        "]."): the proposal's mass on the reader's closing tokens is shared among them as the LM prefers them. For
+        formats where what follows a list merges into its bracket's token (CLRS-Text's "]\n").
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
     nc_residual_injection (`bool`, defaults to `False`):
@@ -89,6 +97,8 @@ class NCLlamaConfig(LlamaConfig):
     nc_max_candidates: int = 8
     nc_pointer_dim: int = 64
     nc_reader_tokens: dict | None = None
+    nc_decimal_places: int = 0
+    nc_closers_from_lm: bool = False
     nc_answer_window: int = 64
     nc_min_call_probability: float = 0.0
     nc_program_sharpness: float = 20.0
@@ -134,6 +144,10 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_program_sharpness must be a positive finite number, got {self.nc_program_sharpness!r}")
         if isinstance(self.nc_min_call_probability, bool) or not isinstance(self.nc_min_call_probability, (int, float)) or not 0 <= self.nc_min_call_probability < 1:
             raise ValueError(f"nc_min_call_probability must be in [0, 1), got {self.nc_min_call_probability!r}")
+        if isinstance(self.nc_decimal_places, bool) or self.nc_decimal_places not in (0, 1, 2, 3):
+            raise ValueError(f"nc_decimal_places must be 0, 1, 2 or 3, got {self.nc_decimal_places!r}")
+        if self.nc_decimal_places and "." not in self.nc_reader_tokens.values():
+            raise ValueError("nc_decimal_places needs the '.' token in nc_reader_tokens: rebuild it with tokenization.reader_tokens")
         if self.nc_residual_injection and self.nc_layer % layers == layers - 1:
             raise ValueError(f"nc_residual_injection needs nc_layer below the last layer ({layers - 1}): there is no later layer to inject into")
         if self.nc_value_size < 3:
