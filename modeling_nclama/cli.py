@@ -137,8 +137,15 @@ def _cmd_report(args) -> int:
         if not sep or not label or not where:
             raise SystemExit(f"nclama report lengths: expected LABEL=DIR, got {item!r}")
         results[label] = reports.load_results(where, args.split)
-    print(reports.accuracy_table(results))
-    print(f"wrote {reports.plot_accuracy_by_length(results, args.out)}")
+    ranges = {}
+    for item in args.trained or ():
+        task, _, span = item.partition("=")
+        low, _, high = span.partition("-")
+        if not (task and low.isdigit() and high.isdigit() and int(low) <= int(high)):
+            raise SystemExit(f"nclama report lengths: --trained expects TASK=LOW-HIGH, got {item!r}")
+        ranges[task] = (int(low), int(high))
+    print(reports.accuracy_table(results, ranges))
+    print(f"wrote {reports.plot_accuracy_by_length(results, args.out, ranges)}")
     return 0
 
 
@@ -361,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="lengths: LABEL=MODEL_DIR (or LABEL=eval_results.json); probes: a training output folder")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--split", choices=("train", "heldout"), default="train", help="lengths: which templates' results")
+    p.add_argument("--trained", nargs="+", metavar="TASK=LOW-HIGH",
+                   help="lengths: the lengths the models trained on, where not tasks.TRAINING_RANGES")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("analyze", help="differentiability analyses")

@@ -12,11 +12,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 from .tasks import TRAINING_RANGES
 
 PathLike = Union[str, Path]
+Ranges = Optional[Mapping[str, tuple[int, int]]]
+
+
+def _training_range(task: str, ranges: Ranges) -> tuple[Optional[int], Optional[int]]:
+    """The lengths a task was trained on: ``ranges`` (what a recipe trained on), else tasks.TRAINING_RANGES."""
+    if ranges and task in ranges:
+        return tuple(ranges[task])
+    return TRAINING_RANGES.get(task, {}).get("length", (None, None))
 
 
 def _read(path: PathLike, name: str, key: str, what: str) -> list:
@@ -36,8 +44,9 @@ def load_results(path: PathLike, split: str = "train") -> list[dict]:
     return [row for row in rows if row.get("split", "train") == split]
 
 
-def accuracy_table(results: Mapping[str, list[dict]]) -> str:
-    """Markdown: one row per (task, length), one column per model (exact match, "-" where a model has no row)."""
+def accuracy_table(results: Mapping[str, list[dict]], ranges: Ranges = None) -> str:
+    """Markdown: one row per (task, length), one column per model (exact match, "-" where a model has no row);
+    ``ranges``: task -> (low, high) trained on, where a run differs from tasks.TRAINING_RANGES."""
     labels = list(results)
     cells: dict[tuple[str, int], dict[str, float]] = {}
     for label, rows in results.items():
@@ -45,14 +54,14 @@ def accuracy_table(results: Mapping[str, list[dict]]) -> str:
             cells.setdefault((row["task"], int(row["length"])), {})[label] = float(row["exact_match"])
     out = ["| task | length | in training range | " + " | ".join(labels) + " |", "|---|---:|---|" + "---:|" * len(labels)]
     for (task, length), by_model in sorted(cells.items()):
-        low, high = TRAINING_RANGES.get(task, {}).get("length", (None, None))
+        low, high = _training_range(task, ranges)
         inside = "yes" if low is not None and low <= length <= high else "no"
         values = " | ".join(f"{by_model[label]:.3f}" if label in by_model else "-" for label in labels)
         out.append(f"| {task} | {length} | {inside} | {values} |")
     return "\n".join(out)
 
 
-def plot_accuracy_by_length(results: Mapping[str, list[dict]], path: PathLike) -> Path:
+def plot_accuracy_by_length(results: Mapping[str, list[dict]], path: PathLike, ranges: Ranges = None) -> Path:
     """PNG: one panel per task, exact match against length, a line per model, the training range shaded."""
     plt = _pyplot()
 
@@ -65,7 +74,7 @@ def plot_accuracy_by_length(results: Mapping[str, list[dict]], path: PathLike) -
             points = sorted((int(r["length"]), float(r["exact_match"])) for r in rows if r["task"] == task)
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
-        low, high = TRAINING_RANGES.get(task, {}).get("length", (None, None))
+        low, high = _training_range(task, ranges)
         if low is not None:
             ax.axvspan(low, high, color="0.9", zorder=0)
         ax.set_title(task)

@@ -21,6 +21,18 @@ def test_accuracy_table_and_plot(tmp_path):
     assert table[2] == "| add | 5 | yes | 1.000 | 0.800 |" and table[3] == "| add | 40 | no | 0.990 | - |"
     png = reports.plot_accuracy_by_length(results, tmp_path / "fig" / "lengths.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a run trained on other lengths than tasks.TRAINING_RANGES says so
+    assert reports.accuracy_table(results, {"add": (1, 3)}).splitlines()[2] == "| add | 5 | no | 1.000 | 0.800 |"
+
+
+def test_report_cli_reads_trained_lengths(tmp_path, capsys):
+    from modeling_nclama.cli import main
+
+    a = write_results(tmp_path / "a", [{"task": "sort", "length": 8, "exact_match": 1.0}, {"task": "sort", "length": 16, "exact_match": 0.5}])
+    assert main(["report", "lengths", f"m={a}", "--out", str(tmp_path / "p.png"), "--trained", "sort=2-8"]) == 0
+    assert capsys.readouterr().out.splitlines()[2:4] == ["| sort | 8 | yes | 1.000 |", "| sort | 16 | no | 0.500 |"]
+    with pytest.raises(SystemExit, match="TASK=LOW-HIGH"):
+        main(["report", "lengths", f"m={a}", "--out", str(tmp_path / "p.png"), "--trained", "sort=8-2"])
 
 
 def test_probe_history_table_and_plot(tmp_path):
