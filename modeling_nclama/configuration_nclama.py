@@ -71,6 +71,12 @@ class NCLlamaConfig(LlamaConfig):
         formats where what follows a list merges into its bracket's token (CLRS-Text's "]\n").
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
+    nc_gate_learning_floor (`float`, defaults to 0.0):
+        In training, the gradients of the gate head and of the library's proposal (the call, operand and site
+        heads) are computed as if the gate's scale, and the gate, were at least this; values are unchanged. A
+        converted model starts with the gate closed, where those heads get no gradient: when the LM is already sure
+        of an answer's punctuation, the scale's gradient can keep the gate closed for good before the heads have
+        learned where and what the library answers. With a floor they learn that while the gate is closed.
     nc_residual_injection (`bool`, defaults to `False`):
         Add the expected embedding of the first result token of the call made at each position, through a
         zero-initialized linear map, to the output of layer `nc_layer`, so that later layers can use results the
@@ -103,6 +109,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_min_call_probability: float = 0.0
     nc_program_sharpness: float = 20.0
     nc_freeze_programs: bool = False
+    nc_gate_learning_floor: float = 0.0
     nc_residual_injection: bool = False
     nc_base_model: str | None = None
 
@@ -148,6 +155,8 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_decimal_places must be 0, 1, 2 or 3, got {self.nc_decimal_places!r}")
         if self.nc_decimal_places and "." not in self.nc_reader_tokens.values():
             raise ValueError("nc_decimal_places needs the '.' token in nc_reader_tokens: rebuild it with tokenization.reader_tokens")
+        if isinstance(self.nc_gate_learning_floor, bool) or not isinstance(self.nc_gate_learning_floor, (int, float)) or not 0 <= self.nc_gate_learning_floor <= 1:
+            raise ValueError(f"nc_gate_learning_floor must be in [0, 1], got {self.nc_gate_learning_floor!r}")
         if self.nc_residual_injection and self.nc_layer % layers == layers - 1:
             raise ValueError(f"nc_residual_injection needs nc_layer below the last layer ({layers - 1}): there is no later layer to inject into")
         if self.nc_value_size < 3:

@@ -91,6 +91,7 @@ class NCInterpreterHeads(nn.Module):
         self.slots, self.dim = config.nc_max_operands, dim
         self.gate = nn.Linear(hidden, 1)
         self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
+        self.gate_learning_floor = config.nc_gate_learning_floor
         self.call = nn.Linear(hidden, max(1, len(config.nc_programs)))
         if config.nc_operand_reader == "pointer":
             self.operand_query = nn.Linear(hidden, self.slots * dim)
@@ -107,7 +108,12 @@ class NCInterpreterHeads(nn.Module):
         scale = self.gate_scale.clamp(0.0, 1.0)
         if scale.requires_grad:
             scale = self.gate_scale + (scale - self.gate_scale).detach()
-        return torch.sigmoid(self.gate(hidden).squeeze(-1)) * scale
+        opening = torch.sigmoid(self.gate(hidden).squeeze(-1))
+        gate = opening * scale
+        if self.training and self.gate_learning_floor > 0:  # same value; the gate head learns as if scale >= floor
+            lift = (scale.detach().clamp(min=self.gate_learning_floor) - scale.detach())
+            gate = gate + (opening - opening.detach()) * lift
+        return gate
 
     def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projection reader: per operand slot, a distribution over values [B, T, S, V]."""
@@ -281,7 +287,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             if cache is not None:  # the interpreter's work on these positions is kept for the next steps
                 cache.nc_state = interpreted.state
             closers = self._closers if self.config.nc_closers_from_lm else None
-            logits = self._fuse(logits, interpreted, closers)
+            floor = self.config.nc_gate_learning_floor if self.training else 0.0
+            logits = self._fuse(logits, interpreted, closers, floor)
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
@@ -316,7 +323,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return outputs, found[0] if found else None
 
     @staticmethod
-    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", closers: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", closers: Optional[torch.Tensor] = None,
+              learning_floor: float = 0.0) -> torch.Tensor:
         """LM logits -> log of the gated mixture with the library's proposal, up to the LM's log-normalizer (so that
         a closed gate returns the LM logits themselves):
 
@@ -324,7 +332,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
 
         which is ``l + log(1 - g m)`` wherever the proposal ``q`` is 0: only the tokens the library proposes (a few
         per position) need the full formula, so the vocabulary-wide work is one shift and one scatter. ``closers``
-        (token ids): the proposal's mass on them is shared among them as the LM's softmax does."""
+        (token ids): the proposal's mass on them is shared among them as the LM's softmax does. ``learning_floor``:
+        the proposal's gradient is computed as if the gate were at least this (values unchanged)."""
         logits32 = logits.float()
         gate, proposal, tokens = interpreted.gate, interpreted.proposal, interpreted.proposed_tokens
         if closers is not None and len(closers):
@@ -337,11 +346,21 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         tokens, _ = tokens.sort(dim=-1)
         first = torch.ones_like(tokens, dtype=torch.bool)
         first[..., 1:] = tokens[..., 1:] != tokens[..., :-1]
-        from_library = gate.unsqueeze(-1) * proposal.gather(2, tokens)  # a token's whole mass, wherever it repeats
+        proposed = proposal.gather(2, tokens)
+        from_library = gate.unsqueeze(-1) * proposed  # a token's whole mass, wherever it repeats
         # log of the library term, -inf where it is 0 (clamped first, so no 0 * inf reaches the gradient)
         log_library = torch.where(from_library > 0, from_library.clamp_min(1e-30).log(), float("-inf"))
         lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
         mixed = torch.logaddexp(logits32.gather(2, tokens) + lm_weight, log_library + lse)
+        # Where the library's term is 0 (a closed gate) the log above passes it no gradient, though the mixture's
+        # derivative there is q / p(token) for the gate and g / p(token) for q: add those first-order terms (value 0),
+        # so that a closed gate learns whether opening helps. With a learning floor, q's gradient is taken as if the
+        # gate were at least the floor, so the heads behind the proposal learn while the gate is (nearly) closed.
+        closed = from_library <= 0
+        g = gate.unsqueeze(-1)
+        q_weight = g.detach().clamp(min=learning_floor) - torch.where(closed, 0.0, g.detach())
+        first_order = torch.where(closed, g * proposed.detach() - (g * proposed).detach(), 0.0) + (proposed - proposed.detach()) * q_weight
+        mixed = mixed + first_order / (mixed - lse).detach().exp()
         mixed = torch.where(first, mixed, mixed.detach())  # a repeated token is written again, but counted once
         return (logits32 + lm_weight).scatter(2, tokens, mixed).to(logits.dtype)
 

@@ -67,6 +67,24 @@ def test_gradients_reach_every_head(model, tok):
         assert heads[name].grad is not None and heads[name].grad.abs().sum() > 0, name
 
 
+def test_a_gate_learning_floor_teaches_the_closed_gate_where_to_open(llama, lib, tok):
+    """Closed at conversion, the gate head gets no gradient; with a floor it does, and the logits are unchanged."""
+    batch = tok(["81273+4406=85679"], return_tensors="pt")
+    grads = {}
+    for floor in (0.0, 0.1):
+        torch.manual_seed(0)  # the same heads
+        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_gate_learning_floor=floor).train()
+        out = model(**batch, labels=batch["input_ids"])
+        assert (out.logits - llama(**batch).logits).abs().max() <= 1e-5  # still exactly the LLaMA
+        out.loss.backward()
+        heads = model.nc_heads
+        grads[floor] = (heads.gate.weight.grad.abs().sum().item(), heads.gate_scale.grad.item(),
+                        heads.site_continue.weight.grad.abs().sum().item())
+    assert grads[0.0][0] == 0 and grads[0.1][0] > 0
+    assert grads[0.0][2] == 0 and grads[0.1][2] > 0  # the heads behind the proposal learn too
+    assert grads[0.0][1] == pytest.approx(grads[0.1][1], rel=1e-6, abs=0)  # the scale's own gradient is unchanged
+
+
 @pytest.mark.parametrize("use_cache", [False, True])
 def test_the_library_answers_inside_the_forward_pass(model, tok, use_cache):
     prompt = tok("81273+4406=", return_tensors="pt")
@@ -145,7 +163,9 @@ def test_fusion_equals_the_dense_mixture_values_and_gradients():
     logits = torch.randn(B, N, V, dtype=torch.float64, requires_grad=True)
     tokens = torch.randint(0, 5, (B, N, E))  # few distinct tokens: many repeats
     weight = (torch.rand(B, N, E, dtype=torch.float64) / E).requires_grad_(True)
-    gate = torch.rand(B, N, dtype=torch.float64, requires_grad=True)
+    gate = torch.rand(B, N, dtype=torch.float64)
+    gate[0, 0] = 0.0  # a closed gate still gets the mixture's gradient
+    gate.requires_grad_(True)
     proposal = torch.zeros(B, N, V, dtype=torch.float64).scatter_add(2, tokens, weight)
     got = NCLlamaForCausalLM._fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None, None, None, None))
     mixture = (1 - gate * proposal.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * proposal
