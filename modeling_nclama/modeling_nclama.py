@@ -735,6 +735,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         eos = [eos[0] if isinstance(eos, list) else eos] if eos is not None else []
         if value is None:
             return eos
+        if name in self.config.nc_result_words:  # a word per value; a value without one proposes only the end
+            words = self.config.nc_result_words[name]
+            return ([self.reader.token_of_text[words[value]]] if isinstance(value, int) and 0 <= value < len(words) else []) + eos
         if isinstance(value, int):
             return self.reader.value_tokens(value, style.decimal) + eos
         if name in self.config.nc_tape_results:

@@ -31,7 +31,7 @@ import json
 import math
 import os
 import random
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -378,11 +378,17 @@ def number_token_values(tokenizer) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
-def reader_tokens(tokenizer) -> dict[str, str]:
+def reader_tokens(tokenizer, words: Sequence[str] = ()) -> dict[str, str]:
     """The table of the model's operand reader (``NCLlamaConfig.nc_reader_tokens``): token id (as a string, for JSON)
     -> text, for every digit token, every token made only of list punctuation (brackets, commas, spaces, a
-    closing bracket followed by punctuation like "].") and the decimal point. See ``reader.py``."""
+    closing bracket followed by punctuation like "].") and the decimal point. See ``reader.py``. ``words``: the
+    texts results are written as (``nc_result_words``), each of which must be one token."""
     table = {str(k): v for k, v in number_token_values(tokenizer).items()}
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1 or tokenizer.decode(ids) != word:
+            raise ValueError(f"result word {word!r} is not one token of this tokenizer: {ids}")
+        table[str(ids[0])] = word
     added = set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
     for token, idx in tokenizer.get_vocab().items():
         if token in added:

@@ -396,6 +396,11 @@ def _standard_library(settings: dict, default_value_size: int = 256):
     return Library.standard(settings.pop("value_size", default_value_size), **settings)
 
 
+def _result_words(nc: dict) -> list[str]:
+    """The words results are written as (nc_result_words): the reader's table must hold their tokens."""
+    return sorted({word for words in (nc.get("nc_result_words") or {}).values() for word in words})
+
+
 def build_model(spec: dict):
     """(model, tokenizer, kind) for a validated ``model`` section; kind is ``llama`` or ``nclama``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -413,7 +418,8 @@ def build_model(spec: dict):
         spec = spec["from_llama"]
         tokenizer = AutoTokenizer.from_pretrained(spec["path"])
         library = _standard_library(spec["library"])
-        model = NCLlamaForCausalLM.from_llama(spec["path"], library, reader_tokens=reader_tokens(tokenizer), **spec["nc"])
+        model = NCLlamaForCausalLM.from_llama(spec["path"], library, reader_tokens=reader_tokens(tokenizer, _result_words(spec["nc"])),
+                                              **spec["nc"])
         return model, tokenizer, "nclama"
     from .checkpoints import preset
 
@@ -431,7 +437,7 @@ def build_model(spec: dict):
 
     library = _standard_library(spec["library"], preset_nc.pop("nc_value_size", 256))
     nc = {k: v for k, v in {**preset_nc, **spec["nc"]}.items() if k not in DERIVED_NC}
-    config = NCLlamaConfig(**settings, **library_settings(library, reader_tokens(tokenizer), **nc))
+    config = NCLlamaConfig(**settings, **library_settings(library, reader_tokens(tokenizer, _result_words(nc)), **nc))
     model = NCLlamaForCausalLM(config)
     model.attach_library(library)
     return model, tokenizer, "nclama"

@@ -54,6 +54,7 @@ def test_library_settings_round_trip(tmp_path):
         ({"nc_min_call_probability": 1.0}, "nc_min_call_probability must be in [0, 1)"),
         ({"nc_decimal_places": 4}, "nc_decimal_places must be 0, 1, 2 or 3"),
         ({"nc_gate_learning_floor": 1.5}, "nc_gate_learning_floor must be in [0, 1]"),
+        ({"nc_result_words": {"gcd": [" yes"]}}, "nc_result_words: 'gcd' is not in nc_programs"),
         ({"nc_decimal_places": 3}, "nc_decimal_places needs the '.' token in nc_reader_tokens"),
         ({"nc_program_sharpness": float("inf")}, "nc_program_sharpness must be a positive finite number"),
         ({"nc_residual_injection": True}, "nc_residual_injection needs nc_layer below the last layer (1)"),

@@ -105,6 +105,23 @@ def test_a_sorted_list_is_written_like_the_prompts_list(model, tok):
         assert tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == answer.strip()
 
 
+def test_a_comparison_is_answered_in_words(llama, lib, tok):
+    """long_cmp returns 0, 1, 2 for a < b, a = b, a > b; a word per value. Both operands are the prompt's one number
+    (untrained pointers read the two numbers of a two-number prompt in either order), so the value is 1."""
+    inputs = tok("Is 7 less than 7?", return_tensors="pt")
+    for words, answer in [([" yes", " no", " no"], "no"), ([" no", " yes", " no"], "yes")]:
+        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok, words),
+                                              nc_result_words={"long_cmp": words}).eval()
+        force(model, "long_cmp", site=inputs["input_ids"].shape[1] - 1)
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        new = out[0, inputs["input_ids"].shape[1]:].tolist()
+        assert tok.decode(new[:1]) == " " + answer and new[1] == tok.eos_token_id
+    with pytest.raises(Exception, match="' maybe' is not a token of nc_reader_tokens"):  # the config refuses it
+        NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok, words), nc_result_words={"long_cmp": [" maybe"]})
+    with pytest.raises(ValueError, match="is not one token"):
+        reader_tokens(tok, ["no way"])
+
+
 def test_decimals_are_sorted_and_written_as_decimals(llama, lib, tok):
     """CLRS-Text's insertion_sort: keys are decimals, read in fixed point and written back the same way."""
     model = NCLlamaForCausalLM.from_llama(llama, Library.standard(1024), reader_tokens=reader_tokens(tok),
