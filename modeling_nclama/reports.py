@@ -68,7 +68,7 @@ def plot_accuracy_by_length(results: Mapping[str, list[dict]], path: PathLike, r
     tasks = sorted({row["task"] for rows in results.values() for row in rows})
     columns = min(4, len(tasks))
     rows_n = math.ceil(len(tasks) / columns)
-    fig, axes = plt.subplots(rows_n, columns, figsize=(4 * columns, 3 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, columns, figsize=(max(6, 4 * columns), 3 * rows_n), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
         for label, rows in results.items():
             points = sorted((int(r["length"]), float(r["exact_match"])) for r in rows if r["task"] == task)
