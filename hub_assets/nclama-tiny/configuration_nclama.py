@@ -61,6 +61,10 @@ class NCLlamaConfig(LlamaConfig):
     nc_reader_tokens (`dict[str, str]`):
         Token id (as a string, JSON keys are strings) -> its text, for digit tokens (1-3 digits, LLaMA 3 style) and
         list punctuation: the operand reader's table (``reader.py``), built by ``tokenization.reader_tokens``.
+    nc_result_words (`dict[str, list[str]]`, optional):
+        Programs whose int result is written as a word: program -> the word (one token's text, in
+        `nc_reader_tokens`) of each result value; `{"long_cmp": [" yes", " no", " no"]}` answers "Is a less than
+        b?" (`long_cmp` returns 0, 1, 2 for a < b, a = b, a > b). A value without a word proposes only the end.
     nc_decimal_places (`int`, defaults to 0):
         With 1-3, the reader reads a decimal like "0.549" as one number in fixed point (549 thousandths with 3
         places; needs the "." token in `nc_reader_tokens`) and writes results read from decimals back as decimals.
@@ -103,6 +107,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_max_candidates: int = 8
     nc_pointer_dim: int = 64
     nc_reader_tokens: dict | None = None
+    nc_result_words: dict | None = None
     nc_decimal_places: int = 0
     nc_closers_from_lm: bool = False
     nc_answer_window: int = 64
@@ -124,6 +129,8 @@ class NCLlamaConfig(LlamaConfig):
             self.nc_tape_results = []
         if self.nc_reader_tokens is None:
             self.nc_reader_tokens = {}
+        if self.nc_result_words is None:
+            self.nc_result_words = {}
         if not getattr(self, "auto_map", None):
             self.auto_map = {
                 "AutoConfig": "configuration_nclama.NCLlamaConfig",
@@ -151,6 +158,16 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_program_sharpness must be a positive finite number, got {self.nc_program_sharpness!r}")
         if isinstance(self.nc_min_call_probability, bool) or not isinstance(self.nc_min_call_probability, (int, float)) or not 0 <= self.nc_min_call_probability < 1:
             raise ValueError(f"nc_min_call_probability must be in [0, 1), got {self.nc_min_call_probability!r}")
+        texts = set(self.nc_reader_tokens.values())
+        for name, words in self.nc_result_words.items():
+            if name not in self.nc_programs:
+                raise ValueError(f"nc_result_words: {name!r} is not in nc_programs")
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise ValueError(f"nc_result_words[{name!r}] must be a list of words, got {words!r}")
+            missing = [w for w in words if w not in texts]
+            if missing:
+                raise ValueError(f"nc_result_words[{name!r}]: {missing[0]!r} is not a token of nc_reader_tokens "
+                                 "(build it with tokenization.reader_tokens(tokenizer, words=...))")
         if isinstance(self.nc_decimal_places, bool) or self.nc_decimal_places not in (0, 1, 2, 3):
             raise ValueError(f"nc_decimal_places must be 0, 1, 2 or 3, got {self.nc_decimal_places!r}")
         if self.nc_decimal_places and "." not in self.nc_reader_tokens.values():

@@ -356,11 +356,12 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         # derivative there is q / p(token) for the gate and g / p(token) for q: add those first-order terms (value 0),
         # so that a closed gate learns whether opening helps. With a learning floor, q's gradient is taken as if the
         # gate were at least the floor, so the heads behind the proposal learn while the gate is (nearly) closed.
-        closed = from_library <= 0
-        g = gate.unsqueeze(-1)
-        q_weight = g.detach().clamp(min=learning_floor) - torch.where(closed, 0.0, g.detach())
-        first_order = torch.where(closed, g * proposed.detach() - (g * proposed).detach(), 0.0) + (proposed - proposed.detach()) * q_weight
-        mixed = mixed + first_order / (mixed - lse).detach().exp()
+        if torch.is_grad_enabled() and (gate.requires_grad or proposed.requires_grad):
+            closed = from_library <= 0
+            g = gate.unsqueeze(-1)
+            q_weight = g.detach().clamp(min=learning_floor) - torch.where(closed, 0.0, g.detach())
+            first_order = torch.where(closed, g * proposed.detach() - (g * proposed).detach(), 0.0) + (proposed - proposed.detach()) * q_weight
+            mixed = mixed + first_order / (mixed - lse).detach().exp().clamp_min(1e-30)  # value 0, never 0/0
         mixed = torch.where(first, mixed, mixed.detach())  # a repeated token is written again, but counted once
         return (logits32 + lm_weight).scatter(2, tokens, mixed).to(logits.dtype)
 
@@ -735,6 +736,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         eos = [eos[0] if isinstance(eos, list) else eos] if eos is not None else []
         if value is None:
             return eos
+        if name in self.config.nc_result_words:  # a word per value; a value without one proposes only the end
+            words = self.config.nc_result_words[name]
+            return ([self.reader.token_of_text[words[value]]] if isinstance(value, int) and 0 <= value < len(words) else []) + eos
         if isinstance(value, int):
             return self.reader.value_tokens(value, style.decimal) + eos
         if name in self.config.nc_tape_results:
