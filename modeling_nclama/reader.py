@@ -79,7 +79,7 @@ class OperandReader:
         # number ends where a non-digit comes, a list is complete at its last number or its closer, a decimal point
         # counts only once a digit follows it).
         self.triggers = set(self.digits) | self.closers
-        self.token_of_text: dict[str, int] = {}  # the punctuation a written list needs: "[", ",", " ", "]"
+        self.token_of_text: dict[str, int] = {}  # what results are written with: "[", ",", " ", "]", ".", words
         for token, text in sorted(reader_tokens.items(), key=lambda kv: -int(kv[0])):
             self.token_of_text[text] = int(token)
 
@@ -125,7 +125,7 @@ class OperandReader:
                     run.append(numbers[m])
                 if run[-1].end < len(ids) and ids[run[-1].end] in self.closers:
                     commas = len(run) == 1 or any(
-                        "," in self.separators_text(ids[a.end : b.start]) for a, b in zip(run, run[1:]))
+                        "," in self._separators_text(ids[a.end : b.start]) for a, b in zip(run, run[1:]))
                     style = Style(True, commas, all(n.style.decimal for n in run))
                     lists.append(Operand("list", first.start - 1, run[-1].end + 1, tuple(n.items[0] for n in run), style))
                     k = m + 1
@@ -141,7 +141,7 @@ class OperandReader:
             k = m + 1 if len(run) >= 2 else k + 1
         return sorted(numbers + lists, key=lambda o: (o.start, o.kind))
 
-    def separators_text(self, ids: Sequence[int]) -> str:
+    def _separators_text(self, ids: Sequence[int]) -> str:
         return "".join(self.separator_texts[t] for t in ids)
 
     @staticmethod
