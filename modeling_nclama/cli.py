@@ -152,23 +152,20 @@ def _cmd_report(args) -> int:
 def _cmd_analyze(args) -> int:
     from . import analysis
 
-    out = Path(args.out)
     if args.what == "fib-training":
-        report = analysis.fibonacci_training_curves(max_depth=args.max_depth or 7, steps=args.steps or 40)
-        out.mkdir(parents=True, exist_ok=True)
-        analysis.plot_fibonacci_training(report, out / "fib_training.png")
-        (out / "fib_training.json").write_text(json.dumps(report, indent=1))
-        print(analysis.format_training_table(report))
-        print(f"\nwrote {out / 'fib_training.png'} and {out / 'fib_training.json'}")
-        return 0
-    if args.steps is not None:
-        raise ValueError("--steps is for 'analyze fib-training' (optimization steps); 'analyze fib' does not train")
-    rows = analysis.fibonacci_gradients(max_depth=args.max_depth or 8)
+        name, plot, table = "fib_training", analysis.plot_fibonacci_training, analysis.format_training_table
+        result = analysis.fibonacci_training_curves(max_depth=args.max_depth or 7, steps=args.steps or 40)
+    else:
+        if args.steps is not None:
+            raise ValueError("--steps is for 'analyze fib-training' (optimization steps); 'analyze fib' does not train")
+        name, plot, table = "fib_gradients", analysis.plot_fibonacci_gradients, analysis.format_table
+        result = analysis.fibonacci_gradients(max_depth=args.max_depth or 8)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    analysis.plot_fibonacci_gradients(rows, out / "fib_gradients.png")
-    (out / "fib_gradients.json").write_text(json.dumps(rows, indent=1))
-    print(analysis.format_table(rows))
-    print(f"\nwrote {out / 'fib_gradients.png'} and {out / 'fib_gradients.json'}")
+    plot(result, out / f"{name}.png")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(table(result))
+    print(f"\nwrote {out / f'{name}.png'} and {out / f'{name}.json'}")
     return 0
 
 

@@ -54,8 +54,7 @@ class OperandReader:
         self.decimal_places = decimal_places
         self.points: set[int] = set()
         self.digits: dict[int, str] = {}
-        self.separators: set[int] = set()
-        self.separator_texts: dict[int, str] = {}
+        self.separators: dict[int, str] = {}  # token -> its text (commas and spaces)
         self.spaces: set[int] = set()
         self.openers: set[int] = set()
         self.closers: set[int] = set()
@@ -70,8 +69,7 @@ class OperandReader:
             elif text == ".":
                 self.points.add(token)
             elif text and not text.strip(", "):
-                self.separators.add(token)
-                self.separator_texts[token] = text
+                self.separators[token] = text
                 if not text.strip(" "):
                     self.spaces.add(token)
         self.token_of_digits = {text: token for token, text in self.digits.items()}
@@ -125,7 +123,7 @@ class OperandReader:
                     run.append(numbers[m])
                 if run[-1].end < len(ids) and ids[run[-1].end] in self.closers:
                     commas = len(run) == 1 or any(
-                        "," in self._separators_text(ids[a.end : b.start]) for a, b in zip(run, run[1:]))
+                        "," in self.separators[t] for a, b in zip(run, run[1:]) for t in ids[a.end : b.start])
                     style = Style(True, commas, all(n.style.decimal for n in run))
                     lists.append(Operand("list", first.start - 1, run[-1].end + 1, tuple(n.items[0] for n in run), style))
                     k = m + 1
@@ -141,11 +139,8 @@ class OperandReader:
             k = m + 1 if len(run) >= 2 else k + 1
         return sorted(numbers + lists, key=lambda o: (o.start, o.kind))
 
-    def _separators_text(self, ids: Sequence[int]) -> str:
-        return "".join(self.separator_texts[t] for t in ids)
-
     @staticmethod
-    def _only(ids: Sequence[int], start: int, end: int, allowed: set) -> bool:
+    def _only(ids: Sequence[int], start: int, end: int, allowed) -> bool:
         return end > start and all(t in allowed for t in ids[start:end])
 
     def number_tokens(self, digits: str) -> list[int]:

@@ -258,12 +258,7 @@ def build_demo(pool: Pool) -> gr.Blocks:
                                       maximum=LIMITS.hard_steps)
             lib_button = gr.Button("Run", variant="primary", elem_id="run-program")
             lib_result = gr.Textbox(label="Result", elem_id="program-result", interactive=False)
-            with gr.Row():
-                lib_table = gr.Dataframe(headers=STEP_COLUMNS, label="Executed instructions", interactive=False,
-                                         max_height=420)
-                lib_plot = gr.Plot(label="Registers and memory over steps", show_label=False)
-            with gr.Accordion("Run (JSON)", open=False):
-                lib_json = gr.JSON()
+            lib_table, lib_plot, lib_json = _run_view()
         with gr.Tab("Compile"):
             gr.Markdown(
                 "Paste Python functions (ints and lists of ints; `if`, `while`, `for`, calls, recursion). The "
@@ -281,12 +276,7 @@ def build_demo(pool: Pool) -> gr.Blocks:
             cc_button = gr.Button("Compile and run", variant="primary", elem_id="compile")
             cc_result = gr.Textbox(label="Result", elem_id="compile-result", interactive=False)
             cc_assembly = gr.Code(label="Assembly", interactive=False)
-            with gr.Row():
-                cc_table = gr.Dataframe(headers=STEP_COLUMNS, label="Executed instructions", interactive=False,
-                                        max_height=420)
-                cc_plot = gr.Plot(label="Registers and memory over steps", show_label=False)
-            with gr.Accordion("Run (JSON)", open=False):
-                cc_json = gr.JSON()
+            cc_table, cc_plot, cc_json = _run_view()
 
         generated = gr.on([button.click, prompt.submit], generate, [prompt, max_new], [answer, trace],
                           api_name="generate", **worker)
@@ -304,6 +294,16 @@ def build_demo(pool: Pool) -> gr.Blocks:
         cc_button.click(compile_and_run, [code, call, cc_mode, cc_steps], [cc_result, cc_json], api_name="compile",
                         **worker).success(show_compiled, [cc_json], [cc_assembly, cc_table, cc_plot], **private)
     return demo
+
+
+def _run_view() -> tuple[gr.Dataframe, gr.Plot, gr.JSON]:
+    """A machine run's step table and register/memory heatmap side by side, and its JSON (Library and Compile tabs)."""
+    with gr.Row():
+        table = gr.Dataframe(headers=STEP_COLUMNS, label="Executed instructions", interactive=False, max_height=420)
+        plot = gr.Plot(label="Registers and memory over steps", show_label=False)
+    with gr.Accordion("Run (JSON)", open=False):
+        run_json = gr.JSON()
+    return table, plot, run_json
 
 
 def _run_text(run: dict) -> str:
