@@ -1,7 +1,9 @@
 """NCLlama: a LLaMA decoder whose interpreter heads call a compiled library inside the forward pass.
 
-At every position ``s`` the heads read the hidden state and choose a library *call*: a program (the call head) and
-its operands (pointer attention over the numbers and lists that the compiled reader found earlier in the sequence).
+At every position ``s`` the heads read the hidden state and choose a library *call*: a program (the call head, over
+the programs that fit the operands; with ``nc_call_reader="keywords"`` it reads the prompt's words instead of the
+hidden state) and its operands (pointer attention over the numbers and lists that the compiled reader found earlier
+in the sequence).
 The top-k (program, operands) choices are executed exactly by the library's hard machine (results are cached), and
 each result becomes the tokens of its text, then the end-of-sequence token. Each position ``t`` either continues
 the answer of the position before it (one token further into the same call's result) or starts a new answer with
@@ -75,9 +77,10 @@ class InterpreterState:
     tokens: torch.Tensor  # [B, T, K, W] result tokens of each position's top-k calls
     probs: torch.Tensor  # [B, T, K] their probabilities
     last_sites: torch.Tensor  # [B, T] the site the last position answers, over sites
+    keywords: torch.Tensor  # [B, P] the keyword call reader's evidence at the last position ([B, 0] without it)
 
     def select(self, index: torch.Tensor) -> "InterpreterState":
-        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites)
+        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites, self.keywords)
         return InterpreterState(*(t.index_select(0, index) for t in fields))
 
 
@@ -92,7 +95,12 @@ class NCInterpreterHeads(nn.Module):
         self.gate = nn.Linear(hidden, 1)
         self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
         self.gate_learning_floor = config.nc_gate_learning_floor
-        self.call = nn.Linear(hidden, max(1, len(config.nc_programs)))
+        programs = max(1, len(config.nc_programs))
+        if config.nc_call_reader == "hidden":
+            self.call = nn.Linear(hidden, programs)
+        else:
+            self.call_keywords = nn.Embedding(config.vocab_size, programs)
+        self.bos_token_id = config.bos_token_id
         if config.nc_operand_reader == "pointer":
             self.operand_query = nn.Linear(hidden, self.slots * dim)
             self.operand_key = nn.Linear(hidden, dim)
@@ -114,6 +122,30 @@ class NCInterpreterHeads(nn.Module):
             lift = (scale.detach().clamp(min=self.gate_learning_floor) - scale.detach())
             gate = gate + (opening - opening.detach()) * lift
         return gate
+
+    def keyword_evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Keyword call reader: per position of ``ids`` [B, N] and program, the best score of the tokens since the
+        last beginning-of-sequence token [B, N, P] (``carried`` [B, P]: that of the position before ``ids``).
+        A running max restarted at each BOS: a later segment's scores are lifted above every earlier one's before
+        the cumulative max, which then never reaches back past its segment. The max's own gradient would reach one
+        token per program and position, so that a keyword learns only once it already wins; in training the gradient
+        is instead that of the softmax-weighted mean of the segment's scores (the value stays the max): every token
+        of the prompt learns at once, the likeliest winners most."""
+        scores = self.call_keywords(ids).float()
+        segment = torch.zeros_like(ids) if self.bos_token_id is None else torch.cumsum(ids == self.bos_token_id, 1)
+        if carried is not None:  # the carried evidence counts as a token of the segment before the first BOS here
+            scores = torch.cat([carried.unsqueeze(1).float(), scores], 1)
+            segment = torch.cat([segment.new_zeros(ids.shape[0], 1), segment], 1)
+        lift = (scores.detach().abs().amax() * 2 + 1) * segment.unsqueeze(-1)
+        where = torch.cummax(scores.detach() + lift, dim=1).indices
+        best = scores.gather(1, where)
+        if torch.is_grad_enabled() and scores.requires_grad:
+            N = scores.shape[1]
+            same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & torch.ones(N, N, dtype=torch.bool).tril()  # [B, t, j]
+            weights = torch.softmax(scores.unsqueeze(1).masked_fill(~same.unsqueeze(-1), float("-inf")), dim=2)
+            mean = (weights * scores.unsqueeze(1)).sum(2)  # [B, N, P]
+            best = best.detach() + (mean - mean.detach())
+        return best[:, 1:] if carried is not None else best
 
     def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projection reader: per operand slot, a distribution over values [B, T, S, V]."""
@@ -453,7 +485,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         else:
             ids, start = torch.cat([state.ids, input_ids], 1), state.ids.shape[1]
         T = ids.shape[1]
-        calls = torch.softmax(heads.call(hidden).float(), dim=-1)  # [B, N, P]
+        if config.nc_call_reader == "hidden":
+            calls, keywords = heads.call(hidden).float(), hidden.new_zeros(B, 0)  # [B, N, P] logits
+        else:
+            calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None)
+            keywords = calls[:, -1].detach()
         if config.nc_operand_reader == "pointer":
             operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
             if state is not None:
@@ -478,7 +514,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
-        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach())
+        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach(), keywords)
         return Interpreted(proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state, first_tokens,
                            first_probs, site_probs)
 
@@ -511,7 +547,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Result tokens [B, N, K, W] and probabilities [B, N, K] of the top-k calls at positions ``start`` onward,
         operands chosen by pointer attention over the numbers and lists the reader found in each position's prefix
-        (never after it: a position's call must not depend on what follows). All positions are scored together."""
+        (never after it: a position's call must not depend on what follows), programs by the call logits ``calls``
+        [B, N, P] normalized over those that fit the operands. All positions are scored together."""
         heads, config = self.nc_heads, self.config
         B, N, _ = calls.shape
         K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
@@ -538,14 +575,16 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         where = torch.tensor([[o.end - 1 for o in ops] + [-1] * (width - len(ops)) for ops in site_operands])  # [G, O]
         if len(menus) == 1:  # (the usual case while generating: one position, or positions seeing the same operands)
             programs, slots = menus[0].programs.expand(len(site_b), -1), menus[0].slots.expand(len(site_b), -1, -1)
+            fits = menus[0].fits.expand(len(site_b), -1)
         else:
             programs = pad_sequence([m.programs for m in menus], batch_first=True)[mi]  # [G, C]
             slots = pad_sequence([m.slots for m in menus], batch_first=True, padding_value=-2)[mi]  # [G, C, S]
+            fits = torch.stack([m.fits for m in menus])[mi]  # [G, P]
         queries = queries.view(B, N, S, heads.dim)[bi, ni]  # [G, S, d]
         keys = operand_keys[bi.unsqueeze(1), where.clamp(min=0)]  # [G, O, d]
         logits = torch.einsum("gsd,god->gso", queries, keys).float() / math.sqrt(heads.dim)
         pointer = torch.softmax(logits.masked_fill((where < 0).unsqueeze(1), float("-inf")), dim=-1)  # [G, S, O]
-        p = calls[bi, ni].gather(1, programs)  # [G, C]
+        p = torch.softmax(calls[bi, ni].masked_fill(~fits, float("-inf")), -1).gather(1, programs)  # [G, C]
         for slot in range(S):
             chosen = slots[:, :, slot]
             p = p * torch.where(chosen >= 0, pointer[:, slot].gather(1, chosen.clamp(min=0)), (chosen == -1).to(p.dtype))
@@ -584,20 +623,22 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         B, N, P = calls.shape
         K, S = config.nc_top_k, self.nc_heads.slots
         top_v, top_i = values.topk(min(K, values.shape[-1]), dim=-1)  # [B, N, S, k]
+        fits = torch.tensor([self.library[name].arity <= S and all(t == "int" for _, t in self.library[name].params)
+                             for name in config.nc_programs])
+        if not fits.any():
+            return torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long), calls.new_zeros(B, N, K)
+        calls = torch.softmax(calls.masked_fill(~fits, float("-inf")), -1)
         scores, choices = [], []
         for index, name in enumerate(config.nc_programs):
-            program = self.library[name]
-            if program.arity > S or any(ptype != "int" for _, ptype in program.params):
+            if not fits[index]:
                 continue
-            for picks in itertools.product(range(top_v.shape[-1]), repeat=program.arity):
+            for picks in itertools.product(range(top_v.shape[-1]), repeat=self.library[name].arity):
                 p = calls[:, :, index]
                 for slot, pick in enumerate(picks):
                     p = p * top_v[:, :, slot, pick]
                 scores.append(p)
                 choices.append((index, picks))
         tokens = torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long)
-        if not choices:
-            return tokens, calls.new_zeros(B, N, K)
         scores = torch.stack(scores, -1)  # [B, N, C]
         top = scores.detach().topk(min(K, scores.shape[-1]), dim=-1).indices
         chosen_p = scores.gather(2, top)
@@ -638,7 +679,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             if len(self._menus) >= _MENU_CACHE_SIZE:
                 self._menus.clear()
             choices = self._enumerate(operands)
-            self._menus[key] = _Menu(choices, self.nc_heads.slots, self.config.nc_answer_window) if choices else None
+            self._menus[key] = _Menu(choices, self.nc_heads.slots, self.config.nc_answer_window, len(self.config.nc_programs)) if choices else None
         return self._menus[key]
 
     def _enumerate(self, operands: list[Operand]) -> list["_Choice"]:
@@ -763,12 +804,13 @@ class _Choice:
 
 
 class _Menu:
-    """The calls that fit one set of operands: programs [C] and operand slots [C, S] (-1: unused slot) for scoring,
-    and the result tokens [C, W] of those executed so far."""
+    """The calls that fit one set of operands: programs [C], operand slots [C, S] (-1: unused slot) and the programs
+    among all P that have a call here [P] for scoring, and the result tokens [C, W] of those executed so far."""
 
-    def __init__(self, choices: list[_Choice], slots: int, window: int):
+    def __init__(self, choices: list[_Choice], slots: int, window: int, num_programs: int):
         self.choices = choices
         self.programs = torch.tensor([c.call.program for c in choices])
+        self.fits = torch.zeros(num_programs, dtype=torch.bool).index_fill(0, self.programs, True)
         self.slots = torch.tensor([list(c.operands) + [-1] * (slots - len(c.operands)) for c in choices]).view(len(choices), slots)
         self.tokens = torch.full((len(choices), window), -1, dtype=torch.long)
         self.done = [False] * len(choices)

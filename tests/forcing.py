@@ -26,6 +26,11 @@ def force(model, program: str, site: int):
     with torch.no_grad():
         heads.gate_scale.fill_(1.0)
         heads.gate.weight.zero_(), heads.gate.bias.fill_(30.0)
-        heads.call.weight.zero_(), heads.call.bias.fill_(-30.0)
-        heads.call.bias[model.config.nc_programs.index(program)] = 30.0
+        call = model.config.nc_programs.index(program)
+        if model.config.nc_call_reader == "hidden":
+            heads.call.weight.zero_(), heads.call.bias.fill_(-30.0)
+            heads.call.bias[call] = 30.0
+        else:  # every token is evidence for the program
+            heads.call_keywords.weight.fill_(-30.0)
+            heads.call_keywords.weight[:, call] = 30.0
     heads.site_continue = ForcedSites(site)

@@ -85,6 +85,18 @@ def test_a_gate_learning_floor_teaches_the_closed_gate_where_to_open(llama, lib,
     assert grads[0.0][1] == pytest.approx(grads[0.1][1], rel=1e-6, abs=0)  # the scale's own gradient is unchanged
 
 
+def test_keyword_calls_learn_from_the_answer(llama, lib, tok):
+    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_call_reader="keywords").train()
+    prompt = PROMPTS[0]
+    force(model, "long_add", site=len(tok(prompt)["input_ids"]) - 1)
+    with torch.no_grad():
+        model.nc_heads.call_keywords.weight.normal_()  # random evidence: the call is unsure
+    batch = tok([prompt + "85679"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    learned = model.nc_heads.call_keywords.weight.grad.any(-1).nonzero().flatten().tolist()
+    assert learned and set(learned) <= set(batch["input_ids"][0].tolist())  # the winning tokens of this text
+
+
 @pytest.mark.parametrize("use_cache", [False, True])
 def test_the_library_answers_inside_the_forward_pass(model, tok, use_cache):
     prompt = tok("81273+4406=", return_tensors="pt")
@@ -239,6 +251,6 @@ def test_continued_sites_follow_the_recurrence_in_one_pass_or_in_steps():
     for t in range(T):
         previous = cont[:, t:t + 1] * previous + (1 - cont[:, t:t + 1]) * torch.nn.functional.one_hot(torch.tensor(t), T)
         assert torch.allclose(full[:, t], previous, atol=1e-6)
-    state = InterpreterState(*[None] * 4, full[:, 3, :4])  # the first 4 positions done, then one at a time
+    state = InterpreterState(*[None] * 4, full[:, 3, :4], None)  # the first 4 positions done, then one at a time
     step = NCLlamaForCausalLM._continued_sites(heads, hidden[:, 4:5], 5, state)
     assert torch.allclose(step[:, 0], full[:, 4, :5], atol=1e-6)

@@ -79,7 +79,9 @@ def test_soft_execution_trains_the_program_weights(convert, tok):
     assert all(torch.isfinite(w).all() for w in weights.values())  # -inf logits raised to 20 below the best
     assert sum(w.grad.abs().sum() for w in weights.values() if w.grad is not None) > 0
     assert all(w.grad is None or not w.grad.any() for w in model.nc_program_weights["double_all"].values())  # not called
-    assert model.nc_heads.call.bias.grad.abs().sum() > 0
+    assert model.nc_heads.operand_query.weight.grad.abs().sum() > 0
+    # add is the only program that fits two numbers: it has the call's whole mass, and the call head no gradient
+    assert model.nc_heads.call.bias.grad is None or not model.nc_heads.call.bias.grad.any()
 
 
 def test_frozen_programs_get_no_gradient(convert, tok):
@@ -88,7 +90,9 @@ def test_frozen_programs_get_no_gradient(convert, tok):
     batch = tok([PROMPT + "7"], return_tensors="pt")
     model(**batch, labels=batch["input_ids"]).loss.backward()
     assert all(not w.requires_grad and w.grad is None for w in model.nc_program_weights.parameters())
-    assert model.nc_heads.call.bias.grad.abs().sum() > 0
+    assert model.nc_heads.operand_query.weight.grad.abs().sum() > 0
+    # add is the only program that fits two numbers: it has the call's whole mass, and the call head no gradient
+    assert model.nc_heads.call.bias.grad is None or not model.nc_heads.call.bias.grad.any()
 
 
 def test_trained_programs_travel_in_the_library_files(convert, tok, tmp_path, user_lib):
@@ -164,3 +168,53 @@ def test_unlikely_calls_are_not_executed(convert, tok, mode):
     assert answer(model, tok) != "7"  # at the answer's site no call reached 0.4: none ran
     if mode == "hard":  # the only call that ran: where "3" was the only operand, add(3, 3) had probability 1
         assert [call.arguments for call in model._results] == [(3, 3)]
+
+
+def test_a_program_that_cannot_run_takes_no_call_mass(convert, tok):
+    model = convert()
+    force(model, "double_all", site=last_site(tok))  # the call head is sure of a program that needs a list
+    assert answer(model, tok) == "7"  # there is none: add, the only program that fits, gets the call's mass
+    trace = model.explain(tok(PROMPT + "7", return_tensors="pt")["input_ids"][0], last_site(tok) + 1)
+    assert [call["program"] for call in trace[0]["calls"]] == ["add"] * len(trace[0]["calls"])
+    assert sum(call["probability"] for call in trace[0]["calls"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def brute_force_evidence(table: torch.Tensor, ids: list[int], bos: int) -> torch.Tensor:
+    """Per position, the best score of each program over the tokens since the last BOS (inclusive)."""
+    rows, start = [], 0
+    for t, token in enumerate(ids):
+        if token == bos:
+            start = t
+        rows.append(table[ids[start:t + 1]].max(0).values)
+    return torch.stack(rows)
+
+
+def test_the_keyword_call_reader_pools_each_segment_in_one_pass_or_in_steps(convert, tok):
+    model = convert(nc_call_reader="keywords")
+    heads, bos = model.nc_heads, model.config.bos_token_id
+    ids = tok("Add 3 and 4.")["input_ids"] + tok("Add 12345678 and 4.")["input_ids"]  # two segments, each from a BOS
+    assert ids.count(bos) == 2
+    pad = model.config.pad_token_id
+    batch = torch.tensor([ids, [pad] * 3 + ids[:-3]])  # the second row left-padded: pads before its first BOS
+    table = heads.call_keywords.weight.detach()
+    with torch.no_grad():
+        full = heads.keyword_evidence(batch)
+        stepped, carried = [], None
+        for t in range(batch.shape[1]):
+            stepped.append(heads.keyword_evidence(batch[:, t:t + 1], carried)[:, 0])
+            carried = stepped[-1]
+    assert torch.equal(full[0], brute_force_evidence(table, ids, bos))
+    assert torch.equal(full[1, 3:], brute_force_evidence(table, [pad] * 3 + ids[:-3], bos)[3:])
+    assert torch.equal(torch.stack(stepped, 1), full)
+
+
+def test_keyword_calls_do_not_change_with_operand_length(convert, tok):
+    model = convert(nc_call_reader="keywords")
+    with torch.no_grad():  # "Add" is evidence for add, digits and the rest against both programs
+        table = model.nc_heads.call_keywords.weight
+        table.fill_(-1.0)
+        table[tok("Add")["input_ids"][-1], model.config.nc_programs.index("add")] = 2.0
+    short, long = (model.nc_heads.keyword_evidence(tok(p, return_tensors="pt")["input_ids"])[0, -1]
+                   for p in ("Add 3 and 4.", "Add 3 and " + "4" * 40 + "."))
+    assert torch.equal(short, long) and short.tolist() == [2.0, -1.0]
+
