@@ -11,6 +11,7 @@ from transformers import LlamaConfig
 NC_MODES = ("hard", "soft")
 NC_OPERAND_READERS = ("pointer", "projection")
 NC_CALL_READERS = ("hidden", "keywords")
+NC_SITE_READERS = ("hidden", "tokens")
 
 
 @strict
@@ -60,6 +61,12 @@ class NCLlamaConfig(LlamaConfig):
         are or how many digits surround them, so it is the same at any operand length. Either way the call's
         distribution is over the programs that fit the position's operands (a program that cannot run takes no
         mass).
+    nc_site_reader (`str`, defaults to `"hidden"`):
+        What decides whether a position continues the answer of the position before it or starts a new one.
+        `"hidden"`: a linear map of the position's hidden state. `"tokens"`: the position's token and the token
+        before it alone (a learned score for each token as the current one and as the previous one): a separator
+        after a digit continues a list, the space after "?" starts an answer, wherever they stand, so that answers
+        far longer than the training ones stay on their call.
     nc_max_candidates (`int`, defaults to 8):
         How many of the latest numbers and lists before a position its call may read (pointer reader).
     nc_max_operands (`int`, defaults to 2):
@@ -112,6 +119,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_library_fingerprint: str | None = None
     nc_operand_reader: str = "pointer"
     nc_call_reader: str = "hidden"
+    nc_site_reader: str = "hidden"
     nc_max_operands: int = 2
     nc_max_candidates: int = 8
     nc_pointer_dim: int = 64
@@ -160,6 +168,8 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_operand_reader must be one of {NC_OPERAND_READERS}, got {self.nc_operand_reader!r}")
         if self.nc_call_reader not in NC_CALL_READERS:
             raise ValueError(f"nc_call_reader must be one of {NC_CALL_READERS}, got {self.nc_call_reader!r}")
+        if self.nc_site_reader not in NC_SITE_READERS:
+            raise ValueError(f"nc_site_reader must be one of {NC_SITE_READERS}, got {self.nc_site_reader!r}")
         positive = ("nc_top_k", "nc_stack_depth", "nc_max_steps", "nc_max_operands", "nc_max_candidates", "nc_pointer_dim", "nc_answer_window")
         for name in positive:
             value = getattr(self, name)

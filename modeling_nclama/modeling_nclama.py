@@ -106,7 +106,11 @@ class NCInterpreterHeads(nn.Module):
             self.operand_key = nn.Linear(hidden, dim)
         else:
             self.operand_value = nn.Linear(hidden, self.slots * config.nc_value_size)
-        self.site_continue = nn.Linear(hidden, 1)
+        if config.nc_site_reader == "hidden":
+            self.site_continue = nn.Linear(hidden, 1)
+        else:
+            self.site_token = nn.Embedding(config.vocab_size, 1)  # the position's own token
+            self.site_previous = nn.Embedding(config.vocab_size, 1)  # the token before it
         if config.nc_residual_injection:
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
 
@@ -146,6 +150,14 @@ class NCInterpreterHeads(nn.Module):
             mean = (weights * scores.unsqueeze(1)).sum(2)  # [B, N, P]
             best = best.detach() + (mean - mean.detach())
         return best[:, 1:] if carried is not None else best
+
+    def continuation_logits(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """[B, N] logit that each new position (``ids[:, start:]``, hidden states ``hidden``) continues the answer of
+        the position before it: from the hidden state, or from the position's token and its predecessor."""
+        if hasattr(self, "site_continue"):
+            return self.site_continue(hidden).float().squeeze(-1)
+        previous = torch.nn.functional.pad(ids, (1, 0), value=self.bos_token_id or 0)[:, start:-1]
+        return (self.site_token(ids[:, start:]) + self.site_previous(previous)).float().squeeze(-1)
 
     def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projection reader: per operand slot, a distribution over values [B, T, S, V]."""
@@ -315,16 +327,22 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(hidden_states)
+        floor_loss = None
         if active:
             if cache is not None:  # the interpreter's work on these positions is kept for the next steps
                 cache.nc_state = interpreted.state
             closers = self._closers if self.config.nc_closers_from_lm else None
-            floor = self.config.nc_gate_learning_floor if self.training else 0.0
-            logits = self._fuse(logits, interpreted, closers, floor)
+            lm_logits, logits = logits, self._fuse(logits, interpreted, closers)
+            floor = self.config.nc_gate_learning_floor
+            if labels is not None and self.training and floor > 0:
+                floor_loss = self._learning_floor_loss(lm_logits, interpreted, closers, labels, floor,
+                                                       kwargs.get("num_items_in_batch"))
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if floor_loss is not None:
+                loss = loss + floor_loss
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -355,8 +373,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return outputs, found[0] if found else None
 
     @staticmethod
-    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", closers: Optional[torch.Tensor] = None,
-              learning_floor: float = 0.0) -> torch.Tensor:
+    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", closers: Optional[torch.Tensor] = None) -> torch.Tensor:
         """LM logits -> log of the gated mixture with the library's proposal, up to the LM's log-normalizer (so that
         a closed gate returns the LM logits themselves):
 
@@ -364,13 +381,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
 
         which is ``l + log(1 - g m)`` wherever the proposal ``q`` is 0: only the tokens the library proposes (a few
         per position) need the full formula, so the vocabulary-wide work is one shift and one scatter. ``closers``
-        (token ids): the proposal's mass on them is shared among them as the LM's softmax does. ``learning_floor``:
-        the proposal's gradient is computed as if the gate were at least this (values unchanged)."""
+        (token ids): the proposal's mass on them is shared among them as the LM's softmax does."""
         logits32 = logits.float()
-        gate, proposal, tokens = interpreted.gate, interpreted.proposal, interpreted.proposed_tokens
+        gate, tokens = interpreted.gate, interpreted.proposed_tokens
+        proposal = _shared_closers(interpreted.proposal, logits32, closers)
         if closers is not None and len(closers):
-            share = torch.softmax(logits32[..., closers], -1)
-            proposal = proposal.index_copy(2, closers, proposal[..., closers].sum(-1, keepdim=True) * share)
             tokens = torch.cat([tokens, closers.expand(*tokens.shape[:-1], -1)], -1)
         # The language model keeps at least _LM_FLOOR of the mass (and the library's mass may exceed 1 by rounding):
         # every token keeps a finite log-probability and gradient, even under a fully open gate.
@@ -386,16 +401,35 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         mixed = torch.logaddexp(logits32.gather(2, tokens) + lm_weight, log_library + lse)
         # Where the library's term is 0 (a closed gate) the log above passes it no gradient, though the mixture's
         # derivative there is q / p(token) for the gate and g / p(token) for q: add those first-order terms (value 0),
-        # so that a closed gate learns whether opening helps. With a learning floor, q's gradient is taken as if the
-        # gate were at least the floor, so the heads behind the proposal learn while the gate is (nearly) closed.
+        # so that a closed gate learns whether opening helps.
         if torch.is_grad_enabled() and (gate.requires_grad or proposed.requires_grad):
             closed = from_library <= 0
             g = gate.unsqueeze(-1)
-            q_weight = g.detach().clamp(min=learning_floor) - torch.where(closed, 0.0, g.detach())
-            first_order = torch.where(closed, g * proposed.detach() - (g * proposed).detach(), 0.0) + (proposed - proposed.detach()) * q_weight
+            first_order = torch.where(closed, g * proposed.detach() - (g * proposed).detach() + (proposed - proposed.detach()) * g.detach(), 0.0)
             mixed = mixed + first_order / (mixed - lse).detach().exp().clamp_min(1e-30)  # value 0, never 0/0
         mixed = torch.where(first, mixed, mixed.detach())  # a repeated token is written again, but counted once
         return (logits32 + lm_weight).scatter(2, tokens, mixed).to(logits.dtype)
+
+    @staticmethod
+    def _learning_floor_loss(lm_logits: torch.Tensor, interpreted: "Interpreted",
+                             closers: Optional[torch.Tensor], labels: torch.Tensor, floor: float,
+                             num_items_in_batch: Optional[Union[int, torch.Tensor]] = None) -> torch.Tensor:
+        """A term of value 0 for the loss (``nc_gate_learning_floor``): where the gate is below ``floor``, the library's
+        proposal learns the answer as an expert of the mixture on its own: gradient ``-(floor - g) d log q(y)`` per
+        answer token ``y`` (averaged like the loss), ``q`` the proposal. Not the mixture's own gradient at a gate
+        raised to the floor, ``(floor - g) (dq(y) - p_LM(y) dm) / p(y)``: where the LM already answers well, that one
+        is small, and its second term (the mass of wrong proposals, taken back) pays a head as well for proposing
+        nothing (a site without a call) as for finding the right call; the two balance and nothing is learned (the
+        comparison, whose answer the LM guesses right two times in three, was never called). Where no call proposes
+        ``y`` the term has no gradient."""
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        valid = targets != -100
+        index = targets.clamp(min=0).unsqueeze(-1)
+        proposal = _shared_closers(interpreted.proposal[:, :-1], lm_logits[:, :-1].detach().float(), closers)
+        q = proposal.gather(2, index).squeeze(-1)
+        weight = (floor - interpreted.gate[:, :-1].detach()).clamp(min=0) / q.detach().clamp_min(1e-30)
+        total = -(weight * (q - q.detach()) * valid).sum()
+        return total / (num_items_in_batch if num_items_in_batch is not None else valid.sum().clamp(min=1))
 
     @torch.no_grad()
     def generate_with_trace(self, input_ids: torch.LongTensor, max_trace_rows: int = 200, **generate_kwargs):
@@ -507,7 +541,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
         valid = sites >= 0
         sites = sites.clamp(min=0)
-        last_sites = self._continued_sites(heads, hidden, T, state)  # [B, N, T] over sites
+        last_sites = self._continued_sites(heads.continuation_logits(hidden, ids, start), T, state)  # [B, N, T] over sites
         site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
         weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
@@ -519,7 +553,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                            first_probs, site_probs)
 
     @staticmethod
-    def _continued_sites(heads: "NCInterpreterHeads", hidden: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:
+    def _continued_sites(continuation: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:
         """The call site each position answers, over sites [B, N, T]: with probability c_t the site of the previous
         position (the answer goes on, one offset further into the same result), otherwise the position itself (a
         new answer starts with the first token of the call made here),
@@ -529,13 +563,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         computed for all positions at once: P[t] = sum_t' exp(L[t] - L[t']) (1 - c_t') e_t' + exp(L[t]) P[start - 1],
         with L the cumulative sum of log c. No site is chosen by distance or content, so an answer stays on its call
         however far past the training lengths it runs."""
-        B, N = hidden.shape[:2]
+        B, N = continuation.shape
         start = T - N
-        cont = torch.sigmoid(heads.site_continue(hidden).float().squeeze(-1))  # [B, N]
+        cont = torch.sigmoid(continuation)  # [B, N], from the continuation logits
         L = torch.cumsum(torch.log(cont.clamp_min(1e-30)), dim=1)  # [B, N]
         causal = torch.ones(N, N, dtype=torch.bool).tril()
         decay = torch.exp((L.unsqueeze(2) - L.unsqueeze(1)).masked_fill(~causal, float("-inf")))  # [B, N, N]
-        out = hidden.new_zeros(B, N, T, dtype=torch.float32)
+        out = cont.new_zeros(B, N, T)
         out[:, :, start:] = decay * (1.0 - cont).unsqueeze(1)
         if state is not None:
             carried = torch.nn.functional.pad(state.last_sites, (0, T - state.last_sites.shape[1]))
@@ -845,6 +879,15 @@ def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:
     trained weights load unchanged)."""
     floor = logits.amax(-1, keepdim=True) - sharpness
     return torch.where(torch.isinf(logits), floor, logits).detach().clone()
+
+
+def _shared_closers(proposal: torch.Tensor, logits: torch.Tensor, closers: Optional[torch.Tensor]) -> torch.Tensor:
+    """The proposal with its mass on the closing tokens shared among them as the LM's softmax does (no closers:
+    unchanged)."""
+    if closers is None or not len(closers):
+        return proposal
+    share = torch.softmax(logits[..., closers], -1)
+    return proposal.index_copy(2, closers, proposal[..., closers].sum(-1, keepdim=True) * share)
 
 
 def _plain(arguments: tuple) -> list:

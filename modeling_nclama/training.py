@@ -13,7 +13,8 @@ defaults (errors name the bad key and value); :func:`train` runs it. Sections::
            max_value: null,                           # list items in 0..max_value (list tasks only)
            clrs_insertion_sort: 0, loss_on: all | answer, max_length: null,
            format: answer | tool_call}                # tool_call: the tool-use baseline writes [[a+b]] (tool_use.py)
-    training: {...any TrainingArguments field..., heads_learning_rate: null}   # the interpreter heads' own rate
+    training: {...any TrainingArguments field..., heads_learning_rate: null,   # the interpreter heads' own rate
+               token_heads_learning_rate: null}   # the token-table heads' (keyword calls, token sites); default: heads
     probe: {steps: 0, per_task: 2, seed: 1234}        # NCLlama only: gate and call accuracy in the log history
     eval: {tasks: all | [...], lengths: null | [...], n: 20, split: train | heldout, seed: 0, batch_size: 16,
            max_value: null}
@@ -259,6 +260,9 @@ def _max_value(where: str, value: Any, tasks: Sequence[str]) -> Optional[int]:
     return value
 
 
+_HEADS_RATES = ("heads_learning_rate", "token_heads_learning_rate")
+
+
 def _training(where: str, value: Any) -> dict:
     from transformers import TrainingArguments
 
@@ -267,9 +271,9 @@ def _training(where: str, value: Any) -> dict:
         raise RecipeError(f"{where}: must be a mapping of TrainingArguments fields, got {value!r}")
     known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     for key in value:
-        if key == "heads_learning_rate":  # ours: the interpreter heads' own rate (they start from scratch)
+        if key in _HEADS_RATES:  # ours: the interpreter heads' own rates (they start from scratch)
             if isinstance(value[key], bool) or not isinstance(value[key], (int, float)) or value[key] <= 0:
-                raise RecipeError(f"{where}.heads_learning_rate: must be a positive number, got {value[key]!r}")
+                raise RecipeError(f"{where}.{key}: must be a positive number, got {value[key]!r}")
             continue
         if key == "output_dir":
             raise RecipeError(f"{where}.output_dir: the output folder is given on the command line (--output-dir)")
@@ -278,6 +282,8 @@ def _training(where: str, value: Any) -> dict:
         if key not in known:
             close = [k for k in sorted(known) if key.split("_")[0] in k][:5]
             raise RecipeError(f"{where}: {key!r} is not a TrainingArguments field" + (f" (similar: {', '.join(close)})" if close else ""))
+    if "token_heads_learning_rate" in value and "heads_learning_rate" not in value:
+        raise RecipeError(f"{where}.token_heads_learning_rate: needs heads_learning_rate (the other heads' rate)")
     # YAML 1.1 reads `save_strategy: no` as false
     return {k: "no" if k.endswith("_strategy") and v is False else v for k, v in value.items()}
 
@@ -695,13 +701,21 @@ class ProbeCallback(TrainerCallback):
 # the run
 # ----------------------------------------------------------------------------------------------------------------
 
-def heads_optimizer(model: torch.nn.Module, args, heads_learning_rate: float) -> torch.optim.Optimizer:
+def heads_optimizer(model: torch.nn.Module, args, heads_learning_rate: float,
+                    token_heads_learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
     """AdamW (the Trainer's settings) with the interpreter heads at their own learning rate: they start from
     scratch (the gate's scale at 0) while the decoder is pretrained, and at the decoder's rate a closed gate opens
-    by only about one learning rate per step."""
-    heads = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("nc_heads.")]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("nc_heads.")]
-    groups = [{"params": heads, "lr": heads_learning_rate}, {"params": rest, "lr": args.learning_rate}]
+    by only about one learning rate per step. The token heads (the keyword call reader's and the token site reader's
+    tables, ``nn.Embedding``) may get another: Adam moves a table's score by about the rate per step, a linear head
+    on a normalized hidden state of width d moves its logit by up to about d times that."""
+    heads_module = getattr(model, "nc_heads", torch.nn.Module())
+    token_heads = {id(p) for m in heads_module.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    tables = [p for n, p in named if id(p) in token_heads]
+    heads = [p for n, p in named if n.startswith("nc_heads.") and id(p) not in token_heads]
+    rest = [p for n, p in named if not n.startswith("nc_heads.")]
+    groups = [{"params": heads, "lr": heads_learning_rate}, {"params": rest, "lr": args.learning_rate},
+              {"params": tables, "lr": token_heads_learning_rate or heads_learning_rate}]
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(args.adam_beta1, args.adam_beta2),
                              eps=args.adam_epsilon, weight_decay=args.weight_decay)
 
@@ -745,7 +759,8 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
     max_length = recipe["data"]["max_length"] or getattr(model.config, "max_position_embeddings", None)
     dataset = build_train_dataset(recipe["data"], tokenizer, max_length)
     heads_learning_rate = recipe["training"].get("heads_learning_rate")
-    args = training_arguments({k: v for k, v in recipe["training"].items() if k != "heads_learning_rate"}, output_dir, kind)
+    token_heads_learning_rate = recipe["training"].get("token_heads_learning_rate")
+    args = training_arguments({k: v for k, v in recipe["training"].items() if k not in _HEADS_RATES}, output_dir, kind)
     _say(f"data: {len(dataset):,} examples of {', '.join(recipe['data']['tasks'])} (loss on {recipe['data']['loss_on']} tokens)")
     print(f"[rank {args.process_index}/{args.world_size}] training on {args.device}", flush=True)
     callbacks = []
@@ -764,7 +779,8 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
             apply_trainable(model, recipe["trainable"])
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer),
                       processing_class=tokenizer, callbacks=callbacks,
-                      optimizers=(heads_optimizer(model, args, heads_learning_rate), None) if heads_learning_rate else (None, None))
+                      optimizers=(heads_optimizer(model, args, heads_learning_rate, token_heads_learning_rate), None)
+                      if heads_learning_rate else (None, None))
     start = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.time() - start

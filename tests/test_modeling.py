@@ -73,7 +73,8 @@ def test_a_gate_learning_floor_teaches_the_closed_gate_where_to_open(llama, lib,
     grads = {}
     for floor in (0.0, 0.1):
         torch.manual_seed(0)  # the same heads
-        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_gate_learning_floor=floor).train()
+        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_gate_learning_floor=floor,
+                                              nc_top_k=32).train()  # every call runs: the right one is proposed
         out = model(**batch, labels=batch["input_ids"])
         assert (out.logits - llama(**batch).logits).abs().max() <= 1e-5  # still exactly the LLaMA
         out.loss.backward()
@@ -83,6 +84,36 @@ def test_a_gate_learning_floor_teaches_the_closed_gate_where_to_open(llama, lib,
     assert grads[0.0][0] == 0 and grads[0.1][0] > 0
     assert grads[0.0][2] == 0 and grads[0.1][2] > 0  # the heads behind the proposal learn too
     assert grads[0.0][1] == pytest.approx(grads[0.1][1], rel=1e-6, abs=0)  # the scale's own gradient is unchanged
+
+
+def test_the_learning_floor_trains_the_proposal_on_the_answer_alone():
+    """The floor's loss term: value 0, gradient -(floor - g) / q(y) / count on the proposal q at each answer token y
+    (none where the gate is at or above the floor, none on other tokens, none on ignored positions)."""
+    from modeling_nclama.modeling_nclama import Interpreted
+
+    torch.manual_seed(0)
+    B, N, V = 2, 4, 11
+    lm_logits = torch.randn(B, N, V)
+    proposal = torch.rand(B, N, V, requires_grad=True)
+    gate = torch.tensor([[0.0, 0.02, 0.5, 0.0], [0.1, 0.0, 0.0, 0.0]])
+    labels = torch.tensor([[5, 3, 7, 1], [-100, 2, -100, 4]])
+    interpreted = Interpreted(proposal, None, None, gate, None, None, None, None)
+    loss = NCLlamaForCausalLM._learning_floor_loss(lm_logits, interpreted, None, labels, 0.1)
+    assert loss.item() == 0.0
+    (grad,) = torch.autograd.grad(loss, proposal)
+    expected = torch.zeros(B, N, V)
+    count = 5  # answer tokens: labels[:, 1:] that are not -100
+    for b in range(B):
+        for t in range(N - 1):
+            y = labels[b, t + 1].item()
+            if y != -100:
+                expected[b, t, y] = -max(0.1 - gate[b, t].item(), 0.0) / proposal[b, t, y].item() / count
+    assert torch.allclose(grad, expected, atol=1e-6) and expected[0, 2].abs().sum() == 0  # gate 0.5: none
+    # closers: the mass on closing tokens is shared among them as the LM prefers them
+    closers = torch.tensor([5, 7])
+    loss = NCLlamaForCausalLM._learning_floor_loss(lm_logits, interpreted, closers, labels, 0.1)
+    (grad,) = torch.autograd.grad(loss, proposal)
+    assert grad[0, 1, 5] != 0 and grad[0, 1, 7] != 0  # the answer's closer (7) learns from both closers' mass
 
 
 def test_keyword_calls_learn_from_the_answer(llama, lib, tok):
@@ -237,20 +268,30 @@ def test_a_full_result_cache_starts_over(model, tok, monkeypatch):
 
 def test_continued_sites_follow_the_recurrence_in_one_pass_or_in_steps():
     """P[t] = c_t P[t-1] + (1 - c_t) e_t: all positions at once equals the loop, and equals prefix then steps."""
-    from types import SimpleNamespace
-
     from modeling_nclama.modeling_nclama import InterpreterState
 
     torch.manual_seed(0)
-    B, T, H = 2, 7, 5
-    heads = SimpleNamespace(site_continue=nn.Linear(H, 1))
-    hidden = torch.randn(B, T, H)
-    full = NCLlamaForCausalLM._continued_sites(heads, hidden, T, None)
-    cont = torch.sigmoid(heads.site_continue(hidden).squeeze(-1))
+    B, T = 2, 7
+    logits = torch.randn(B, T)
+    full = NCLlamaForCausalLM._continued_sites(logits, T, None)
+    cont = torch.sigmoid(logits)
     previous = torch.zeros(B, T)
     for t in range(T):
         previous = cont[:, t:t + 1] * previous + (1 - cont[:, t:t + 1]) * torch.nn.functional.one_hot(torch.tensor(t), T)
         assert torch.allclose(full[:, t], previous, atol=1e-6)
     state = InterpreterState(*[None] * 4, full[:, 3, :4], None)  # the first 4 positions done, then one at a time
-    step = NCLlamaForCausalLM._continued_sites(heads, hidden[:, 4:5], 5, state)
+    step = NCLlamaForCausalLM._continued_sites(logits[:, 4:5], 5, state)
     assert torch.allclose(step[:, 0], full[:, 4, :5], atol=1e-6)
+
+
+def test_the_token_site_reader_reads_a_position_and_its_predecessor(llama, lib, tok):
+    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_site_reader="tokens")
+    heads = model.nc_heads
+    ids = torch.tensor([tok("81273+4406=85679")["input_ids"]])
+    with torch.no_grad():
+        heads.site_token.weight.copy_(torch.arange(len(tok)).view(-1, 1).float())
+        heads.site_previous.weight.copy_(1000.0 * torch.arange(len(tok)).view(-1, 1))
+    logits = heads.continuation_logits(None, ids, 0)
+    previous = [model.config.bos_token_id] + ids[0, :-1].tolist()
+    assert logits[0].tolist() == [t + 1000.0 * p for t, p in zip(ids[0].tolist(), previous)]
+    assert heads.continuation_logits(None, ids, 3).tolist() == [logits[0, 3:].tolist()]  # the same, a step at a time
