@@ -11,7 +11,6 @@ from transformers import LlamaConfig
 NC_MODES = ("hard", "soft")
 NC_OPERAND_READERS = ("pointer", "projection")
 NC_CALL_READERS = ("hidden", "keywords")
-NC_SITE_READERS = ("hidden", "tokens")
 
 
 @strict
@@ -61,12 +60,6 @@ class NCLlamaConfig(LlamaConfig):
         are or how many digits surround them, so it is the same at any operand length. Either way the call's
         distribution is over the programs that fit the position's operands (a program that cannot run takes no
         mass).
-    nc_site_reader (`str`, defaults to `"hidden"`):
-        What decides whether a position continues the answer of the position before it or starts a new one.
-        `"hidden"`: a linear map of the position's hidden state. `"tokens"`: the position's token and the token
-        before it alone (a learned score for each token as the current one and as the previous one): a separator
-        after a digit continues a list, the space after "?" starts an answer, wherever they stand, so that answers
-        far longer than the training ones stay on their call.
     nc_max_candidates (`int`, defaults to 8):
         How many of the latest numbers and lists before a position its call may read (pointer reader).
     nc_max_operands (`int`, defaults to 2):
@@ -91,11 +84,12 @@ class NCLlamaConfig(LlamaConfig):
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
     nc_gate_learning_floor (`float`, defaults to 0.0):
-        In training, the gradients of the gate head and of the library's proposal (the call, operand and site
-        heads) are computed as if the gate's scale, and the gate, were at least this; values are unchanged. A
-        converted model starts with the gate closed, where those heads get no gradient: when the LM is already sure
-        of an answer's punctuation, the scale's gradient can keep the gate closed for good before the heads have
-        learned where and what the library answers. With a floor they learn that while the gate is closed.
+        In training (with labels), the gate head learns as if the gate's scale were at least this, and where the
+        gate is below it the library's proposal learns each answer token on its own, as an expert of the mixture
+        (an added loss term of value 0, gradient ``-(floor - g) d log q(y)``); values are unchanged. A converted
+        model starts with the gate closed, where those heads get no gradient from the mixture: with a floor they
+        learn where and what the library answers while the gate is still closed, even where the LM already
+        answers well.
     nc_residual_injection (`bool`, defaults to `False`):
         Add the expected embedding of the first result token of the call made at each position, through a
         zero-initialized linear map, to the output of layer `nc_layer`, so that later layers can use results the
@@ -119,7 +113,6 @@ class NCLlamaConfig(LlamaConfig):
     nc_library_fingerprint: str | None = None
     nc_operand_reader: str = "pointer"
     nc_call_reader: str = "hidden"
-    nc_site_reader: str = "hidden"
     nc_max_operands: int = 2
     nc_max_candidates: int = 8
     nc_pointer_dim: int = 64
@@ -168,8 +161,6 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_operand_reader must be one of {NC_OPERAND_READERS}, got {self.nc_operand_reader!r}")
         if self.nc_call_reader not in NC_CALL_READERS:
             raise ValueError(f"nc_call_reader must be one of {NC_CALL_READERS}, got {self.nc_call_reader!r}")
-        if self.nc_site_reader not in NC_SITE_READERS:
-            raise ValueError(f"nc_site_reader must be one of {NC_SITE_READERS}, got {self.nc_site_reader!r}")
         positive = ("nc_top_k", "nc_stack_depth", "nc_max_steps", "nc_max_operands", "nc_max_candidates", "nc_pointer_dim", "nc_answer_window")
         for name in positive:
             value = getattr(self, name)

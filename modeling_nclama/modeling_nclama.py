@@ -106,11 +106,7 @@ class NCInterpreterHeads(nn.Module):
             self.operand_key = nn.Linear(hidden, dim)
         else:
             self.operand_value = nn.Linear(hidden, self.slots * config.nc_value_size)
-        if config.nc_site_reader == "hidden":
-            self.site_continue = nn.Linear(hidden, 1)
-        else:
-            self.site_token = nn.Embedding(config.vocab_size, 1)  # the position's own token
-            self.site_previous = nn.Embedding(config.vocab_size, 1)  # the token before it
+        self.site_continue = nn.Linear(hidden, 1)
         if config.nc_residual_injection:
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
 
@@ -150,14 +146,6 @@ class NCInterpreterHeads(nn.Module):
             mean = (weights * scores.unsqueeze(1)).sum(2)  # [B, N, P]
             best = best.detach() + (mean - mean.detach())
         return best[:, 1:] if carried is not None else best
-
-    def continuation_logits(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """[B, N] logit that each new position (``ids[:, start:]``, hidden states ``hidden``) continues the answer of
-        the position before it: from the hidden state, or from the position's token and its predecessor."""
-        if hasattr(self, "site_continue"):
-            return self.site_continue(hidden).float().squeeze(-1)
-        previous = torch.nn.functional.pad(ids, (1, 0), value=self.bos_token_id or 0)[:, start:-1]
-        return (self.site_token(ids[:, start:]) + self.site_previous(previous)).float().squeeze(-1)
 
     def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projection reader: per operand slot, a distribution over values [B, T, S, V]."""
@@ -541,7 +529,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
         valid = sites >= 0
         sites = sites.clamp(min=0)
-        last_sites = self._continued_sites(heads.continuation_logits(hidden, ids, start), T, state)  # [B, N, T] over sites
+        last_sites = self._continued_sites(heads.site_continue(hidden).float().squeeze(-1), T, state)  # [B, N, T] over sites
         site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
         weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)

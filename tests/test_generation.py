@@ -16,10 +16,10 @@ def tok():
     return t
 
 
-@pytest.fixture(scope="module", params=["hidden", "tokens"], ids=["hidden-state heads", "token heads"])
+@pytest.fixture(scope="module", params=["hidden", "keywords"], ids=["hidden-state calls", "keyword calls"])
 def model(request, tok, make_llama):
-    readers = {"nc_call_reader": "keywords", "nc_site_reader": "tokens"} if request.param == "tokens" else {}
-    model = NCLlamaForCausalLM.from_llama(make_llama(tok), Library.standard(256), reader_tokens=reader_tokens(tok), **readers)
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), Library.standard(256), reader_tokens=reader_tokens(tok),
+                                          nc_call_reader=request.param)
     with torch.no_grad():  # an open gate and random heads: the library shapes every step
         model.nc_heads.gate_scale.fill_(1.0)
         model.nc_heads.gate.bias.fill_(1.0)

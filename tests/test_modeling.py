@@ -283,15 +283,3 @@ def test_continued_sites_follow_the_recurrence_in_one_pass_or_in_steps():
     step = NCLlamaForCausalLM._continued_sites(logits[:, 4:5], 5, state)
     assert torch.allclose(step[:, 0], full[:, 4, :5], atol=1e-6)
 
-
-def test_the_token_site_reader_reads_a_position_and_its_predecessor(llama, lib, tok):
-    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_site_reader="tokens")
-    heads = model.nc_heads
-    ids = torch.tensor([tok("81273+4406=85679")["input_ids"]])
-    with torch.no_grad():
-        heads.site_token.weight.copy_(torch.arange(len(tok)).view(-1, 1).float())
-        heads.site_previous.weight.copy_(1000.0 * torch.arange(len(tok)).view(-1, 1))
-    logits = heads.continuation_logits(None, ids, 0)
-    previous = [model.config.bos_token_id] + ids[0, :-1].tolist()
-    assert logits[0].tolist() == [t + 1000.0 * p for t, p in zip(ids[0].tolist(), previous)]
-    assert heads.continuation_logits(None, ids, 3).tolist() == [logits[0, 3:].tolist()]  # the same, a step at a time
