@@ -82,9 +82,10 @@ def test_generate_answers_every_example(client):
         answer, trace = client.predict(prompt, 24, api_name="/generate")
         if answer != expected or not all("calls" in token and "gate" in token for token in trace["tokens"]):
             wrong[prompt] = answer
-        called += bool(trace["tokens"][0]["calls"])
+        called += any(token["calls"] and token["gate"] > 0.5 for token in trace["tokens"])
     assert not wrong
-    # most answers come from a library call (the shipped model answers factorial n <= 12 from memory: no call runs)
+    # most answers come from a library call (the first token after "?" is the LM's space; the shipped model answers
+    # factorial n <= 12 from memory: no call runs)
     assert called >= len(CANONICAL) - 2
 
 

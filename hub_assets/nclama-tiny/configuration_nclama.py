@@ -10,6 +10,7 @@ from transformers import LlamaConfig
 
 NC_MODES = ("hard", "soft")
 NC_OPERAND_READERS = ("pointer", "projection")
+NC_CALL_READERS = ("hidden", "keywords")
 
 
 @strict
@@ -52,6 +53,13 @@ class NCLlamaConfig(LlamaConfig):
         `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
         attention. `"projection"` (the paper's reader): each operand is a distribution over values below
         `nc_value_size` projected from the hidden state; only programs of int parameters are called.
+    nc_call_reader (`str`, defaults to `"hidden"`):
+        What the call head reads. `"hidden"` (the paper's): a linear map of the position's hidden state.
+        `"keywords"`: a learned score per (token, program), max-pooled over the tokens since the last
+        beginning-of-sequence token: the call depends on which words the prompt holds, not on how far apart they
+        are or how many digits surround them, so it is the same at any operand length. Either way the call's
+        distribution is over the programs that fit the position's operands (a program that cannot run takes no
+        mass).
     nc_max_candidates (`int`, defaults to 8):
         How many of the latest numbers and lists before a position its call may read (pointer reader).
     nc_max_operands (`int`, defaults to 2):
@@ -76,11 +84,12 @@ class NCLlamaConfig(LlamaConfig):
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
     nc_gate_learning_floor (`float`, defaults to 0.0):
-        In training, the gradients of the gate head and of the library's proposal (the call, operand and site
-        heads) are computed as if the gate's scale, and the gate, were at least this; values are unchanged. A
-        converted model starts with the gate closed, where those heads get no gradient: when the LM is already sure
-        of an answer's punctuation, the scale's gradient can keep the gate closed for good before the heads have
-        learned where and what the library answers. With a floor they learn that while the gate is closed.
+        In training (with labels), the gate head learns as if the gate's scale were at least this, and where the
+        gate is below it the library's proposal learns each answer token on its own, as an expert of the mixture
+        (an added loss term of value 0, gradient ``-(floor - g) d log q(y)``); values are unchanged. A converted
+        model starts with the gate closed, where those heads get no gradient from the mixture: with a floor they
+        learn where and what the library answers while the gate is still closed, even where the LM already
+        answers well.
     nc_residual_injection (`bool`, defaults to `False`):
         Add the expected embedding of the first result token of the call made at each position, through a
         zero-initialized linear map, to the output of layer `nc_layer`, so that later layers can use results the
@@ -103,6 +112,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_tape_results: list | None = None
     nc_library_fingerprint: str | None = None
     nc_operand_reader: str = "pointer"
+    nc_call_reader: str = "hidden"
     nc_max_operands: int = 2
     nc_max_candidates: int = 8
     nc_pointer_dim: int = 64
@@ -149,6 +159,8 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_mode must be one of {NC_MODES}, got {self.nc_mode!r}")
         if self.nc_operand_reader not in NC_OPERAND_READERS:
             raise ValueError(f"nc_operand_reader must be one of {NC_OPERAND_READERS}, got {self.nc_operand_reader!r}")
+        if self.nc_call_reader not in NC_CALL_READERS:
+            raise ValueError(f"nc_call_reader must be one of {NC_CALL_READERS}, got {self.nc_call_reader!r}")
         positive = ("nc_top_k", "nc_stack_depth", "nc_max_steps", "nc_max_operands", "nc_max_candidates", "nc_pointer_dim", "nc_answer_window")
         for name in positive:
             value = getattr(self, name)

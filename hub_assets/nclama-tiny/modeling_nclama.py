@@ -1,7 +1,9 @@
 """NCLlama: a LLaMA decoder whose interpreter heads call a compiled library inside the forward pass.
 
-At every position ``s`` the heads read the hidden state and choose a library *call*: a program (the call head) and
-its operands (pointer attention over the numbers and lists that the compiled reader found earlier in the sequence).
+At every position ``s`` the heads read the hidden state and choose a library *call*: a program (the call head, over
+the programs that fit the operands; with ``nc_call_reader="keywords"`` it reads the prompt's words instead of the
+hidden state) and its operands (pointer attention over the numbers and lists that the compiled reader found earlier
+in the sequence).
 The top-k (program, operands) choices are executed exactly by the library's hard machine (results are cached), and
 each result becomes the tokens of its text, then the end-of-sequence token. Each position ``t`` either continues
 the answer of the position before it (one token further into the same call's result) or starts a new answer with
@@ -75,9 +77,10 @@ class InterpreterState:
     tokens: torch.Tensor  # [B, T, K, W] result tokens of each position's top-k calls
     probs: torch.Tensor  # [B, T, K] their probabilities
     last_sites: torch.Tensor  # [B, T] the site the last position answers, over sites
+    keywords: torch.Tensor  # [B, P] the keyword call reader's evidence at the last position ([B, 0] without it)
 
     def select(self, index: torch.Tensor) -> "InterpreterState":
-        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites)
+        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites, self.keywords)
         return InterpreterState(*(t.index_select(0, index) for t in fields))
 
 
@@ -92,7 +95,12 @@ class NCInterpreterHeads(nn.Module):
         self.gate = nn.Linear(hidden, 1)
         self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
         self.gate_learning_floor = config.nc_gate_learning_floor
-        self.call = nn.Linear(hidden, max(1, len(config.nc_programs)))
+        programs = max(1, len(config.nc_programs))
+        if config.nc_call_reader == "hidden":
+            self.call = nn.Linear(hidden, programs)
+        else:
+            self.call_keywords = nn.Embedding(config.vocab_size, programs)
+        self.bos_token_id = config.bos_token_id
         if config.nc_operand_reader == "pointer":
             self.operand_query = nn.Linear(hidden, self.slots * dim)
             self.operand_key = nn.Linear(hidden, dim)
@@ -114,6 +122,30 @@ class NCInterpreterHeads(nn.Module):
             lift = (scale.detach().clamp(min=self.gate_learning_floor) - scale.detach())
             gate = gate + (opening - opening.detach()) * lift
         return gate
+
+    def keyword_evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Keyword call reader: per position of ``ids`` [B, N] and program, the best score of the tokens since the
+        last beginning-of-sequence token [B, N, P] (``carried`` [B, P]: that of the position before ``ids``).
+        A running max restarted at each BOS: a later segment's scores are lifted above every earlier one's before
+        the cumulative max, which then never reaches back past its segment. The max's own gradient would reach one
+        token per program and position, so that a keyword learns only once it already wins; in training the gradient
+        is instead that of the softmax-weighted mean of the segment's scores (the value stays the max): every token
+        of the prompt learns at once, the likeliest winners most."""
+        scores = self.call_keywords(ids).float()
+        segment = torch.zeros_like(ids) if self.bos_token_id is None else torch.cumsum(ids == self.bos_token_id, 1)
+        if carried is not None:  # the carried evidence counts as a token of the segment before the first BOS here
+            scores = torch.cat([carried.unsqueeze(1).float(), scores], 1)
+            segment = torch.cat([segment.new_zeros(ids.shape[0], 1), segment], 1)
+        lift = (scores.detach().abs().amax() * 2 + 1) * segment.unsqueeze(-1)
+        where = torch.cummax(scores.detach() + lift, dim=1).indices
+        best = scores.gather(1, where)
+        if torch.is_grad_enabled() and scores.requires_grad:
+            N = scores.shape[1]
+            same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & torch.ones(N, N, dtype=torch.bool).tril()  # [B, t, j]
+            weights = torch.softmax(scores.unsqueeze(1).masked_fill(~same.unsqueeze(-1), float("-inf")), dim=2)
+            mean = (weights * scores.unsqueeze(1)).sum(2)  # [B, N, P]
+            best = best.detach() + (mean - mean.detach())
+        return best[:, 1:] if carried is not None else best
 
     def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projection reader: per operand slot, a distribution over values [B, T, S, V]."""
@@ -283,16 +315,22 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(hidden_states)
+        floor_loss = None
         if active:
             if cache is not None:  # the interpreter's work on these positions is kept for the next steps
                 cache.nc_state = interpreted.state
             closers = self._closers if self.config.nc_closers_from_lm else None
-            floor = self.config.nc_gate_learning_floor if self.training else 0.0
-            logits = self._fuse(logits, interpreted, closers, floor)
+            lm_logits, logits = logits, self._fuse(logits, interpreted, closers)
+            floor = self.config.nc_gate_learning_floor
+            if labels is not None and self.training and floor > 0:
+                floor_loss = self._learning_floor_loss(lm_logits, interpreted, closers, labels, floor,
+                                                       kwargs.get("num_items_in_batch"))
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if floor_loss is not None:
+                loss = loss + floor_loss
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -323,8 +361,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return outputs, found[0] if found else None
 
     @staticmethod
-    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", closers: Optional[torch.Tensor] = None,
-              learning_floor: float = 0.0) -> torch.Tensor:
+    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", closers: Optional[torch.Tensor] = None) -> torch.Tensor:
         """LM logits -> log of the gated mixture with the library's proposal, up to the LM's log-normalizer (so that
         a closed gate returns the LM logits themselves):
 
@@ -332,13 +369,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
 
         which is ``l + log(1 - g m)`` wherever the proposal ``q`` is 0: only the tokens the library proposes (a few
         per position) need the full formula, so the vocabulary-wide work is one shift and one scatter. ``closers``
-        (token ids): the proposal's mass on them is shared among them as the LM's softmax does. ``learning_floor``:
-        the proposal's gradient is computed as if the gate were at least this (values unchanged)."""
+        (token ids): the proposal's mass on them is shared among them as the LM's softmax does."""
         logits32 = logits.float()
-        gate, proposal, tokens = interpreted.gate, interpreted.proposal, interpreted.proposed_tokens
+        gate, tokens = interpreted.gate, interpreted.proposed_tokens
+        proposal = _shared_closers(interpreted.proposal, logits32, closers)
         if closers is not None and len(closers):
-            share = torch.softmax(logits32[..., closers], -1)
-            proposal = proposal.index_copy(2, closers, proposal[..., closers].sum(-1, keepdim=True) * share)
             tokens = torch.cat([tokens, closers.expand(*tokens.shape[:-1], -1)], -1)
         # The language model keeps at least _LM_FLOOR of the mass (and the library's mass may exceed 1 by rounding):
         # every token keeps a finite log-probability and gradient, even under a fully open gate.
@@ -354,16 +389,35 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         mixed = torch.logaddexp(logits32.gather(2, tokens) + lm_weight, log_library + lse)
         # Where the library's term is 0 (a closed gate) the log above passes it no gradient, though the mixture's
         # derivative there is q / p(token) for the gate and g / p(token) for q: add those first-order terms (value 0),
-        # so that a closed gate learns whether opening helps. With a learning floor, q's gradient is taken as if the
-        # gate were at least the floor, so the heads behind the proposal learn while the gate is (nearly) closed.
+        # so that a closed gate learns whether opening helps.
         if torch.is_grad_enabled() and (gate.requires_grad or proposed.requires_grad):
             closed = from_library <= 0
             g = gate.unsqueeze(-1)
-            q_weight = g.detach().clamp(min=learning_floor) - torch.where(closed, 0.0, g.detach())
-            first_order = torch.where(closed, g * proposed.detach() - (g * proposed).detach(), 0.0) + (proposed - proposed.detach()) * q_weight
+            first_order = torch.where(closed, g * proposed.detach() - (g * proposed).detach() + (proposed - proposed.detach()) * g.detach(), 0.0)
             mixed = mixed + first_order / (mixed - lse).detach().exp().clamp_min(1e-30)  # value 0, never 0/0
         mixed = torch.where(first, mixed, mixed.detach())  # a repeated token is written again, but counted once
         return (logits32 + lm_weight).scatter(2, tokens, mixed).to(logits.dtype)
+
+    @staticmethod
+    def _learning_floor_loss(lm_logits: torch.Tensor, interpreted: "Interpreted",
+                             closers: Optional[torch.Tensor], labels: torch.Tensor, floor: float,
+                             num_items_in_batch: Optional[Union[int, torch.Tensor]] = None) -> torch.Tensor:
+        """A term of value 0 for the loss (``nc_gate_learning_floor``): where the gate is below ``floor``, the library's
+        proposal learns the answer as an expert of the mixture on its own: gradient ``-(floor - g) d log q(y)`` per
+        answer token ``y`` (averaged like the loss), ``q`` the proposal. Not the mixture's own gradient at a gate
+        raised to the floor, ``(floor - g) (dq(y) - p_LM(y) dm) / p(y)``: where the LM already answers well, that one
+        is small, and its second term (the mass of wrong proposals, taken back) pays a head as well for proposing
+        nothing (a site without a call) as for finding the right call; the two balance and nothing is learned (the
+        comparison, whose answer the LM guesses right two times in three, was never called). Where no call proposes
+        ``y`` the term has no gradient."""
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        valid = targets != -100
+        index = targets.clamp(min=0).unsqueeze(-1)
+        proposal = _shared_closers(interpreted.proposal[:, :-1], lm_logits[:, :-1].detach().float(), closers)
+        q = proposal.gather(2, index).squeeze(-1)
+        weight = (floor - interpreted.gate[:, :-1].detach()).clamp(min=0) / q.detach().clamp_min(1e-30)
+        total = -(weight * (q - q.detach()) * valid).sum()
+        return total / (num_items_in_batch if num_items_in_batch is not None else valid.sum().clamp(min=1))
 
     @torch.no_grad()
     def generate_with_trace(self, input_ids: torch.LongTensor, max_trace_rows: int = 200, **generate_kwargs):
@@ -453,7 +507,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         else:
             ids, start = torch.cat([state.ids, input_ids], 1), state.ids.shape[1]
         T = ids.shape[1]
-        calls = torch.softmax(heads.call(hidden).float(), dim=-1)  # [B, N, P]
+        if config.nc_call_reader == "hidden":
+            calls, keywords = heads.call(hidden).float(), hidden.new_zeros(B, 0)  # [B, N, P] logits
+        else:
+            calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None)
+            keywords = calls[:, -1].detach()
         if config.nc_operand_reader == "pointer":
             operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
             if state is not None:
@@ -471,19 +529,19 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
         valid = sites >= 0
         sites = sites.clamp(min=0)
-        last_sites = self._continued_sites(heads, hidden, T, state)  # [B, N, T] over sites
+        last_sites = self._continued_sites(heads.site_continue(hidden).float().squeeze(-1), T, state)  # [B, N, T] over sites
         site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
         weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
-        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach())
+        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach(), keywords)
         return Interpreted(proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state, first_tokens,
                            first_probs, site_probs)
 
     @staticmethod
-    def _continued_sites(heads: "NCInterpreterHeads", hidden: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:
+    def _continued_sites(continuation: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:
         """The call site each position answers, over sites [B, N, T]: with probability c_t the site of the previous
         position (the answer goes on, one offset further into the same result), otherwise the position itself (a
         new answer starts with the first token of the call made here),
@@ -493,13 +551,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         computed for all positions at once: P[t] = sum_t' exp(L[t] - L[t']) (1 - c_t') e_t' + exp(L[t]) P[start - 1],
         with L the cumulative sum of log c. No site is chosen by distance or content, so an answer stays on its call
         however far past the training lengths it runs."""
-        B, N = hidden.shape[:2]
+        B, N = continuation.shape
         start = T - N
-        cont = torch.sigmoid(heads.site_continue(hidden).float().squeeze(-1))  # [B, N]
+        cont = torch.sigmoid(continuation)  # [B, N], from the continuation logits
         L = torch.cumsum(torch.log(cont.clamp_min(1e-30)), dim=1)  # [B, N]
         causal = torch.ones(N, N, dtype=torch.bool).tril()
         decay = torch.exp((L.unsqueeze(2) - L.unsqueeze(1)).masked_fill(~causal, float("-inf")))  # [B, N, N]
-        out = hidden.new_zeros(B, N, T, dtype=torch.float32)
+        out = cont.new_zeros(B, N, T)
         out[:, :, start:] = decay * (1.0 - cont).unsqueeze(1)
         if state is not None:
             carried = torch.nn.functional.pad(state.last_sites, (0, T - state.last_sites.shape[1]))
@@ -511,7 +569,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Result tokens [B, N, K, W] and probabilities [B, N, K] of the top-k calls at positions ``start`` onward,
         operands chosen by pointer attention over the numbers and lists the reader found in each position's prefix
-        (never after it: a position's call must not depend on what follows). All positions are scored together."""
+        (never after it: a position's call must not depend on what follows), programs by the call logits ``calls``
+        [B, N, P] normalized over those that fit the operands. All positions are scored together."""
         heads, config = self.nc_heads, self.config
         B, N, _ = calls.shape
         K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
@@ -538,14 +597,16 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         where = torch.tensor([[o.end - 1 for o in ops] + [-1] * (width - len(ops)) for ops in site_operands])  # [G, O]
         if len(menus) == 1:  # (the usual case while generating: one position, or positions seeing the same operands)
             programs, slots = menus[0].programs.expand(len(site_b), -1), menus[0].slots.expand(len(site_b), -1, -1)
+            fits = menus[0].fits.expand(len(site_b), -1)
         else:
             programs = pad_sequence([m.programs for m in menus], batch_first=True)[mi]  # [G, C]
             slots = pad_sequence([m.slots for m in menus], batch_first=True, padding_value=-2)[mi]  # [G, C, S]
+            fits = torch.stack([m.fits for m in menus])[mi]  # [G, P]
         queries = queries.view(B, N, S, heads.dim)[bi, ni]  # [G, S, d]
         keys = operand_keys[bi.unsqueeze(1), where.clamp(min=0)]  # [G, O, d]
         logits = torch.einsum("gsd,god->gso", queries, keys).float() / math.sqrt(heads.dim)
         pointer = torch.softmax(logits.masked_fill((where < 0).unsqueeze(1), float("-inf")), dim=-1)  # [G, S, O]
-        p = calls[bi, ni].gather(1, programs)  # [G, C]
+        p = torch.softmax(calls[bi, ni].masked_fill(~fits, float("-inf")), -1).gather(1, programs)  # [G, C]
         for slot in range(S):
             chosen = slots[:, :, slot]
             p = p * torch.where(chosen >= 0, pointer[:, slot].gather(1, chosen.clamp(min=0)), (chosen == -1).to(p.dtype))
@@ -584,20 +645,22 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         B, N, P = calls.shape
         K, S = config.nc_top_k, self.nc_heads.slots
         top_v, top_i = values.topk(min(K, values.shape[-1]), dim=-1)  # [B, N, S, k]
+        fits = torch.tensor([self.library[name].arity <= S and all(t == "int" for _, t in self.library[name].params)
+                             for name in config.nc_programs])
+        if not fits.any():
+            return torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long), calls.new_zeros(B, N, K)
+        calls = torch.softmax(calls.masked_fill(~fits, float("-inf")), -1)
         scores, choices = [], []
         for index, name in enumerate(config.nc_programs):
-            program = self.library[name]
-            if program.arity > S or any(ptype != "int" for _, ptype in program.params):
+            if not fits[index]:
                 continue
-            for picks in itertools.product(range(top_v.shape[-1]), repeat=program.arity):
+            for picks in itertools.product(range(top_v.shape[-1]), repeat=self.library[name].arity):
                 p = calls[:, :, index]
                 for slot, pick in enumerate(picks):
                     p = p * top_v[:, :, slot, pick]
                 scores.append(p)
                 choices.append((index, picks))
         tokens = torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long)
-        if not choices:
-            return tokens, calls.new_zeros(B, N, K)
         scores = torch.stack(scores, -1)  # [B, N, C]
         top = scores.detach().topk(min(K, scores.shape[-1]), dim=-1).indices
         chosen_p = scores.gather(2, top)
@@ -638,7 +701,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             if len(self._menus) >= _MENU_CACHE_SIZE:
                 self._menus.clear()
             choices = self._enumerate(operands)
-            self._menus[key] = _Menu(choices, self.nc_heads.slots, self.config.nc_answer_window) if choices else None
+            self._menus[key] = _Menu(choices, self.nc_heads.slots, self.config.nc_answer_window, len(self.config.nc_programs)) if choices else None
         return self._menus[key]
 
     def _enumerate(self, operands: list[Operand]) -> list["_Choice"]:
@@ -763,12 +826,13 @@ class _Choice:
 
 
 class _Menu:
-    """The calls that fit one set of operands: programs [C] and operand slots [C, S] (-1: unused slot) for scoring,
-    and the result tokens [C, W] of those executed so far."""
+    """The calls that fit one set of operands: programs [C], operand slots [C, S] (-1: unused slot) and the programs
+    among all P that have a call here [P] for scoring, and the result tokens [C, W] of those executed so far."""
 
-    def __init__(self, choices: list[_Choice], slots: int, window: int):
+    def __init__(self, choices: list[_Choice], slots: int, window: int, num_programs: int):
         self.choices = choices
         self.programs = torch.tensor([c.call.program for c in choices])
+        self.fits = torch.zeros(num_programs, dtype=torch.bool).index_fill(0, self.programs, True)
         self.slots = torch.tensor([list(c.operands) + [-1] * (slots - len(c.operands)) for c in choices]).view(len(choices), slots)
         self.tokens = torch.full((len(choices), window), -1, dtype=torch.long)
         self.done = [False] * len(choices)
@@ -803,6 +867,15 @@ def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:
     trained weights load unchanged)."""
     floor = logits.amax(-1, keepdim=True) - sharpness
     return torch.where(torch.isinf(logits), floor, logits).detach().clone()
+
+
+def _shared_closers(proposal: torch.Tensor, logits: torch.Tensor, closers: Optional[torch.Tensor]) -> torch.Tensor:
+    """The proposal with its mass on the closing tokens shared among them as the LM's softmax does (no closers:
+    unchanged)."""
+    if closers is None or not len(closers):
+        return proposal
+    share = torch.softmax(logits[..., closers], -1)
+    return proposal.index_copy(2, closers, proposal[..., closers].sum(-1, keepdim=True) * share)
 
 
 def _plain(arguments: tuple) -> list:
