@@ -1,7 +1,6 @@
 """NCLlamaForCausalLM: exactly LLaMA at initialization, the library inside the forward pass, gradients to the heads."""
 import pytest
 import torch
-from torch import nn
 
 from forcing import force
 from modeling_nclama import Library, LibraryError
