@@ -14,7 +14,8 @@ defaults (errors name the bad key and value); :func:`train` runs it. Sections::
            clrs_insertion_sort: 0, loss_on: all | answer, max_length: null,
            format: answer | tool_call}                # tool_call: the tool-use baseline writes [[a+b]] (tool_use.py)
     training: {...any TrainingArguments field..., heads_learning_rate: null,   # the interpreter heads' own rate
-               keywords_learning_rate: null}   # the keyword call reader's table; default: heads_learning_rate
+               tables_learning_rate: null}   # the token-table heads (keyword calls, token sites, operand contexts);
+                                             # default: heads_learning_rate
     probe: {steps: 0, per_task: 2, seed: 1234}        # NCLlama only: gate and call accuracy in the log history
     eval: {tasks: all | [...], lengths: null | [...], n: 20, split: train | heldout, seed: 0, batch_size: 16,
            max_value: null}
@@ -260,7 +261,7 @@ def _max_value(where: str, value: Any, tasks: Sequence[str]) -> Optional[int]:
     return value
 
 
-_HEADS_RATES = ("heads_learning_rate", "keywords_learning_rate")
+_HEADS_RATES = ("heads_learning_rate", "tables_learning_rate")
 
 
 def _training(where: str, value: Any) -> dict:
@@ -282,8 +283,8 @@ def _training(where: str, value: Any) -> dict:
         if key not in known:
             close = [k for k in sorted(known) if key.split("_")[0] in k][:5]
             raise RecipeError(f"{where}: {key!r} is not a TrainingArguments field" + (f" (similar: {', '.join(close)})" if close else ""))
-    if "keywords_learning_rate" in value and "heads_learning_rate" not in value:
-        raise RecipeError(f"{where}.keywords_learning_rate: needs heads_learning_rate (the other heads' rate)")
+    if "tables_learning_rate" in value and "heads_learning_rate" not in value:
+        raise RecipeError(f"{where}.tables_learning_rate: needs heads_learning_rate (the other heads' rate)")
     # YAML 1.1 reads `save_strategy: no` as false
     return {k: "no" if k.endswith("_strategy") and v is False else v for k, v in value.items()}
 
@@ -702,17 +703,18 @@ class ProbeCallback(TrainerCallback):
 # ----------------------------------------------------------------------------------------------------------------
 
 def heads_optimizer(model: torch.nn.Module, args, heads_learning_rate: float,
-                    keywords_learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
+                    tables_learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
     """AdamW (the Trainer's settings) with the interpreter heads at their own learning rate: they start from
     scratch (the gate's scale at 0) while the decoder is pretrained, and at the decoder's rate a closed gate opens
-    by only about one learning rate per step. The keyword call reader's table may get another: Adam moves a table's
-    score by about the rate per step, a linear head on a normalized hidden state of width d moves its logit by up to
-    about d times that."""
-    keywords = "nc_heads.call_keywords.weight"
+    by only about one learning rate per step. The token-table heads (the ``nn.Embedding`` tables of the keyword
+    call, token site and context operand readers) may get another: Adam moves a table's score by about the rate per
+    step, a linear head on a normalized hidden state of width d moves its logit by up to about d times that."""
+    heads = getattr(model, "nc_heads", torch.nn.Module())
+    tables = {id(p) for m in heads.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n.startswith("nc_heads.") and n != keywords], "lr": heads_learning_rate},
+    groups = [{"params": [p for n, p in named if n.startswith("nc_heads.") and id(p) not in tables], "lr": heads_learning_rate},
               {"params": [p for n, p in named if not n.startswith("nc_heads.")], "lr": args.learning_rate},
-              {"params": [p for n, p in named if n == keywords], "lr": keywords_learning_rate or heads_learning_rate}]
+              {"params": [p for n, p in named if id(p) in tables], "lr": tables_learning_rate or heads_learning_rate}]
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(args.adam_beta1, args.adam_beta2),
                              eps=args.adam_epsilon, weight_decay=args.weight_decay)
 
@@ -756,7 +758,7 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
     max_length = recipe["data"]["max_length"] or getattr(model.config, "max_position_embeddings", None)
     dataset = build_train_dataset(recipe["data"], tokenizer, max_length)
     heads_learning_rate = recipe["training"].get("heads_learning_rate")
-    keywords_learning_rate = recipe["training"].get("keywords_learning_rate")
+    tables_learning_rate = recipe["training"].get("tables_learning_rate")
     args = training_arguments({k: v for k, v in recipe["training"].items() if k not in _HEADS_RATES}, output_dir, kind)
     _say(f"data: {len(dataset):,} examples of {', '.join(recipe['data']['tasks'])} (loss on {recipe['data']['loss_on']} tokens)")
     print(f"[rank {args.process_index}/{args.world_size}] training on {args.device}", flush=True)
@@ -776,7 +778,7 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
             apply_trainable(model, recipe["trainable"])
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer),
                       processing_class=tokenizer, callbacks=callbacks,
-                      optimizers=(heads_optimizer(model, args, heads_learning_rate, keywords_learning_rate), None)
+                      optimizers=(heads_optimizer(model, args, heads_learning_rate, tables_learning_rate), None)
                       if heads_learning_rate else (None, None))
     start = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoint)

@@ -16,10 +16,18 @@ def tok():
     return t
 
 
-@pytest.fixture(scope="module", params=["hidden", "keywords"], ids=["hidden-state calls", "keyword calls"])
+READERS = {
+    "hidden-state heads": {},
+    "keyword calls": {"nc_call_reader": "keywords"},
+    "token-table heads, gate at the site": {"nc_call_reader": "keywords", "nc_site_reader": "tokens",
+                                            "nc_operand_reader": "context", "nc_gate_at": "site"},
+}
+
+
+@pytest.fixture(scope="module", params=list(READERS.values()), ids=list(READERS))
 def model(request, tok, make_llama):
     model = NCLlamaForCausalLM.from_llama(make_llama(tok), Library.standard(256), reader_tokens=reader_tokens(tok),
-                                          nc_call_reader=request.param)
+                                          **request.param)
     with torch.no_grad():  # an open gate and random heads: the library shapes every step
         model.nc_heads.gate_scale.fill_(1.0)
         model.nc_heads.gate.bias.fill_(1.0)

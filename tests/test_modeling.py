@@ -97,7 +97,7 @@ def test_the_learning_floor_trains_the_proposal_on_the_answer_alone():
     gate = torch.tensor([[0.0, 0.02, 0.5, 0.0], [0.1, 0.0, 0.0, 0.0]])
     labels = torch.tensor([[5, 3, 7, 1], [-100, 2, -100, 4]])
     interpreted = Interpreted(proposal, None, None, gate, None, None, None, None)
-    loss = NCLlamaForCausalLM._learning_floor_loss(lm_logits, interpreted, None, labels, 0.1)
+    loss = NCLlamaForCausalLM._learning_floor_loss(lm_logits, interpreted, [], labels, 0.1)
     assert loss.item() == 0.0
     (grad,) = torch.autograd.grad(loss, proposal)
     expected = torch.zeros(B, N, V)
@@ -110,7 +110,7 @@ def test_the_learning_floor_trains_the_proposal_on_the_answer_alone():
     assert torch.allclose(grad, expected, atol=1e-6) and expected[0, 2].abs().sum() == 0  # gate 0.5: none
     # closers: the mass on closing tokens is shared among them as the LM prefers them
     closers = torch.tensor([5, 7])
-    loss = NCLlamaForCausalLM._learning_floor_loss(lm_logits, interpreted, closers, labels, 0.1)
+    loss = NCLlamaForCausalLM._learning_floor_loss(lm_logits, interpreted, [closers], labels, 0.1)
     (grad,) = torch.autograd.grad(loss, proposal)
     assert grad[0, 1, 5] != 0 and grad[0, 1, 7] != 0  # the answer's closer (7) learns from both closers' mass
 
@@ -235,11 +235,13 @@ def test_fusion_equals_the_dense_mixture_values_and_gradients():
     expected_grads = torch.autograd.grad((expected * probe).sum(), (logits, weight, gate), retain_graph=True)
     for a, b in zip(grads, expected_grads):
         assert torch.allclose(a, b, atol=1e-9)
-    # closers from the LM: the proposal's mass on closing tokens is shared among them as the LM's softmax does
-    closers = torch.tensor([1, 7, 9])
-    got = NCLlamaForCausalLM._fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None, None, None, None), closers)
+    # brackets from the LM: the proposal's mass on the closing tokens, and on the opening ones, is shared within each
+    # group as the LM's softmax does
+    groups = [torch.tensor([1, 7, 9]), torch.tensor([2, 4])]
+    got = NCLlamaForCausalLM._fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None, None, None, None), groups)
     shared = proposal.clone()
-    shared[..., closers] = proposal[..., closers].sum(-1, keepdim=True) * torch.softmax(logits[..., closers], -1)
+    for group in groups:
+        shared[..., group] = proposal[..., group].sum(-1, keepdim=True) * torch.softmax(logits[..., group], -1)
     assert torch.allclose(shared.sum(-1), proposal.sum(-1)) and not torch.allclose(shared, proposal)
     mixture = (1 - gate * shared.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * shared
     expected = mixture.log() + torch.logsumexp(logits, -1, keepdim=True)
@@ -278,7 +280,120 @@ def test_continued_sites_follow_the_recurrence_in_one_pass_or_in_steps():
     for t in range(T):
         previous = cont[:, t:t + 1] * previous + (1 - cont[:, t:t + 1]) * torch.nn.functional.one_hot(torch.tensor(t), T)
         assert torch.allclose(full[:, t], previous, atol=1e-6)
-    state = InterpreterState(*[None] * 4, full[:, 3, :4], None)  # the first 4 positions done, then one at a time
+    state = InterpreterState(*[None] * 4, full[:, 3, :4], None, None)  # the first 4 positions done, then one at a time
     step = NCLlamaForCausalLM._continued_sites(logits[:, 4:5], 5, state)
     assert torch.allclose(step[:, 0], full[:, 4, :5], atol=1e-6)
 
+
+
+def test_the_token_site_reader_reads_a_position_and_its_predecessor(llama, lib, tok):
+    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_site_reader="tokens")
+    heads = model.nc_heads
+    ids = torch.tensor([tok("81273+4406=85679")["input_ids"]])
+    with torch.no_grad():
+        heads.site_token.weight.copy_(torch.arange(len(tok) + 1).view(-1, 1).float())
+        heads.site_previous.weight.copy_(1000.0 * torch.arange(len(tok) + 1).view(-1, 1))
+    logits = heads.continuation_logits(None, ids, 0)
+    digits = {int(t) for t, text in reader_tokens(tok).items() if text.isdigit()}
+    row = [len(tok) if t in digits else t for t in ids[0].tolist()]  # every digit token reads the last row
+    previous = [model.config.bos_token_id] + row[:-1]
+    assert logits[0].tolist() == [t + 1000.0 * p for t, p in zip(row, previous)]
+    assert len(set(row)) < len(set(ids[0].tolist())) and len(tok) in row
+    assert heads.continuation_logits(None, ids, 3).tolist() == [logits[0, 3:].tolist()]  # the same, a step at a time
+
+
+def site_calls(model, ids):
+    """(program, operand indices among the candidates, probability) of the calls recorded at the last position."""
+    record = {}
+    with torch.no_grad():
+        model._run_decoder(True, None, record, input_ids=torch.tensor([ids]), use_cache=False)
+    candidates = model._operands(ids)
+    return {(model.config.nc_programs[c.call.program], tuple(candidates.index(o) for o in c.operands)): c.probability
+            for c in record[(0, len(ids) - 1)]}
+
+
+def test_the_context_reader_reads_operands_by_their_surroundings_at_any_length(llama, lib, tok):
+    """p(program, operands) = p(program) x per slot softmax over candidates of the program's scores for the token
+    before each, the token after it and its rank; the same for 2- and 40-digit operands; gradients reach the tables."""
+    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_programs=["long_sub", "long_add"],
+                                          nc_call_reader="keywords", nc_operand_reader="context", nc_top_k=8).eval()
+    heads, P, S = model.nc_heads, 2, model.config.nc_max_operands
+    torch.manual_seed(0)
+    with torch.no_grad():
+        heads.call_keywords.weight.fill_(-1.0)  # "Subtract" is evidence for long_sub; digits for neither
+        heads.call_keywords.weight[tok("Subtract")["input_ids"][-1]] = torch.tensor([1.5, 0.5])
+        for table in (heads.operand_before, heads.operand_after, heads.operand_rank):
+            table.weight.normal_()
+    short = tok("Subtract 12 from 345.")["input_ids"]
+    got = site_calls(model, short)
+    candidates = model._operands(short)
+    assert [o.items for o in candidates] == [("12",), ("345",)]
+    none = model.config.vocab_size
+    context = [(short[o.start - 1], short[o.end], len(candidates) - 1 - i) for i, o in enumerate(candidates)]
+    expected = {}
+    for p, name in enumerate(["long_sub", "long_add"]):
+        scores = torch.stack([(heads.operand_before.weight[b] + heads.operand_after.weight[a] + heads.operand_rank.weight[r])
+                              .view(P, S)[p] for b, a, r in context]).detach()  # [O, S]
+        pointer = torch.softmax(scores, 0)
+        for i in range(2):
+            for j in range(2):
+                expected[(name, (i, j))] = float(torch.softmax(torch.tensor([1.5, 0.5]), 0)[p] * pointer[i, 0] * pointer[j, 1])
+    assert got.keys() == expected.keys() and all(abs(got[k] - expected[k]) < 1e-6 for k in got)
+    long = tok("Subtract " + "7" * 40 + " from " + "9" * 40 + ".")["input_ids"]
+    assert site_calls(model, long) == got  # the same calls with the same probabilities
+    assert none not in [a for _, a, _ in context]  # both operands were closed at the site
+    model.train()
+    with torch.no_grad():
+        heads.gate_scale.fill_(1.0)
+    batch = torch.tensor([short + tok("333")["input_ids"][1:]])
+    model(input_ids=batch, labels=batch).loss.backward()
+    for table in ("operand_before", "operand_after", "operand_rank"):
+        grad = getattr(heads, table).weight.grad
+        assert grad is not None and grad.abs().sum() > 0, table
+
+
+def test_the_gate_at_the_site_holds_for_the_whole_answer(llama, lib, tok):
+    """nc_gate_at="site": each position's gate is the gates of the sites it answers, weighted by the site
+    distribution; where every later position continues the call made at the "=", their gates are that one."""
+    ids = torch.tensor([tok("81273+4406=85679")["input_ids"]])
+    site = len(tok("81273+4406=")["input_ids"]) - 1
+    gates = {}
+    for where in ("position", "site"):
+        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_site_reader="tokens",
+                                              nc_gate_at=where).eval()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            heads = model.nc_heads
+            heads.gate_scale.fill_(1.0)
+            heads.gate.weight.normal_(std=0.3), heads.gate.bias.zero_()
+            heads.site_token.weight.fill_(30.0)  # every position continues the answer before it ...
+            heads.site_previous.weight.fill_(0.0)
+            heads.site_token.weight[ids[0, site]] = -30.0  # ... but the "=", where an answer starts
+            _, interpreted = model._run_decoder(True, None, input_ids=ids, use_cache=False)
+        gates[where] = interpreted.gate[0]
+        own = interpreted.state.gates[0]
+        W = interpreted.site_probs.shape[-1]
+        expected = [sum(float(interpreted.site_probs[0, t, j] * own[t - j]) for j in range(min(W, t + 1)))
+                    for t in range(ids.shape[1])]
+        if where == "site":
+            assert torch.allclose(gates[where], torch.tensor(expected), atol=1e-6)
+    assert torch.allclose(gates["site"][site:], gates["position"][site].expand(ids.shape[1] - site), atol=1e-6)
+    assert (gates["position"][site + 1:] - gates["position"][site]).abs().max() > 1e-3  # the positions' own differ
+
+
+def test_the_lm_chooses_the_opening_bracket_the_library_proposes(llama, lib, tok):
+    """nc_openers_from_lm: at the "]." that ends a prompt, the library's "[" is shared between "[" and " [" as the LM
+    prefers them (the text's answer is " [1, 3, 5, 9]"); without it, all of it goes to "["."""
+    prompt = tok("Sort the list [5, 3, 9, 1].", return_tensors="pt")
+    opener, spaced = tok.convert_tokens_to_ids("["), tok(" [")["input_ids"][-1]
+    assert tok.decode([spaced]) == " [" and {opener, spaced} <= {int(t) for t in reader_tokens(tok)}
+    probs = {}
+    for shared in (False, True):
+        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_openers_from_lm=shared).eval()
+        force(model, "insertion_sort", site=prompt["input_ids"].shape[1] - 1)
+        with torch.no_grad():
+            probs[shared] = torch.softmax(model(**prompt).logits[0, -1].double(), -1)
+    lm = torch.softmax(llama(**prompt).logits[0, -1].double(), -1)
+    assert probs[False][opener] > 0.99 and probs[False][spaced] < 1e-5
+    both = probs[True][opener] + probs[True][spaced]
+    assert both > 0.99 and torch.isclose(probs[True][spaced] / both, lm[spaced] / (lm[opener] + lm[spaced]), rtol=1e-3)

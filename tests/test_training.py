@@ -71,9 +71,9 @@ GOOD_MODEL = {"init": {"preset": "tiny", "kind": "llama"}}
     ({"model": GOOD_MODEL, "probe": {"steps": 5}}, "probe.steps: probes read an NCLlama's interpreter"),
     ({"model": GOOD_MODEL, "eval": {"split": "test"}}, "eval.split: must be one of train, heldout"),
     ({"model": GOOD_MODEL, "training": {"heads_learning_rate": 0}}, "training.heads_learning_rate: must be a positive number"),
-    ({"model": GOOD_MODEL, "training": {"keywords_learning_rate": -1, "heads_learning_rate": 1e-3}},
-     "training.keywords_learning_rate: must be a positive number"),
-    ({"model": GOOD_MODEL, "training": {"keywords_learning_rate": 0.01}}, "keywords_learning_rate: needs heads_learning_rate"),
+    ({"model": GOOD_MODEL, "training": {"tables_learning_rate": -1, "heads_learning_rate": 1e-3}},
+     "training.tables_learning_rate: must be a positive number"),
+    ({"model": GOOD_MODEL, "training": {"tables_learning_rate": 0.01}}, "tables_learning_rate: needs heads_learning_rate"),
     ({"model": GOOD_MODEL, "final_config": {"max_steps": 5}}, "final_config: must be a mapping of nc_* settings"),
     ({"model": GOOD_MODEL, "data": {"tasks": ["add"], "max_value": 9}}, "data.max_value: max_value caps list items; add has no list"),
     ({"model": GOOD_MODEL, "eval": {"tasks": ["sort"], "max_value": -1}}, "eval.max_value: max_value must be a positive int"),
@@ -319,7 +319,7 @@ def test_readme_trainer_example_runs(baseline, tmp_path, monkeypatch):
     assert {"library.json", "library.safetensors", "model.safetensors", "tokenizer.json"} <= files
 
 
-def test_the_keyword_table_gets_its_own_learning_rate(make_llama, user_lib):
+def test_the_token_tables_get_their_own_learning_rate(make_llama, user_lib):
     from transformers import TrainingArguments
 
     from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
@@ -328,12 +328,14 @@ def test_the_keyword_table_gets_its_own_learning_rate(make_llama, user_lib):
 
     tok = default_tokenizer()
     model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),
-                                          nc_call_reader="keywords")
+                                          nc_call_reader="keywords", nc_site_reader="tokens", nc_operand_reader="context")
     args = TrainingArguments(output_dir="unused", learning_rate=1e-4, report_to=[])
     rate_of = {id(p): group["lr"] for group in heads_optimizer(model, args, 1e-3, 1e-2).param_groups for p in group["params"]}
     named = dict(model.named_parameters())
-    assert rate_of[id(named["nc_heads.call_keywords.weight"])] == 1e-2
-    assert {rate_of[id(p)] for n, p in named.items() if n.startswith("nc_heads.") and "keywords" not in n} == {1e-3}
+    tables = ["call_keywords", "site_token", "site_previous", "operand_before", "operand_after", "operand_rank"]
+    assert {n: rate_of[id(named[f"nc_heads.{n}.weight"])] for n in tables} == dict.fromkeys(tables, 1e-2)
+    heads = {n for n in named if n.startswith("nc_heads.") and n.split(".")[1] not in tables}
+    assert heads and {rate_of[id(named[n])] for n in heads} == {1e-3}
     assert {rate_of[id(p)] for n, p in named.items() if not n.startswith("nc_heads.")} == {1e-4}
     assert len(rate_of) == len(named)
     default = {group["lr"] for group in heads_optimizer(model, args, 1e-3).param_groups}
