@@ -216,7 +216,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         self.nc_heads = NCInterpreterHeads(config)
         self.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
         brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
-        self._shared = [torch.tensor(sorted(group), dtype=torch.long) for on, group in brackets if on and group]
+        self._shared = [sorted(group) for on, group in brackets if on and group]  # token ids (tensors made in forward:
+        # from_pretrained builds the model on the meta device)
         self.library: Optional[Library] = None
         self._results: dict = {}
         self._menus: dict = {}
@@ -349,7 +350,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if active:
             if cache is not None:  # the interpreter's work on these positions is kept for the next steps
                 cache.nc_state = interpreted.state
-            shared = [group.to(logits.device) for group in self._shared]
+            shared = [torch.tensor(group, dtype=torch.long, device=logits.device) for group in self._shared]
             lm_logits, logits = logits, self._fuse(logits, interpreted, shared)
             floor = self.config.nc_gate_learning_floor
             if labels is not None and self.training and floor > 0:

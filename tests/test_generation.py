@@ -20,7 +20,8 @@ READERS = {
     "hidden-state heads": {},
     "keyword calls": {"nc_call_reader": "keywords"},
     "token-table heads, gate at the site": {"nc_call_reader": "keywords", "nc_site_reader": "tokens",
-                                            "nc_operand_reader": "context", "nc_gate_at": "site"},
+                                            "nc_operand_reader": "context", "nc_gate_at": "site",
+                                            "nc_openers_from_lm": True, "nc_closers_from_lm": True},
 }
 
 
