@@ -84,9 +84,10 @@ def test_generate_answers_every_example(client):
             wrong[prompt] = answer
         called += any(token["calls"] and token["gate"] > 0.5 for token in trace["tokens"])
     assert not wrong
-    # most answers come from a library call (the first token after "?" is the LM's space; the shipped model answers
-    # factorial n <= 12 from memory: no call runs)
-    assert called >= len(CANONICAL) - 2
+    # most answers come from a library call with the gate open (the first token after "?" is the LM's space); the
+    # shipped model answers 7! and fib(20) from what it memorized, and the comparison from the result that residual
+    # injection gives its later layers, with the gate closed
+    assert called >= len(CANONICAL) - 3
 
 
 def test_generate_streams_token_by_token(client):
@@ -263,7 +264,8 @@ def test_a_browser_asks_and_sees_the_answer_and_its_trace(space, browser):
         # the trace of the first answer token: the gate, the call, the operands highlighted, the machine
         page.wait_for_selector("#heatmap img", timeout=60_000)
         summary = page.locator("#token-summary").inner_text()
-        assert "Token 1 of" in summary and "gate 1.000" in summary and "long_add(" in summary
+        gate = re.search(r"gate ([0-9.]+) \(mostly the library\)", summary)
+        assert "Token 1 of" in summary and gate and float(gate.group(1)) > 0.9 and "long_add(" in summary
         highlighted = page.locator("#operands .token.highlighted .text").all_inner_texts()
         assert {"812", "73", "440", "6", "=", "856"} <= set(highlighted) and "+" not in highlighted
         legend = page.locator("#operands .legend-item").all_inner_texts()

@@ -9,8 +9,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 NC_MODES = ("hard", "soft")
-NC_OPERAND_READERS = ("pointer", "projection")
+NC_OPERAND_READERS = ("pointer", "context", "projection")
 NC_CALL_READERS = ("hidden", "keywords")
+NC_SITE_READERS = ("hidden", "tokens")
+NC_GATE_POSITIONS = ("position", "site")
 
 
 @strict
@@ -53,6 +55,11 @@ class NCLlamaConfig(LlamaConfig):
         `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
         attention. `"projection"` (the paper's reader): each operand is a distribution over values below
         `nc_value_size` projected from the hidden state; only programs of int parameters are called.
+        `"context"`: the same operands, chosen by what surrounds them instead of by hidden states: per program and
+        operand slot, a learned score for the token before the operand, one for the token after it (or for none
+        yet) and one for its rank from the latest operand. "Subtract B from A." gives the first slot of `long_sub`
+        the number after " from" whatever its length, so the order of the operands holds far past the training
+        lengths.
     nc_call_reader (`str`, defaults to `"hidden"`):
         What the call head reads. `"hidden"` (the paper's): a linear map of the position's hidden state.
         `"keywords"`: a learned score per (token, program), max-pooled over the tokens since the last
@@ -60,8 +67,19 @@ class NCLlamaConfig(LlamaConfig):
         are or how many digits surround them, so it is the same at any operand length. Either way the call's
         distribution is over the programs that fit the position's operands (a program that cannot run takes no
         mass).
+    nc_site_reader (`str`, defaults to `"hidden"`):
+        What decides whether a position continues the answer of the position before it or starts a new one.
+        `"hidden"`: a linear map of the position's hidden state. `"tokens"`: the position's token and the token
+        before it alone (a learned score for each token as the current one and as the previous one): a separator
+        after a digit continues a list, the space after "?" starts an answer, wherever they stand, so that answers
+        far longer than the training ones stay on their call.
+    nc_gate_at (`str`, defaults to `"position"`):
+        Where the gate is read. `"position"`: from each position's hidden state. `"site"`: the gate of the call
+        site a position answers (the gate of each site weighted by the probability that the position answers it),
+        so that the decision to answer from the library is taken once, where the call is made, and holds for the
+        whole answer, however long it runs.
     nc_max_candidates (`int`, defaults to 8):
-        How many of the latest numbers and lists before a position its call may read (pointer reader).
+        How many of the latest numbers and lists before a position its call may read (pointer and context readers).
     nc_max_operands (`int`, defaults to 2):
         Operand slots of the heads (at most the library's argument registers).
     nc_pointer_dim (`int`, defaults to 64):
@@ -81,6 +99,10 @@ class NCLlamaConfig(LlamaConfig):
         The library proposes that a list ends; the language model chooses which closing token ends it ("]", "]\n",
         "]."): the proposal's mass on the reader's closing tokens is shared among them as the LM prefers them. For
         formats where what follows a list merges into its bracket's token (CLRS-Text's "]\n").
+    nc_openers_from_lm (`bool`, defaults to `False`):
+        The same for the opening bracket: the library proposes that a list starts, the language model chooses which
+        opening token starts it ("[" or " ["). After a prompt ending in "]." the answer's " [" carries its space, so
+        the whole answer, bracket included, comes from the call made at the prompt's last token.
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
     nc_gate_learning_floor (`float`, defaults to 0.0):
@@ -113,6 +135,8 @@ class NCLlamaConfig(LlamaConfig):
     nc_library_fingerprint: str | None = None
     nc_operand_reader: str = "pointer"
     nc_call_reader: str = "hidden"
+    nc_site_reader: str = "hidden"
+    nc_gate_at: str = "position"
     nc_max_operands: int = 2
     nc_max_candidates: int = 8
     nc_pointer_dim: int = 64
@@ -120,6 +144,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_result_words: dict | None = None
     nc_decimal_places: int = 0
     nc_closers_from_lm: bool = False
+    nc_openers_from_lm: bool = False
     nc_answer_window: int = 64
     nc_min_call_probability: float = 0.0
     nc_program_sharpness: float = 20.0
@@ -161,6 +186,10 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_operand_reader must be one of {NC_OPERAND_READERS}, got {self.nc_operand_reader!r}")
         if self.nc_call_reader not in NC_CALL_READERS:
             raise ValueError(f"nc_call_reader must be one of {NC_CALL_READERS}, got {self.nc_call_reader!r}")
+        if self.nc_site_reader not in NC_SITE_READERS:
+            raise ValueError(f"nc_site_reader must be one of {NC_SITE_READERS}, got {self.nc_site_reader!r}")
+        if self.nc_gate_at not in NC_GATE_POSITIONS:
+            raise ValueError(f"nc_gate_at must be one of {NC_GATE_POSITIONS}, got {self.nc_gate_at!r}")
         positive = ("nc_top_k", "nc_stack_depth", "nc_max_steps", "nc_max_operands", "nc_max_candidates", "nc_pointer_dim", "nc_answer_window")
         for name in positive:
             value = getattr(self, name)

@@ -14,7 +14,8 @@ the call made at ``s``; a gate mixes the proposal with the language model:
 
 where ``p_lib`` is the (exactly marginalized) library proposal and ``m`` its total mass (with ``nc_closers_from_lm``,
 the mass the library puts on a list's closing bracket is shared among the closing tokens, "]", "]\n", "].", as the
-LM prefers them: the library says that the list ends, the LM says what punctuation ends it). Gradients reach the gate,
+LM prefers them: the library says that the list ends, the LM says what punctuation ends it; ``nc_openers_from_lm``
+does the same for the opening bracket, "[" or " ["). Gradients reach the gate,
 call, operand and continuation heads through the likelihood, so calls are learned from answers alone. The gate's scale starts
 at exactly 0: a model converted from LLaMA gives that LLaMA's logits.
 """
@@ -25,7 +26,7 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -78,15 +79,16 @@ class InterpreterState:
     probs: torch.Tensor  # [B, T, K] their probabilities
     last_sites: torch.Tensor  # [B, T] the site the last position answers, over sites
     keywords: torch.Tensor  # [B, P] the keyword call reader's evidence at the last position ([B, 0] without it)
+    gates: torch.Tensor  # [B, T] each position's own gate (read by later positions that answer it, nc_gate_at="site")
 
     def select(self, index: torch.Tensor) -> "InterpreterState":
-        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites, self.keywords)
+        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites, self.keywords, self.gates)
         return InterpreterState(*(t.index_select(0, index) for t in fields))
 
 
 class NCInterpreterHeads(nn.Module):
-    """Gate, call, operand (pointer or projection) and site-continuation heads on the decoder's hidden state, and the
-    optional residual injection of the library's proposal."""
+    """Gate, call, operand (pointer, context or projection) and site-continuation heads, on the decoder's hidden
+    state or on token tables, and the optional residual injection of the library's proposal."""
 
     def __init__(self, config: NCLlamaConfig):
         super().__init__()
@@ -104,9 +106,19 @@ class NCInterpreterHeads(nn.Module):
         if config.nc_operand_reader == "pointer":
             self.operand_query = nn.Linear(hidden, self.slots * dim)
             self.operand_key = nn.Linear(hidden, dim)
+        elif config.nc_operand_reader == "context":  # per (program, slot); the last row of a token table: no token
+            self.operand_before = nn.Embedding(config.vocab_size + 1, programs * self.slots)
+            self.operand_after = nn.Embedding(config.vocab_size + 1, programs * self.slots)
+            self.operand_rank = nn.Embedding(config.nc_max_candidates, programs * self.slots)
         else:
             self.operand_value = nn.Linear(hidden, self.slots * config.nc_value_size)
-        self.site_continue = nn.Linear(hidden, 1)
+        if config.nc_site_reader == "hidden":
+            self.site_continue = nn.Linear(hidden, 1)
+        else:
+            self.site_token = nn.Embedding(config.vocab_size + 1, 1)  # the position's own token
+            self.site_previous = nn.Embedding(config.vocab_size + 1, 1)  # the token before it
+            # every digit token reads one shared row (the last): a digit continues a number whatever its value
+            self.digit_tokens = sorted(int(t) for t, text in config.nc_reader_tokens.items() if text.isascii() and text.isdigit())
         if config.nc_residual_injection:
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
 
@@ -147,6 +159,23 @@ class NCInterpreterHeads(nn.Module):
             best = best.detach() + (mean - mean.detach())
         return best[:, 1:] if carried is not None else best
 
+    def continuation_logits(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """[B, N] logit that each new position (``ids[:, start:]``, hidden states ``hidden``) continues the answer of
+        the position before it: from the hidden state, or from the position's token and its predecessor (all digit
+        tokens alike)."""
+        if hasattr(self, "site_continue"):
+            return self.site_continue(hidden).float().squeeze(-1)
+        previous = torch.nn.functional.pad(ids, (1, 0), value=self.bos_token_id or 0)[:, start:-1]
+        vocab = self.site_token.num_embeddings - 1
+        classes = torch.arange(vocab, device=ids.device).index_fill(0, torch.tensor(self.digit_tokens, dtype=torch.long, device=ids.device), vocab)
+        return (self.site_token(classes[ids[:, start:]]) + self.site_previous(classes[previous])).float().squeeze(-1)
+
+    def context_logits(self, before: torch.Tensor, after: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        """Context reader: the score of each candidate operand [G, O] for each program and slot [G, P, S, O], from
+        the token before it, the token after it (``vocab_size``: none) and its rank from the latest candidate."""
+        scores = self.operand_before(before) + self.operand_after(after) + self.operand_rank(rank)  # [G, O, P * S]
+        return scores.float().view(*before.shape, -1, self.slots).permute(0, 2, 3, 1)
+
     def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projection reader: per operand slot, a distribution over values [B, T, S, V]."""
         logits = self.operand_value(hidden).float()
@@ -186,7 +215,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.nc_heads = NCInterpreterHeads(config)
         self.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
-        self._closers = torch.tensor(sorted(self.reader.closers), dtype=torch.long)
+        brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
+        self._shared = [sorted(group) for on, group in brackets if on and group]  # token ids (tensors made in forward:
+        # from_pretrained builds the model on the meta device)
         self.library: Optional[Library] = None
         self._results: dict = {}
         self._menus: dict = {}
@@ -319,11 +350,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if active:
             if cache is not None:  # the interpreter's work on these positions is kept for the next steps
                 cache.nc_state = interpreted.state
-            closers = self._closers if self.config.nc_closers_from_lm else None
-            lm_logits, logits = logits, self._fuse(logits, interpreted, closers)
+            shared = [torch.tensor(group, dtype=torch.long, device=logits.device) for group in self._shared]
+            lm_logits, logits = logits, self._fuse(logits, interpreted, shared)
             floor = self.config.nc_gate_learning_floor
             if labels is not None and self.training and floor > 0:
-                floor_loss = self._learning_floor_loss(lm_logits, interpreted, closers, labels, floor,
+                floor_loss = self._learning_floor_loss(lm_logits, interpreted, shared, labels, floor,
                                                        kwargs.get("num_items_in_batch"))
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
@@ -361,20 +392,21 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return outputs, found[0] if found else None
 
     @staticmethod
-    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", closers: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", shared: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """LM logits -> log of the gated mixture with the library's proposal, up to the LM's log-normalizer (so that
         a closed gate returns the LM logits themselves):
 
             log((1 - g m) softmax(l) + g q) + logsumexp(l) = logaddexp(l + log(1 - g m), log(g q) + logsumexp(l)),
 
         which is ``l + log(1 - g m)`` wherever the proposal ``q`` is 0: only the tokens the library proposes (a few
-        per position) need the full formula, so the vocabulary-wide work is one shift and one scatter. ``closers``
-        (token ids): the proposal's mass on them is shared among them as the LM's softmax does."""
+        per position) need the full formula, so the vocabulary-wide work is one shift and one scatter. ``shared``:
+        groups of token ids (a list's closing tokens, its opening ones) whose proposed mass is shared within each
+        group as the LM's softmax does."""
         logits32 = logits.float()
         gate, tokens = interpreted.gate, interpreted.proposed_tokens
-        proposal = _shared_closers(interpreted.proposal, logits32, closers)
-        if closers is not None and len(closers):
-            tokens = torch.cat([tokens, closers.expand(*tokens.shape[:-1], -1)], -1)
+        proposal = _shared_brackets(interpreted.proposal, logits32, shared)
+        if shared:
+            tokens = torch.cat([tokens, *(group.expand(*tokens.shape[:-1], -1) for group in shared)], -1)
         # The language model keeps at least _LM_FLOOR of the mass (and the library's mass may exceed 1 by rounding):
         # every token keeps a finite log-probability and gradient, even under a fully open gate.
         lm_weight = torch.log1p(-(gate * interpreted.mass).clamp(max=1.0 - _LM_FLOOR)).unsqueeze(-1)
@@ -400,7 +432,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
 
     @staticmethod
     def _learning_floor_loss(lm_logits: torch.Tensor, interpreted: "Interpreted",
-                             closers: Optional[torch.Tensor], labels: torch.Tensor, floor: float,
+                             shared: Sequence[torch.Tensor], labels: torch.Tensor, floor: float,
                              num_items_in_batch: Optional[Union[int, torch.Tensor]] = None) -> torch.Tensor:
         """A term of value 0 for the loss (``nc_gate_learning_floor``): where the gate is below ``floor``, the library's
         proposal learns the answer as an expert of the mixture on its own: gradient ``-(floor - g) d log q(y)`` per
@@ -413,7 +445,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         targets = labels[:, 1:]  # position t predicts token t + 1
         valid = targets != -100
         index = targets.clamp(min=0).unsqueeze(-1)
-        proposal = _shared_closers(interpreted.proposal[:, :-1], lm_logits[:, :-1].detach().float(), closers)
+        proposal = _shared_brackets(interpreted.proposal[:, :-1], lm_logits[:, :-1].detach().float(), shared)
         q = proposal.gather(2, index).squeeze(-1)
         weight = (floor - interpreted.gate[:, :-1].detach()).clamp(min=0) / q.detach().clamp_min(1e-30)
         total = -(weight * (q - q.detach()) * valid).sum()
@@ -517,6 +549,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             if state is not None:
                 operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
             tokens, probs = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys, record)
+        elif config.nc_operand_reader == "context":
+            operand_keys = hidden.new_zeros(B, T, 0)
+            tokens, probs = self._pointer_calls(ids, start, calls, None, None, record)
         else:
             operand_keys = hidden.new_zeros(B, T, 0)
             tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
@@ -529,16 +564,22 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
         valid = sites >= 0
         sites = sites.clamp(min=0)
-        last_sites = self._continued_sites(heads.site_continue(hidden).float().squeeze(-1), T, state)  # [B, N, T] over sites
+        last_sites = self._continued_sites(heads.continuation_logits(hidden, ids, start), T, state)  # [B, N, T] over sites
         site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
         weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
-        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach(), keywords)
-        return Interpreted(proposal, proposed, weight.sum(-1), heads.gate_probability(hidden), new_state, first_tokens,
-                           first_probs, site_probs)
+        own_gates = heads.gate_probability(hidden)  # [B, N]
+        gates = own_gates if state is None else torch.cat([state.gates, own_gates], 1)  # [B, T]
+        if config.nc_gate_at == "site":  # the gate of the site each position answers
+            gate = torch.einsum("bnt,bt->bn", last_sites, gates.float())
+        else:
+            gate = own_gates
+        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach(), keywords,
+                                     gates.detach())
+        return Interpreted(proposal, proposed, weight.sum(-1), gate, new_state, first_tokens, first_probs, site_probs)
 
     @staticmethod
     def _continued_sites(continuation: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:
@@ -565,12 +606,14 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return out
 
     def _pointer_calls(
-        self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: torch.Tensor, operand_keys: torch.Tensor, record: Optional[dict]
+        self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: Optional[torch.Tensor],
+        operand_keys: Optional[torch.Tensor], record: Optional[dict]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Result tokens [B, N, K, W] and probabilities [B, N, K] of the top-k calls at positions ``start`` onward,
         operands chosen by pointer attention over the numbers and lists the reader found in each position's prefix
         (never after it: a position's call must not depend on what follows), programs by the call logits ``calls``
-        [B, N, P] normalized over those that fit the operands. All positions are scored together."""
+        [B, N, P] normalized over those that fit the operands. All positions are scored together. Without
+        ``queries`` and ``operand_keys`` the pointers are the context reader's (one per program and slot)."""
         heads, config = self.nc_heads, self.config
         B, N, _ = calls.shape
         K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
@@ -602,14 +645,19 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             programs = pad_sequence([m.programs for m in menus], batch_first=True)[mi]  # [G, C]
             slots = pad_sequence([m.slots for m in menus], batch_first=True, padding_value=-2)[mi]  # [G, C, S]
             fits = torch.stack([m.fits for m in menus])[mi]  # [G, P]
-        queries = queries.view(B, N, S, heads.dim)[bi, ni]  # [G, S, d]
-        keys = operand_keys[bi.unsqueeze(1), where.clamp(min=0)]  # [G, O, d]
-        logits = torch.einsum("gsd,god->gso", queries, keys).float() / math.sqrt(heads.dim)
-        pointer = torch.softmax(logits.masked_fill((where < 0).unsqueeze(1), float("-inf")), dim=-1)  # [G, S, O]
+        if queries is not None:
+            queries = queries.view(B, N, S, heads.dim)[bi, ni]  # [G, S, d]
+            keys = operand_keys[bi.unsqueeze(1), where.clamp(min=0)]  # [G, O, d]
+            logits = torch.einsum("gsd,god->gso", queries, keys).float().unsqueeze(1) / math.sqrt(heads.dim)  # [G, 1, S, O]
+        else:
+            logits = heads.context_logits(*self._operand_contexts(ids, start, site_b, site_n, site_operands, width))
+            logits = logits[torch.arange(len(site_b)).unsqueeze(1), programs]  # [G, C, S, O]: each choice's program's
+        pointer = torch.softmax(logits.masked_fill((where < 0)[:, None, None], float("-inf")), dim=-1)  # [G, 1 | C, S, O]
         p = torch.softmax(calls[bi, ni].masked_fill(~fits, float("-inf")), -1).gather(1, programs)  # [G, C]
         for slot in range(S):
             chosen = slots[:, :, slot]
-            p = p * torch.where(chosen >= 0, pointer[:, slot].gather(1, chosen.clamp(min=0)), (chosen == -1).to(p.dtype))
+            at = pointer[:, :, slot].expand(-1, chosen.shape[1], -1).gather(2, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            p = p * torch.where(chosen >= 0, at, (chosen == -1).to(p.dtype))
         top = p.detach().topk(min(K, p.shape[1]), dim=-1).indices  # [G, k]; padding combos have p = 0
         chosen_p = p.gather(1, top)
         if config.nc_mode == "hard":
@@ -636,6 +684,22 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         tokens[bi, ni, :k] = chosen_tokens
         probs = probs.index_put((bi, ni), torch.cat([chosen_p, chosen_p.new_zeros(len(site_b), K - k)], 1))
         return tokens, probs
+
+    def _operand_contexts(self, ids: torch.Tensor, start: int, site_b: list, site_n: list, site_operands: list,
+                          width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per site (G of them) and candidate operand (``width``, padded): the token before it, the token after it
+        within the site's prefix (``vocab_size`` where there is none) and its rank from the latest candidate."""
+        none = self.config.vocab_size
+        rows = ids.tolist()
+        before = torch.full((len(site_b), width), none, dtype=torch.long)
+        after, rank = before.clone(), torch.zeros(len(site_b), width, dtype=torch.long)
+        for g, (b, n, operands) in enumerate(zip(site_b, site_n, site_operands)):
+            row, site = rows[b], start + n
+            for i, o in enumerate(operands):
+                before[g, i] = row[o.start - 1] if o.start > 0 else none
+                after[g, i] = row[o.end] if o.end <= site else none
+                rank[g, i] = len(operands) - 1 - i
+        return before, after, rank
 
     def _projection_calls(self, calls: torch.Tensor, values: torch.Tensor, record: Optional[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper's alternative reader: each operand slot is a distribution over values [B, N, S, V] projected
@@ -869,13 +933,13 @@ def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:
     return torch.where(torch.isinf(logits), floor, logits).detach().clone()
 
 
-def _shared_closers(proposal: torch.Tensor, logits: torch.Tensor, closers: Optional[torch.Tensor]) -> torch.Tensor:
-    """The proposal with its mass on the closing tokens shared among them as the LM's softmax does (no closers:
-    unchanged)."""
-    if closers is None or not len(closers):
-        return proposal
-    share = torch.softmax(logits[..., closers], -1)
-    return proposal.index_copy(2, closers, proposal[..., closers].sum(-1, keepdim=True) * share)
+def _shared_brackets(proposal: torch.Tensor, logits: torch.Tensor, shared: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The proposal with its mass on each group of tokens (closing brackets, opening ones) shared within the group as
+    the LM's softmax does (no groups: unchanged)."""
+    for group in shared:
+        share = torch.softmax(logits[..., group], -1)
+        proposal = proposal.index_copy(2, group, proposal[..., group].sum(-1, keepdim=True) * share)
+    return proposal
 
 
 def _plain(arguments: tuple) -> list:
