@@ -118,7 +118,8 @@ class NCInterpreterHeads(nn.Module):
             self.site_token = nn.Embedding(config.vocab_size + 1, 1)  # the position's own token
             self.site_previous = nn.Embedding(config.vocab_size + 1, 1)  # the token before it
             # every digit token reads one shared row (the last): a digit continues a number whatever its value
-            self.digit_tokens = sorted(int(t) for t, text in config.nc_reader_tokens.items() if text.isascii() and text.isdigit())
+            self.digit_tokens = sorted(int(t) for t, text in config.nc_reader_tokens.items()
+                                       if text.isascii() and text.isdigit())
         if config.nc_residual_injection:
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
 
@@ -167,7 +168,8 @@ class NCInterpreterHeads(nn.Module):
             return self.site_continue(hidden).float().squeeze(-1)
         previous = torch.nn.functional.pad(ids, (1, 0), value=self.bos_token_id or 0)[:, start:-1]
         vocab = self.site_token.num_embeddings - 1
-        classes = torch.arange(vocab, device=ids.device).index_fill(0, torch.tensor(self.digit_tokens, dtype=torch.long, device=ids.device), vocab)
+        digits = torch.tensor(self.digit_tokens, dtype=torch.long, device=ids.device)
+        classes = torch.arange(vocab, device=ids.device).index_fill(0, digits, vocab)  # a digit token -> the last row
         return (self.site_token(classes[ids[:, start:]]) + self.site_previous(classes[previous])).float().squeeze(-1)
 
     def context_logits(self, before: torch.Tensor, after: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
@@ -215,9 +217,10 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.nc_heads = NCInterpreterHeads(config)
         self.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
+        # Bracket token groups whose proposed mass the LM shares out; ids, not tensors: from_pretrained builds the
+        # model on the meta device, where a tensor made here would hold no data.
         brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
-        self._shared = [sorted(group) for on, group in brackets if on and group]  # token ids (tensors made in forward:
-        # from_pretrained builds the model on the meta device)
+        self._shared = [sorted(group) for on, group in brackets if on and group]
         self.library: Optional[Library] = None
         self._results: dict = {}
         self._menus: dict = {}
