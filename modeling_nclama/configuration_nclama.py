@@ -180,16 +180,11 @@ class NCLlamaConfig(LlamaConfig):
         layers = self.num_hidden_layers
         if not -layers <= self.nc_layer < layers:
             raise ValueError(f"nc_layer must be in [{-layers}, {layers - 1}] for {layers} layers, got {self.nc_layer}")
-        if self.nc_mode not in NC_MODES:
-            raise ValueError(f"nc_mode must be one of {NC_MODES}, got {self.nc_mode!r}")
-        if self.nc_operand_reader not in NC_OPERAND_READERS:
-            raise ValueError(f"nc_operand_reader must be one of {NC_OPERAND_READERS}, got {self.nc_operand_reader!r}")
-        if self.nc_call_reader not in NC_CALL_READERS:
-            raise ValueError(f"nc_call_reader must be one of {NC_CALL_READERS}, got {self.nc_call_reader!r}")
-        if self.nc_site_reader not in NC_SITE_READERS:
-            raise ValueError(f"nc_site_reader must be one of {NC_SITE_READERS}, got {self.nc_site_reader!r}")
-        if self.nc_gate_at not in NC_GATE_POSITIONS:
-            raise ValueError(f"nc_gate_at must be one of {NC_GATE_POSITIONS}, got {self.nc_gate_at!r}")
+        choices = {"nc_mode": NC_MODES, "nc_operand_reader": NC_OPERAND_READERS, "nc_call_reader": NC_CALL_READERS,
+                   "nc_site_reader": NC_SITE_READERS, "nc_gate_at": NC_GATE_POSITIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         positive = ("nc_top_k", "nc_stack_depth", "nc_max_steps", "nc_max_operands", "nc_max_candidates", "nc_pointer_dim", "nc_answer_window")
         for name in positive:
             value = getattr(self, name)

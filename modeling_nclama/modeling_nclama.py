@@ -547,16 +547,15 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         else:
             calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None)
             keywords = calls[:, -1].detach()
+        operand_keys = hidden.new_zeros(B, T, 0)  # only the pointer reader keys operands by hidden states
         if config.nc_operand_reader == "pointer":
             operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
             if state is not None:
                 operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
             tokens, probs = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys, record)
         elif config.nc_operand_reader == "context":
-            operand_keys = hidden.new_zeros(B, T, 0)
             tokens, probs = self._pointer_calls(ids, start, calls, None, None, record)
         else:
-            operand_keys = hidden.new_zeros(B, T, 0)
             tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
         first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
         if state is not None:
