@@ -54,6 +54,8 @@ def test_library_settings_round_trip(tmp_path):
         ({"nc_min_call_probability": 1.0}, "nc_min_call_probability must be in [0, 1)"),
         ({"nc_decimal_places": 4}, "nc_decimal_places must be 0, 1, 2 or 3"),
         ({"nc_gate_learning_floor": 1.5}, "nc_gate_learning_floor must be in [0, 1]"),
+        ({"nc_gate_target_weight": -0.5}, "nc_gate_target_weight must be a number >= 0"),
+        ({"nc_gate_target_weight": True}, "nc_gate_target_weight must be a number >= 0"),
         ({"nc_site_reader": "words"}, "nc_site_reader must be one of ('hidden', 'tokens')"),
         ({"nc_gate_at": "answer"}, "nc_gate_at must be one of ('position', 'site')"),
         ({"nc_result_words": {"gcd": [" yes"]}}, "nc_result_words: 'gcd' is not in nc_programs"),

@@ -115,6 +115,73 @@ def test_the_learning_floor_trains_the_proposal_on_the_answer_alone():
     assert grad[0, 1, 5] != 0 and grad[0, 1, 7] != 0  # the answer's closer (7) learns from both closers' mass
 
 
+def test_the_gate_target_is_cross_entropy_toward_the_right_expert():
+    """The gate target's loss: at each answer token the library proposes (mass >= 1/2), binary cross-entropy of the
+    own gate logit of each site answered (weighted by the site distribution) toward 1 where the proposal gives the
+    token at least 1/2, toward 0 where it does not and the LM does, none where neither does; averaged over the
+    answer tokens the library proposes; only the gate logits learn."""
+    from modeling_nclama.modeling_nclama import Interpreted
+
+    torch.manual_seed(0)
+    B, N, V = 2, 5, 11
+    lm_logits = torch.zeros(B, N, V)  # the LM gives every token 1/11 ...
+    lm_logits[0, 1, 7] = lm_logits[1, 2, 4] = 10.0  # ... but these two answers nearly 1
+    labels = torch.tensor([[5, 3, 7, 1, 2], [-100, 2, -100, 4, 4]])  # position t answers labels[:, t + 1]
+    proposal = torch.zeros(B, N, V)
+    proposal[0, 0, 3] = 0.9  # right
+    proposal[0, 1, 8] = 0.9  # wrong (the answer is 7), and the LM right: close
+    proposal[0, 2, 1], proposal[0, 2, 9] = 0.3, 0.6  # the answer gets 0.3 < 1/2, the LM 1/11: no target
+    proposal[0, 3, 2] = 0.2  # mass 0.2: the library does not answer here
+    proposal[1, 0, 2] = 1.0  # right
+    proposal[1, 1, 5] = 1.0  # an ignored label
+    proposal[1, 2, 4], proposal[1, 2, 6] = 0.5, 0.5  # right (exactly 1/2), as the LM: a tie opens
+    proposal[1, 3, 4] = 1.0  # right
+    proposal.requires_grad_(True)
+    mass = proposal.detach().sum(-1)
+    z = torch.randn(B, N, requires_grad=True)
+    sites = torch.rand(B, N, N).tril()
+    sites = sites / sites.sum(-1, keepdim=True)
+    targets, answered = {(0, 0): 1.0, (1, 0): 1.0, (1, 2): 1.0, (1, 3): 1.0, (0, 1): 0.0}, 6  # and (0, 2): none
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    for site_weights in (sites, None):
+        interpreted = Interpreted(proposal, None, mass, None, None, None, None, None, z, site_weights)
+        loss = NCLlamaForCausalLM._gate_target_loss(lm_logits, interpreted, [], labels)
+        expected = 0.0
+        for (b, t), target in targets.items():
+            weights = site_weights[b, t] if site_weights is not None else torch.eye(N)[t]
+            expected += sum(weights[s] * bce(z[b, s], torch.tensor(target)) for s in range(N))
+        assert loss.item() == pytest.approx(expected.item() / answered, rel=1e-5)
+        grad_z, grad_proposal = torch.autograd.grad(loss, (z, proposal), allow_unused=True)
+        assert grad_proposal is None
+    assert grad_z[0, 0] < 0 and grad_z[1, 0] < 0 and grad_z[1, 2] < 0 and grad_z[1, 3] < 0  # without sites: open,
+    assert grad_z[0, 1] > 0  # close,
+    assert grad_z[0, 2] == 0 and grad_z[0, 3] == 0 and grad_z[1, 1] == 0 and grad_z[:, 4].abs().sum() == 0  # neither
+
+
+def test_the_gate_target_opens_a_closed_gate_over_a_right_call_alone(llama, lib, tok):
+    """End to end, with the gate at the site: the gate head gets gradient to open where the call is right even
+    though the gate is closed (and the mixture has nothing to say); none where the call is wrong, as the untrained
+    LM is."""
+    prompt = "81273+4406="
+    batch = tok([prompt + "85679"], return_tensors="pt")
+    labels = batch["input_ids"].clone()
+    site = len(tok(prompt)["input_ids"]) - 1
+    labels[:, : site + 1] = -100  # the loss on the answer
+    grads = {}
+    for program in ("long_add", "long_sub"):
+        for weight in (0.0, 1.0):
+            model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_gate_at="site",
+                                                  nc_gate_target_weight=weight).train()
+            force(model, program, site)
+            with torch.no_grad():
+                model.nc_heads.gate_scale.fill_(0.0)  # closed, as at conversion
+                model.nc_heads.gate.bias.fill_(0.0)  # the opening undecided
+            model(**batch, labels=labels).loss.backward()
+            grads[program, weight] = model.nc_heads.gate.bias.grad.item()
+    assert grads["long_add", 0.0] == 0 and grads["long_sub", 0.0] == 0 and grads["long_sub", 1.0] == 0
+    assert grads["long_add", 1.0] < 0  # gradient descent opens it
+
+
 def test_keyword_calls_learn_from_the_answer(llama, lib, tok):
     model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_call_reader="keywords").train()
     prompt = PROMPTS[0]
