@@ -112,6 +112,15 @@ class NCLlamaConfig(LlamaConfig):
         model starts with the gate closed, where those heads get no gradient from the mixture: with a floor they
         learn where and what the library answers while the gate is still closed, even where the LM already
         answers well.
+    nc_gate_target_weight (`float`, defaults to 0.0):
+        In training (with labels), the weight of a loss that teaches the gate, from the answers alone, to choose the
+        expert that answers right: at each answer token the library proposes (its proposal holds at least half the
+        mass), the gate of the call site it answers is trained by binary cross-entropy toward 1 if the proposal
+        gives the token at least 1/2 (whatever the LM gives it), toward 0 if not and the LM does, with no target if
+        neither does. The mixture's own gradient opens a gate only where the library does better than the LM, so a
+        gate that closed while its calls were still wrong stayed closed once they were right and the LM answered as
+        well (until lengths the LM had not seen); this target breaks that tie toward the library, which runs the
+        same at every length.
     nc_residual_injection (`bool`, defaults to `False`):
         Add the expected embedding of the first result token of the call made at each position, through a
         zero-initialized linear map, to the output of layer `nc_layer`, so that later layers can use results the
@@ -150,6 +159,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_program_sharpness: float = 20.0
     nc_freeze_programs: bool = False
     nc_gate_learning_floor: float = 0.0
+    nc_gate_target_weight: float = 0.0
     nc_residual_injection: bool = False
     nc_base_model: str | None = None
 
@@ -210,6 +220,8 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError("nc_decimal_places needs the '.' token in nc_reader_tokens: rebuild it with tokenization.reader_tokens")
         if isinstance(self.nc_gate_learning_floor, bool) or not isinstance(self.nc_gate_learning_floor, (int, float)) or not 0 <= self.nc_gate_learning_floor <= 1:
             raise ValueError(f"nc_gate_learning_floor must be in [0, 1], got {self.nc_gate_learning_floor!r}")
+        if isinstance(self.nc_gate_target_weight, bool) or not isinstance(self.nc_gate_target_weight, (int, float)) or self.nc_gate_target_weight < 0:
+            raise ValueError(f"nc_gate_target_weight must be a number >= 0, got {self.nc_gate_target_weight!r}")
         if self.nc_residual_injection and self.nc_layer % layers == layers - 1:
             raise ValueError(f"nc_residual_injection needs nc_layer below the last layer ({layers - 1}): there is no later layer to inject into")
         if self.nc_value_size < 3:

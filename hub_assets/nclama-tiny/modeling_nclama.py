@@ -123,13 +123,17 @@ class NCInterpreterHeads(nn.Module):
         if config.nc_residual_injection:
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
 
-    def gate_probability(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[B, T] probability of answering from the library. The scale is clamped to [0, 1] in the forward pass
-        but passes gradients straight through, so a closed gate can open."""
+    def gate_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, T] logit of each position's own gate opening (before the scale)."""
+        return self.gate(hidden).float().squeeze(-1)
+
+    def gate_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B, T] probability of answering from the library, from the gate logits. The scale is clamped to [0, 1] in
+        the forward pass but passes gradients straight through, so a closed gate can open."""
         scale = self.gate_scale.clamp(0.0, 1.0)
         if scale.requires_grad:
             scale = self.gate_scale + (scale - self.gate_scale).detach()
-        opening = torch.sigmoid(self.gate(hidden).squeeze(-1))
+        opening = torch.sigmoid(logits)
         gate = opening * scale
         if self.training and self.gate_learning_floor > 0:  # same value; the gate head learns as if scale >= floor
             lift = (scale.detach().clamp(min=self.gate_learning_floor) - scale.detach())
@@ -349,22 +353,23 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(hidden_states)
-        floor_loss = None
+        heads_losses = []  # the interpreter's own training terms (nc_gate_learning_floor, nc_gate_target_weight)
         if active:
             if cache is not None:  # the interpreter's work on these positions is kept for the next steps
                 cache.nc_state = interpreted.state
             shared = [torch.tensor(group, dtype=torch.long, device=logits.device) for group in self._shared]
             lm_logits, logits = logits, self._fuse(logits, interpreted, shared)
-            floor = self.config.nc_gate_learning_floor
+            floor, target_weight = self.config.nc_gate_learning_floor, self.config.nc_gate_target_weight
             if labels is not None and self.training and floor > 0:
-                floor_loss = self._learning_floor_loss(lm_logits, interpreted, shared, labels, floor,
-                                                       kwargs.get("num_items_in_batch"))
+                heads_losses.append(self._learning_floor_loss(lm_logits, interpreted, shared, labels, floor,
+                                                              kwargs.get("num_items_in_batch")))
+            if labels is not None and self.training and target_weight > 0:
+                heads_losses.append(target_weight * self._gate_target_loss(lm_logits, interpreted, shared, labels))
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-            if floor_loss is not None:
-                loss = loss + floor_loss
+            loss = loss + sum(heads_losses)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -453,6 +458,32 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         weight = (floor - interpreted.gate[:, :-1].detach()).clamp(min=0) / q.detach().clamp_min(1e-30)
         total = -(weight * (q - q.detach()) * valid).sum()
         return total / (num_items_in_batch if num_items_in_batch is not None else valid.sum().clamp(min=1))
+
+    @staticmethod
+    def _gate_target_loss(lm_logits: torch.Tensor, interpreted: "Interpreted", shared: Sequence[torch.Tensor],
+                          labels: torch.Tensor) -> torch.Tensor:
+        """The gate's own target (``nc_gate_target_weight``): at each answer token ``y`` the library proposes (mass
+        >= 1/2), the gate is a choice between two experts, trained toward the right one: open (1) where the proposal
+        gives ``y`` at least 1/2, the LM or not (a tie goes to the library); closed (0) where it does not and the LM
+        does; no target where neither does (a gate closed there would stop its call from learning). The loss is the
+        binary cross-entropy of the own gate logit ``z_s`` of each site ``s`` answered, weighted by ``P(site s | t)``
+        (held fixed: the target teaches the gate, not where answers start), averaged over the tokens the library
+        proposes. Only the gate logits learn."""
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        index = targets.clamp(min=0).unsqueeze(-1)
+        lm = lm_logits[:, :-1].detach().float()
+        proposal = _shared_brackets(interpreted.proposal[:, :-1].detach(), lm, shared)
+        library_right = proposal.gather(2, index).squeeze(-1) >= 0.5
+        lm_right = torch.log_softmax(lm, -1).gather(2, index).squeeze(-1) >= math.log(0.5)
+        answered = (targets != -100) & (interpreted.mass[:, :-1].detach() >= 0.5)
+        z = interpreted.gate_logits
+        losses = torch.stack([torch.nn.functional.softplus(-z), torch.nn.functional.softplus(z)])  # open, closed
+        if interpreted.sites is None:
+            losses = losses[:, :, :-1]
+        else:  # the sites of this pass
+            losses = torch.einsum("bts,kbs->kbt", interpreted.sites[:, :-1, -z.shape[1]:].detach(), losses)
+        to_open, to_close = answered & library_right, answered & ~library_right & lm_right
+        return ((losses[0] * to_open).sum() + (losses[1] * to_close).sum()) / answered.sum().clamp(min=1)
 
     @torch.no_grad()
     def generate_with_trace(self, input_ids: torch.LongTensor, max_trace_rows: int = 200, **generate_kwargs):
@@ -573,7 +604,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
-        own_gates = heads.gate_probability(hidden)  # [B, N]
+        gate_logits = heads.gate_logits(hidden)  # [B, N]
+        own_gates = heads.gate_probability(gate_logits)
         gates = own_gates if state is None else torch.cat([state.gates, own_gates], 1)  # [B, T]
         if config.nc_gate_at == "site":  # the gate of the site each position answers
             gate = torch.einsum("bnt,bt->bn", last_sites, gates.float())
@@ -581,7 +613,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             gate = own_gates
         new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach(), keywords,
                                      gates.detach())
-        return Interpreted(proposal, proposed, weight.sum(-1), gate, new_state, first_tokens, first_probs, site_probs)
+        return Interpreted(proposal, proposed, weight.sum(-1), gate, new_state, first_tokens, first_probs, site_probs,
+                           gate_logits, last_sites if config.nc_gate_at == "site" else None)
 
     @staticmethod
     def _continued_sites(continuation: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:
@@ -926,6 +959,8 @@ class Interpreted:
     own_tokens: torch.Tensor  # [B, N, K] first result token of each call made at the position (-1: none)
     own_probs: torch.Tensor  # [B, N, K] those calls' probabilities
     site_probs: torch.Tensor  # [B, N, W] the site answered, by offset (0: the position itself)
+    gate_logits: Optional[torch.Tensor] = None  # [B, N] each position's own gate logit
+    sites: Optional[torch.Tensor] = None  # [B, N, T] the site each position answers (nc_gate_at="site"; else itself)
 
 
 def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:
