@@ -226,8 +226,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
         self._shared = [sorted(group) for on, group in brackets if on and group]
         self.library: Optional[Library] = None
-        self._results: dict = {}
-        self._menus: dict = {}
+        self._results: dict = {}  # hard calls' result tokens, for the step budget and window in _results_budget
+        self._menus: dict = {}  # per operands: the calls that fit and the results run so far
+        self._results_budget: Optional[tuple] = None
         self.post_init()
 
     # ------------------------------------------------------------------ library
@@ -566,6 +567,10 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         proposal for the next token [B, N, vocab], the gate [B, N], and the state including them. ``record``, if
         given, receives the chosen calls of every position (``explain``)."""
         heads, config = self.nc_heads, self.config
+        if (config.nc_max_steps, config.nc_answer_window) != self._results_budget:  # the saved model's budget
+            # differs from training's: calls that ran out of steps may now finish, so no cached result stays
+            self._results, self._menus = {}, {}
+            self._results_budget = (config.nc_max_steps, config.nc_answer_window)
         B, N = input_ids.shape
         W = config.nc_answer_window
         if state is None:

@@ -241,6 +241,19 @@ def test_decimals_are_sorted_and_written_as_decimals(llama, lib, tok):
     assert tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == "[0.05 0.549 0.6 0.715]"
 
 
+def test_a_larger_step_budget_reruns_the_calls_that_ran_out(model, tok):
+    """Results are cached per step budget: a call that ran out of steps in training (nc_max_steps 4000) must run
+    again when the saved model gets a larger budget, not propose the cached failure (fib(60) in the shipped model)."""
+    prompt = tok("81273+4406=", return_tensors="pt")
+    force(model, "long_add", site=prompt["input_ids"].shape[1] - 1)
+    answers = []
+    for budget in (5, 100_000):
+        model.config.nc_max_steps = budget
+        out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+        answers.append(tok.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))
+    assert answers[0] != "85679" and answers[1] == "85679"
+
+
 def test_generate_with_trace_explains_every_token(model, tok):
     prompt = tok("81273+4406=", return_tensors="pt")
     site = prompt["input_ids"].shape[1] - 1
