@@ -84,10 +84,9 @@ def test_generate_answers_every_example(client):
             wrong[prompt] = answer
         called += any(token["calls"] and token["gate"] > 0.5 for token in trace["tokens"])
     assert not wrong
-    # most answers come from a library call with the gate open (the first token after "?" is the LM's space); the
-    # shipped model answers 7! and fib(20) from what it memorized, and the comparison from the result that residual
-    # injection gives its later layers, with the gate closed
-    assert called >= len(CANONICAL) - 3
+    # every answer but one comes from a library call with the gate open (the first token after "?" is the LM's
+    # space): the shipped model answers 7! from what it memorized (no call is made on "7!=")
+    assert called >= len(CANONICAL) - 1
 
 
 def test_generate_streams_token_by_token(client):
