@@ -97,7 +97,8 @@ def test_the_learning_floor_trains_the_proposal_on_the_answer_alone():
     gate = torch.tensor([[0.0, 0.02, 0.5, 0.0], [0.1, 0.0, 0.0, 0.0]])
     labels = torch.tensor([[5, 3, 7, 1], [-100, 2, -100, 4]])
     interpreted = Interpreted(proposal, None, None, gate, None, None, None, None)
-    loss = NCLlamaForCausalLM._learning_floor_loss(lm_logits, interpreted, [], labels, 0.1)
+    q = NCLlamaForCausalLM._proposed_answer(lm_logits, interpreted, [], labels)
+    loss = NCLlamaForCausalLM._learning_floor_loss(q, interpreted, labels, 0.1)
     assert loss.item() == 0.0
     (grad,) = torch.autograd.grad(loss, proposal)
     expected = torch.zeros(B, N, V)
@@ -110,7 +111,8 @@ def test_the_learning_floor_trains_the_proposal_on_the_answer_alone():
     assert torch.allclose(grad, expected, atol=1e-6) and expected[0, 2].abs().sum() == 0  # gate 0.5: none
     # closers: the mass on closing tokens is shared among them as the LM prefers them
     closers = torch.tensor([5, 7])
-    loss = NCLlamaForCausalLM._learning_floor_loss(lm_logits, interpreted, [closers], labels, 0.1)
+    q = NCLlamaForCausalLM._proposed_answer(lm_logits, interpreted, [closers], labels)
+    loss = NCLlamaForCausalLM._learning_floor_loss(q, interpreted, labels, 0.1)
     (grad,) = torch.autograd.grad(loss, proposal)
     assert grad[0, 1, 5] != 0 and grad[0, 1, 7] != 0  # the answer's closer (7) learns from both closers' mass
 
@@ -145,7 +147,8 @@ def test_the_gate_target_is_cross_entropy_toward_the_right_expert():
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     for site_weights in (sites, None):
         interpreted = Interpreted(proposal, None, mass, None, None, None, None, None, z, site_weights)
-        loss = NCLlamaForCausalLM._gate_target_loss(lm_logits, interpreted, [], labels)
+        q = NCLlamaForCausalLM._proposed_answer(lm_logits, interpreted, [], labels)
+        loss = NCLlamaForCausalLM._gate_target_loss(q, lm_logits, interpreted, labels)
         expected = 0.0
         for (b, t), target in targets.items():
             weights = site_weights[b, t] if site_weights is not None else torch.eye(N)[t]

@@ -361,11 +361,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             shared = [torch.tensor(group, dtype=torch.long, device=logits.device) for group in self._shared]
             lm_logits, logits = logits, self._fuse(logits, interpreted, shared)
             floor, target_weight = self.config.nc_gate_learning_floor, self.config.nc_gate_target_weight
-            if labels is not None and self.training and floor > 0:
-                heads_losses.append(self._learning_floor_loss(lm_logits, interpreted, shared, labels, floor,
-                                                              kwargs.get("num_items_in_batch")))
-            if labels is not None and self.training and target_weight > 0:
-                heads_losses.append(target_weight * self._gate_target_loss(lm_logits, interpreted, shared, labels))
+            if labels is not None and self.training and (floor > 0 or target_weight > 0):
+                q = self._proposed_answer(lm_logits, interpreted, shared, labels)
+                if floor > 0:
+                    heads_losses.append(self._learning_floor_loss(q, interpreted, labels, floor,
+                                                                  kwargs.get("num_items_in_batch")))
+                if target_weight > 0:
+                    heads_losses.append(target_weight * self._gate_target_loss(q, lm_logits, interpreted, labels))
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
@@ -440,8 +442,16 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return (logits32 + lm_weight).scatter(2, tokens, mixed).to(logits.dtype)
 
     @staticmethod
-    def _learning_floor_loss(lm_logits: torch.Tensor, interpreted: "Interpreted",
-                             shared: Sequence[torch.Tensor], labels: torch.Tensor, floor: float,
+    def _proposed_answer(lm_logits: torch.Tensor, interpreted: "Interpreted", shared: Sequence[torch.Tensor],
+                         labels: torch.Tensor) -> torch.Tensor:
+        """[B, N - 1] the library proposal's probability ``q(y)`` of each next token ``y`` (``labels`` shifted; a
+        shared bracket's mass split as the LM prefers), with its gradient: what the heads' own training terms read."""
+        index = labels[:, 1:].clamp(min=0).unsqueeze(-1)  # position t predicts token t + 1
+        proposal = _shared_brackets(interpreted.proposal[:, :-1], lm_logits[:, :-1].detach().float(), shared)
+        return proposal.gather(2, index).squeeze(-1)
+
+    @staticmethod
+    def _learning_floor_loss(q: torch.Tensor, interpreted: "Interpreted", labels: torch.Tensor, floor: float,
                              num_items_in_batch: Optional[Union[int, torch.Tensor]] = None) -> torch.Tensor:
         """A term of value 0 for the loss (``nc_gate_learning_floor``): where the gate is below ``floor``, the library's
         proposal learns the answer as an expert of the mixture on its own: gradient ``-(floor - g) d log q(y)`` per
@@ -451,17 +461,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         nothing (a site without a call) as for finding the right call; the two balance and nothing is learned (the
         comparison, whose answer the LM guesses right two times in three, was never called). Where no call proposes
         ``y`` the term has no gradient."""
-        targets = labels[:, 1:]  # position t predicts token t + 1
-        valid = targets != -100
-        index = targets.clamp(min=0).unsqueeze(-1)
-        proposal = _shared_brackets(interpreted.proposal[:, :-1], lm_logits[:, :-1].detach().float(), shared)
-        q = proposal.gather(2, index).squeeze(-1)
+        valid = labels[:, 1:] != -100
         weight = (floor - interpreted.gate[:, :-1].detach()).clamp(min=0) / q.detach().clamp_min(1e-30)
         total = -(weight * (q - q.detach()) * valid).sum()
         return total / (num_items_in_batch if num_items_in_batch is not None else valid.sum().clamp(min=1))
 
     @staticmethod
-    def _gate_target_loss(lm_logits: torch.Tensor, interpreted: "Interpreted", shared: Sequence[torch.Tensor],
+    def _gate_target_loss(q: torch.Tensor, lm_logits: torch.Tensor, interpreted: "Interpreted",
                           labels: torch.Tensor) -> torch.Tensor:
         """The gate's own target (``nc_gate_target_weight``): at each answer token ``y`` the library proposes (mass
         >= 1/2), the gate is a choice between two experts, trained toward the right one: open (1) where the proposal
@@ -472,10 +478,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         proposes. Only the gate logits learn."""
         targets = labels[:, 1:]  # position t predicts token t + 1
         index = targets.clamp(min=0).unsqueeze(-1)
-        lm = lm_logits[:, :-1].detach().float()
-        proposal = _shared_brackets(interpreted.proposal[:, :-1].detach(), lm, shared)
-        library_right = proposal.gather(2, index).squeeze(-1) >= 0.5
-        lm_right = torch.log_softmax(lm, -1).gather(2, index).squeeze(-1) >= math.log(0.5)
+        library_right = q.detach() >= 0.5
+        lm_right = torch.log_softmax(lm_logits[:, :-1].detach().float(), -1).gather(2, index).squeeze(-1) >= math.log(0.5)
         answered = (targets != -100) & (interpreted.mass[:, :-1].detach() >= 0.5)
         z = interpreted.gate_logits
         losses = torch.stack([torch.nn.functional.softplus(-z), torch.nn.functional.softplus(z)])  # open, closed
