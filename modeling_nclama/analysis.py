@@ -189,7 +189,7 @@ def fibonacci_gradients(
 
     Soft runs stop at ``hard_steps + step_margin`` steps (a softened program never halts with probability exactly 1).
     float64 is the default: the exact program's input gradient grows by orders of magnitude per recursion level and
-    overflows float32 (inf/nan) at depth 8 with V = 32. The machine is fib alone (``stdlib_function_source("fib")``),
+    overflows float32 (inf/nan) at depth 8 with V = 32. The machine is fib alone (``stdlib_function_source("fib_recursive")``),
     2 registers, 11 lines; its stack holds ``max_depth + 2`` frames.
     """
     if not 1 <= min_depth <= max_depth:
@@ -198,12 +198,12 @@ def fibonacci_gradients(
         raise ValueError(f"max_depth {max_depth} must be below value_size {value_size} (n is one value)")
     if threads:
         torch.set_num_threads(threads)
-    lib = Library.from_source(stdlib_function_source("fib"), value_size=value_size, memory_size=2, stack_depth=max_depth + 2)
-    compiled = lib["fib"]
+    lib = Library.from_source(stdlib_function_source("fib_recursive"), value_size=value_size, memory_size=2, stack_depth=max_depth + 2)
+    compiled = lib["fib_recursive"]
     softened = compiled.soften(sharpness)
     rows = []
     for n in range(min_depth, max_depth + 1):
-        hard = lib.run_batch("fib", [(n,)])
+        hard = lib.run_batch("fib_recursive", [(n,)])
         if hard.status[0] != "ok" or hard.values[0] != _fib_mod(n, value_size):
             raise RuntimeError(f"hard fib({n}) gave {hard.values[0]} ({hard.status[0]}), expected {_fib_mod(n, value_size)}")
         max_steps = hard.steps[0] + step_margin
@@ -657,15 +657,15 @@ def fibonacci_training_curves(
         raise ValueError(f"held_out_max {held_out_max} must be below value_size {value_size} (k is one value)")
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
-    source = stdlib_function_source("fib")
+    source = stdlib_function_source("fib_recursive")
     lib = Library.from_source(source, value_size=value_size, memory_size=2, stack_depth=max_depth + 2)
     deep = Library.from_source(source, value_size=value_size, memory_size=2, stack_depth=held_out_max + 2)
-    original = lib["fib"]
+    original = lib["fib_recursive"]
     line, field, value = corrupt
     corrupted = _corrupt(original, line, field, value)
     held_out = list(range(held_out_max + 1))
     expected = [_fib_mod(k, value_size) for k in held_out]
-    hard_limit = 4 * max(deep.run_batch("fib", [(k,) for k in held_out]).steps) + 64  # a wrong program may loop
+    hard_limit = 4 * max(deep.run_batch("fib_recursive", [(k,) for k in held_out]).steps) + 64  # a wrong program may loop
     runs = []
     depths = range(min_depth, max_depth + 1)
     with tqdm(total=2 * len(depths) * steps, desc="fib-training", unit="update", disable=not progress) as bar:

@@ -11,6 +11,8 @@
   nclama eval MODEL [--tasks T...] [--lengths L...] [--n N] [--split train|heldout] [--seed S]
                     [--output-dir DIR] [--batch-size B] [--max-new-tokens M]
                                                      exact match per task and length (table + files)
+  nclama eval MODEL --adversarial [FILE.jsonl] [--n N] [--output-dir DIR]
+                                                     the adversarial set, per case (adversarial_results.json/.md)
   nclama train --recipe RECIPE.yaml --output-dir DIR [--resume] [--max-steps N] [--set KEY=VALUE ...]
                                                      fine-tune with transformers.Trainer (torchrun for DDP)
   nclama bench ops|machine|model                     benchmarks (results belong in BENCHMARKS.md)
@@ -215,16 +217,43 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _cmd_eval_adversarial(args) -> int:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .adversarial import load_adversarial
+    from .evaluation import evaluate_adversarial, format_adversarial, write_adversarial_results
+
+    rows = load_adversarial(args.adversarial or None)  # a missing or malformed file fails before the model loads
+    if args.n is not None:  # at most N rows of each case
+        seen: dict = {}
+        kept = []
+        for row in rows:
+            seen[row["case"]] = seen.get(row["case"], 0) + 1
+            if seen[row["case"]] <= args.n:
+                kept.append(row)
+        rows = kept
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    result = evaluate_adversarial(model, tokenizer, rows, max_new_tokens=args.max_new_tokens,
+                                  batch_size=args.batch_size)
+    print(format_adversarial(result).split("\n\n## ", 1)[0])  # the summary table (the file has every row)
+    paths = write_adversarial_results(result, args.output_dir or args.model)
+    print(f"\nwrote {paths[0]} and {paths[1]}")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .evaluation import evaluate_model, format_table, write_results
     from .tasks import validate
 
+    if args.adversarial is not None:
+        return _cmd_eval_adversarial(args)
     validate(args.tasks, args.lengths, args.split, args.max_value)  # a bad request fails before the model loads
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    rows = evaluate_model(model, tokenizer, tasks=args.tasks, lengths=args.lengths, n_per_length=args.n,
+    rows = evaluate_model(model, tokenizer, tasks=args.tasks, lengths=args.lengths, n_per_length=args.n or 50,
                           seed=args.seed, split=args.split, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, tool_calls=args.tool_calls, max_value=args.max_value)
     print(format_table(rows))
@@ -324,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"default: {' '.join(TASKS)}")
     p.add_argument("--lengths", type=int, nargs="+", default=None,
                    help="lengths for every task (default: each task's own, up to 4x its training range)")
-    p.add_argument("--n", type=_positive_int, default=50, help="examples per (task, length)")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="examples per (task, length), default 50; with --adversarial: at most N rows per case (default all)")
     p.add_argument("--split", choices=SPLITS, default="train", help="heldout: the evaluation-only templates")
     p.add_argument("--tool-calls", action="store_true", help="the model writes a call ([[a+b]]) that Python answers (the tool-use baseline)")
     p.add_argument("--seed", type=int, default=0)
@@ -333,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: what the answer needs")
     p.add_argument("--max-value", type=_positive_int, default=None, help="list items in 0..N (list tasks only)")
+    p.add_argument("--adversarial", nargs="?", const="", default=None, metavar="FILE.jsonl",
+                   help="evaluate the adversarial set instead (default file: configuration/adversarial.jsonl): "
+                        "adversarial_results.json/.md, per case; --tasks, --lengths, --split, --seed do not apply")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("train", help="train a model from a recipe with transformers.Trainer",

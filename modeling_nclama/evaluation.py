@@ -4,6 +4,9 @@ and length, for any causal language model of transformers.
 The rule (the same in the ``evaluate`` metric ``hub_assets/metrics/nclama_exact_match``): a text's answer is the text
 up to its first newline or end-of-sequence marker, stripped; a prediction is right when its answer equals the
 reference's.
+
+:func:`evaluate_adversarial` scores the adversarial set (:mod:`modeling_nclama.adversarial`) per case, and, for a model
+with ``generate_with_trace``, counts the wrong answers written while the library's gate was open.
 """
 from __future__ import annotations
 
@@ -19,13 +22,18 @@ from .checkpoints import EVAL_RESULTS
 from .tasks import EVAL_LENGTHS, TASKS, make_dataset, validate
 from .tool_use import answer_call, tool_text
 
-__all__ = ["END_MARKERS", "RESULTS_JSON", "RESULTS_MD", "answer_text", "exact_match", "evaluate_model",
-           "format_table", "write_results"]
+__all__ = ["END_MARKERS", "RESULTS_JSON", "RESULTS_MD", "ADVERSARIAL_JSON", "ADVERSARIAL_MD", "GATE_OPEN",
+           "answer_text", "exact_match", "evaluate_model", "format_table", "write_results", "evaluate_adversarial",
+           "format_adversarial", "write_adversarial_results"]
 
 #: Where an answer ends: a newline, or an end-of-sequence token left in decoded text (LLaMA 3, LLaMA 3 chat, LLaMA 2).
 END_MARKERS: tuple[str, ...] = ("\n", "<|end_of_text|>", "<|eot_id|>", "</s>")
 RESULTS_JSON = EVAL_RESULTS  # the model card's table (checkpoints.model_card) reads it
 RESULTS_MD = "eval_results.md"
+ADVERSARIAL_JSON = "adversarial_results.json"
+ADVERSARIAL_MD = "adversarial_results.md"
+#: A token's gate at or above this, with a library call proposed there, is the library answering.
+GATE_OPEN = 0.5
 
 
 def answer_text(text: str) -> str:
@@ -69,6 +77,17 @@ def _left_padded(tokenizer, prompts: Sequence[str], pad_id: int) -> tuple[torch.
     return input_ids, attention_mask
 
 
+def _generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, pad_id: int, eos_id: int,
+              stop: StoppingCriteriaList) -> list[str]:
+    """Greedy generations of a batch of prompts (left-padded), stopping at EOS or a newline: the new text only."""
+    input_ids, attention_mask = _left_padded(tokenizer, prompts, pad_id)
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
+                             eos_token_id=eos_id, stopping_criteria=stop)
+    return tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+
+
 def _answer_budget(tokenizer, rows: Sequence[dict], tool_calls: bool = False) -> int:
     """Enough new tokens for the longest right answer (or call) of a batch: separator, answer, the stop token (+1)."""
     texts = [(tool_text(row) if tool_calls else row["text"])[len(row["prompt"]):] for row in rows]
@@ -107,14 +126,9 @@ def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: O
                 predictions = []
                 for start in range(0, len(data), batch_size):
                     batch = data[start:start + batch_size]
-                    input_ids, attention_mask = _left_padded(tokenizer, [row["prompt"] for row in batch], pad_id)
-                    with torch.no_grad():
-                        out = model.generate(input_ids=input_ids.to(model.device),
-                                             attention_mask=attention_mask.to(model.device),
-                                             max_new_tokens=max_new_tokens or _answer_budget(tokenizer, batch, tool_calls),
-                                             do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_id,
-                                             stopping_criteria=stop)
-                    predictions += tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+                    predictions += _generate(model, tokenizer, [row["prompt"] for row in batch],
+                                             max_new_tokens or _answer_budget(tokenizer, batch, tool_calls), pad_id,
+                                             eos_id, stop)
                     bar.update(len(batch))
                 if tool_calls:
                     predictions = [answer_call(text) or "" for text in predictions]
@@ -150,4 +164,160 @@ def write_results(rows: Sequence[dict], out_dir: Union[str, Path], *, merge: boo
         rows = [r for r in json.loads(json_path.read_text())["rows"] if key(r) not in new] + list(rows)
     json_path.write_text(json.dumps({"rows": list(rows)}, indent=1) + "\n")
     md_path.write_text(format_table(rows) + "\n")
+    return json_path, md_path
+
+
+# ---------------------------------------------------------------------------------------------------- adversarial
+#: New tokens for a row with nothing to compute: enough to see whether the model writes an answer anyway.
+NOTHING_BUDGET = 16
+
+
+def _row_budget(tokenizer, row: dict) -> int:
+    """What a row's right answer needs (separator, answer, the stop token, +1), as :func:`_answer_budget`."""
+    if row.get("answer") is None:
+        return NOTHING_BUDGET
+    separator = "" if row["prompt"].endswith("=") else " "
+    return len(tokenizer(separator + row["answer"], add_special_tokens=False)["input_ids"]) + 2
+
+
+def _gate_open_rows(trace: Sequence[dict]) -> list[dict]:
+    """The trace rows (one per generated token) where the library answered: the gate at least :data:`GATE_OPEN`
+    and a call proposed."""
+    return [row for row in trace if float(row.get("gate", 0.0)) >= GATE_OPEN and row.get("calls")]
+
+
+def _traces(model) -> bool:
+    return callable(getattr(model, "generate_with_trace", None)) and getattr(model, "library", True) is not None
+
+
+def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: Optional[int] = None,
+                         progress: bool = True, batch_size: int = 16) -> dict:
+    """Greedy generation on the rows of the adversarial set (:mod:`modeling_nclama.adversarial`), scored per case.
+
+    Each row is generated as :func:`evaluate_model` generates (greedy, stops at EOS or a newline; ``max_new_tokens``
+    defaults to what the row's right answer needs, :data:`NOTHING_BUDGET` where there is none). A model with
+    ``generate_with_trace`` (an NCLlama with a library) generates one row at a time with its trace, whose rows (one
+    per generated token) carry ``gate`` and ``calls``; other models generate in batches of ``batch_size`` and have
+    no gate. A row's ``gate_open``: some generated token has gate >= :data:`GATE_OPEN` and a non-empty ``calls``.
+    ``wrong_with_gate_open``: the answer is wrong (a computable row not matched exactly, or a row with nothing to
+    compute answered at all) and the gate was open.
+
+    Returns ``{"cases": {case: {n, computable, exact, exact_match, answered, gate_open, wrong_with_gate_open}},
+    "n", "computable_exact_match", "wrong_with_gate_open", "traced", "rows": [{prompt, case, task, computable,
+    expected, generated, exact, gate_open, wrong_with_gate_open, max_gate, programs, no_call_reason}]}``
+    (``exact`` is None for a row with nothing to compute; ``programs``: the top call's program at each gate-open
+    token; ``no_call_reason``: the first the trace gives)."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no adversarial rows to evaluate")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    stop = StoppingCriteriaList([_StopAtTokens(_newline_tokens(tokenizer))])
+    traced = _traces(model)
+    generated: list[str] = []
+    traces: list[Optional[list[dict]]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=len(rows), desc="adversarial", unit="prompt", disable=not progress) as bar:
+            if traced:
+                for row in rows:
+                    ids = tokenizer(row["prompt"])["input_ids"]
+                    input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
+                    with torch.no_grad():
+                        sequence, trace = model.generate_with_trace(
+                            input_ids, attention_mask=torch.ones_like(input_ids), max_trace_rows=1,
+                            max_new_tokens=max_new_tokens or _row_budget(tokenizer, row), do_sample=False,
+                            num_beams=1, pad_token_id=pad_id, eos_token_id=eos_id, stopping_criteria=stop)
+                    generated.append(tokenizer.decode(sequence[0, len(ids):], skip_special_tokens=True))
+                    traces.append(list(trace))
+                    bar.update(1)
+            else:
+                for start in range(0, len(rows), batch_size):
+                    batch = rows[start:start + batch_size]
+                    budget = max_new_tokens or max(_row_budget(tokenizer, row) for row in batch)
+                    generated += _generate(model, tokenizer, [row["prompt"] for row in batch], budget, pad_id,
+                                           eos_id, stop)
+                    traces += [None] * len(batch)
+                    bar.update(len(batch))
+    finally:
+        model.train(was_training)
+
+    scored, cases = [], {}
+    for row, text, trace in zip(rows, generated, traces):
+        answer = answer_text(text)
+        computable = bool(row.get("computable", row.get("answer") is not None))
+        opened = _gate_open_rows(trace or [])
+        exact = answer == answer_text(row["answer"]) if computable else None
+        wrong = (not exact) if computable else bool(answer)
+        reasons = [t["no_call_reason"] for t in trace or [] if t.get("no_call_reason")]
+        scored.append({
+            "prompt": row["prompt"], "case": row.get("case"), "task": row.get("task"), "computable": computable,
+            "expected": row.get("answer"), "generated": answer, "exact": exact, "gate_open": bool(opened),
+            "wrong_with_gate_open": bool(wrong and opened),
+            "max_gate": max((float(t.get("gate", 0.0)) for t in trace), default=None) if trace is not None else None,
+            "programs": [max(t["calls"], key=lambda c: c.get("probability", 0.0)).get("program") for t in opened],
+            "no_call_reason": reasons[0] if reasons else None,
+        })
+    for record in scored:
+        case = cases.setdefault(record["case"], {"n": 0, "computable": 0, "exact": 0, "exact_match": None,
+                                                 "answered": 0, "gate_open": 0, "wrong_with_gate_open": 0})
+        case["n"] += 1
+        case["computable"] += record["computable"]
+        case["exact"] += bool(record["exact"])
+        case["answered"] += bool(record["generated"]) and not record["computable"]
+        case["gate_open"] += record["gate_open"]
+        case["wrong_with_gate_open"] += record["wrong_with_gate_open"]
+    for case in cases.values():
+        case["exact_match"] = case["exact"] / case["computable"] if case["computable"] else None
+    computable = sum(c["computable"] for c in cases.values())
+    return {"cases": cases, "n": len(scored),
+            "computable_exact_match": sum(c["exact"] for c in cases.values()) / computable if computable else None,
+            "wrong_with_gate_open": sum(c["wrong_with_gate_open"] for c in cases.values()), "traced": traced,
+            "rows": scored}
+
+
+def _cell(value) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", "\\n")
+
+
+def format_adversarial(result: dict) -> str:
+    """Markdown: a summary table (one line per case), then a table of every case's rows."""
+    def percent(value):
+        return "" if value is None else f"{100 * value:.1f}%"
+
+    lines = ["| case | n | computable | exact match | answered (nothing to compute) | gate open | wrong with gate open |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, case in result["cases"].items():
+        lines.append(f"| {name} | {case['n']} | {case['computable']} | {percent(case['exact_match'])} | "
+                     f"{case['answered']} | {case['gate_open']} | {case['wrong_with_gate_open']} |")
+    lines.append(f"| all | {result['n']} | {sum(c['computable'] for c in result['cases'].values())} | "
+                 f"{percent(result['computable_exact_match'])} | "
+                 f"{sum(c['answered'] for c in result['cases'].values())} | "
+                 f"{sum(c['gate_open'] for c in result['cases'].values())} | {result['wrong_with_gate_open']} |")
+    if not result.get("traced", True):
+        lines += ["", "(the model has no trace: no gate was read)"]
+    for name in result["cases"]:
+        lines += ["", f"## {name}", "", "| prompt | expected | generated | exact | gate open | max gate | programs |",
+                  "|---|---|---|---|---|---:|---|"]
+        for row in result["rows"]:
+            if row["case"] == name:
+                exact = "" if row["exact"] is None else ("yes" if row["exact"] else "no")
+                gate = "" if row["max_gate"] is None else f"{row['max_gate']:.2f}"
+                lines.append(f"| {_cell(row['prompt'])} | {_cell(row['expected'])} | {_cell(row['generated'])} | "
+                             f"{exact} | {'yes' if row['gate_open'] else 'no'} | {gate} | "
+                             f"{_cell(', '.join(dict.fromkeys(p for p in row['programs'] if p)))} |")
+    return "\n".join(lines)
+
+
+def write_adversarial_results(result: dict, out_dir: Union[str, Path]) -> tuple[Path, Path]:
+    """``adversarial_results.json`` (the result of :func:`evaluate_adversarial`) and ``adversarial_results.md``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / ADVERSARIAL_JSON, out_dir / ADVERSARIAL_MD
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    md_path.write_text(format_adversarial(result) + "\n")
     return json_path, md_path

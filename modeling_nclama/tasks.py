@@ -12,15 +12,28 @@ Text conventions:
   prompt ends with ``=`` (``81273+4406=85679``, ``gcd(84, 36)=12``) and one space otherwise
   (``What is 81273 plus 4406? 85679``, ``sort: 5 3 9 1 -> 1 3 5 9``). ``text`` carries no end-of-sequence token:
   the training collator appends the tokenizer's.
+- Numbers are signed integers of any length, written as Python writes them: a negative number has a leading ``-``
+  (``4406-81273=-76867``, ``What is -5 plus 12? 7``, ``Sort the list [-3, 1200, 5]. [-3, 5, 1200]``).
 - A list answer is written the way the prompt wrote its list: ``[1, 3, 5, 9]`` after a bracketed list, ``1 3 5 9``
   after a spaced one. Comparisons answer ``yes`` or ``no``. ``fib(0) = 0``, ``fib(1) = 1``, ``0! = 1``.
-- A list has at least 2 elements: the model's operand reader reads a single number as a number, not a list.
+- A list may hold one number (``sort: 55 -> 55``, ``max([7])=7``) and, for sort and sum, none: an empty list is
+  written ``[]`` (``sorted([])=[]``, ``What is the sum of []? 0``), so it takes a bracketed template only (a spaced
+  empty list has no text). The maximum and the minimum of an empty list are not defined: max and min lists have at
+  least one number.
+
+Signs. add, sub, mul and less_than draw each operand negative with probability :data:`NEGATIVE_RATE` (0.3), and
+sub's ``a - b`` may be negative. A template that writes a symbol operator right before ``{b}`` (``{a}-{b}=``,
+``{a}+{b}=``, ``{a}*{b}=``, ``{a}<{b}?``, and ``Compute {a} - {b}.``) keeps ``b`` non-negative, so that no prompt
+reads ``5--3=`` or ``5 - -3``: only ``a`` may be negative there (``-5-3=`` is minus five minus three). Word templates
+take both signs. gcd operands are positive, of any length. List items (sort, max, min, sum) are signed numbers of
+1 to 6 digits: a number of digits uniform over 1..3 with probability 0.8 and over 4..6 otherwise, negative with
+probability 0.3 (``max_value`` replaces them by items uniform over 0..max_value, for small-V experiments).
 
 Length (the unit of per-length evaluation, sampled uniformly over lengths rather than values, so short operands
-appear as often as long ones): the digits of the longer operand for add, sub, mul, less_than and gcd; the number of
-elements for sort, max and sum; ``n`` for factorial and fib. An operand of ``d`` digits is uniform over the
-``d``-digit numbers (0-9 for ``d = 1``); the other operand of a two-operand task has a uniform number of digits
-between 1 and the length.
+appear as often as long ones): the digits of the longer operand (not counting a sign) for add, sub, mul, less_than
+and gcd; the number of elements for sort, max, min and sum; ``n`` for factorial and fib. An operand of ``d`` digits
+is uniform over the ``d``-digit numbers (0-9 for ``d = 1``); the other operand of a two-operand task has a uniform
+number of digits between 1 and the length.
 
 ``clrs_insertion_sort`` reproduces CLRS-Text's (DeepMind, 2024) text format for ``insertion_sort`` without hints,
 as its ``clrs._src.clrs_text`` code writes it (see :func:`clrs_insertion_sort`).
@@ -29,6 +42,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
@@ -37,14 +51,18 @@ if TYPE_CHECKING:  # datasets is imported where a dataset is built, so the CLI a
 
 __all__ = [
     "TASKS", "CLRS_TASK", "ALL_TASKS", "SPLITS", "TRAINING_RANGES", "EVAL_LENGTHS", "TEMPLATES", "CANONICAL",
-    "LIST_TASKS", "Template", "templates", "solve", "render", "validate", "make_dataset", "clrs_insertion_sort",
+    "LIST_TASKS", "NEGATIVE_RATE", "Template", "templates", "solve", "render", "sample", "validate", "make_dataset",
+    "clrs_insertion_sort", "context_examples",
 ]
 
-TASKS: tuple[str, ...] = ("add", "sub", "mul", "less_than", "gcd", "factorial", "fib", "sort", "max", "sum")
+TASKS: tuple[str, ...] = ("add", "sub", "mul", "less_than", "gcd", "factorial", "fib", "sort", "max", "min", "sum")
 CLRS_TASK = "clrs_insertion_sort"
 ALL_TASKS: tuple[str, ...] = TASKS + (CLRS_TASK,)
-LIST_TASKS: tuple[str, ...] = ("sort", "max", "sum")
+LIST_TASKS: tuple[str, ...] = ("sort", "max", "min", "sum")
 SPLITS: tuple[str, ...] = ("train", "heldout")
+
+#: Probability that an operand of add, sub, mul and less_than, or a list item, is negative.
+NEGATIVE_RATE = 0.3
 
 #: What training data covers: ``length`` is the inclusive range of lengths (see the module docstring for the unit
 #: of each task); list elements take ``values`` (inclusive). Recipes cite these; evaluation goes beyond them.
@@ -53,12 +71,13 @@ TRAINING_RANGES: dict[str, dict] = {
     "sub": {"length": (1, 10), "unit": "digits of the longer operand"},
     "mul": {"length": (1, 5), "unit": "digits of the longer operand"},
     "less_than": {"length": (1, 10), "unit": "digits of the longer operand"},
-    "gcd": {"length": (1, 3), "unit": "digits of the longer operand"},
+    "gcd": {"length": (1, 6), "unit": "digits of the longer operand"},
     "factorial": {"length": (0, 12), "unit": "n"},
     "fib": {"length": (0, 30), "unit": "n"},
-    "sort": {"length": (2, 16), "unit": "elements", "values": (0, 999)},
-    "max": {"length": (2, 16), "unit": "elements", "values": (0, 999)},
-    "sum": {"length": (2, 16), "unit": "elements", "values": (0, 999)},
+    "sort": {"length": (0, 16), "unit": "elements", "values": (-999999, 999999)},
+    "max": {"length": (1, 16), "unit": "elements", "values": (-999999, 999999)},
+    "min": {"length": (1, 16), "unit": "elements", "values": (-999999, 999999)},
+    "sum": {"length": (0, 16), "unit": "elements", "values": (-999999, 999999)},
     CLRS_TASK: {"length": (4, 31), "unit": "elements", "values": (0.0, 0.999)},
 }
 
@@ -69,15 +88,17 @@ EVAL_LENGTHS: dict[str, tuple[int, ...]] = {
     "sub": (1, 5, 10, 20, 40),
     "mul": (1, 3, 5, 10),
     "less_than": (1, 5, 10, 20, 40),
-    "gcd": (1, 2, 3, 6, 12),
+    "gcd": (1, 3, 6, 12),
     "factorial": (3, 6, 12, 24, 48),
     "fib": (5, 10, 20, 30, 60, 120),
     "sort": (2, 4, 8, 16, 32, 64),
     "max": (2, 4, 8, 16, 32, 64),
+    "min": (2, 4, 8, 16, 32, 64),
     "sum": (2, 4, 8, 16, 32, 64),
     CLRS_TASK: (4, 8, 16, 31),
 }
 
+#: The shortest length a task can have: its training range's (sort and sum take an empty list, max and min do not).
 _MIN_LENGTH = {task: ranges["length"][0] for task, ranges in TRAINING_RANGES.items()}
 
 
@@ -94,6 +115,12 @@ class Template:
     @property
     def bracketed(self) -> bool:
         return "{xs}" in self.text
+
+    @property
+    def symbol_before_b(self) -> bool:
+        """Whether a symbol operator comes right before ``{b}`` (``{a}-{b}=``, ``Compute {a} - {b}.``): ``b`` is
+        then non-negative, so that no prompt reads ``5--3=``."""
+        return re.search(r"[-+*<>] ?\{b\}", self.text) is not None
 
 
 _TRAIN, _HELDOUT = False, True
@@ -184,6 +211,15 @@ _TEMPLATE_TABLE: dict[str, list[tuple[str, str, bool]]] = {
         ("greatest", "What is the greatest of {xs_spaced}?", _HELDOUT),
         ("maximum-value", "Give the maximum value of the list {xs}.", _HELDOUT),
     ],
+    "min": [
+        ("smallest", "What is the smallest number in {xs}?", _TRAIN),
+        ("call", "min({xs})=", _TRAIN),
+        ("arrow", "min: {xs_spaced} ->", _TRAIN),
+        ("find", "Find the minimum of {xs}.", _TRAIN),
+        ("smallest-which", "Which number in {xs} is the smallest?", _HELDOUT),
+        ("least", "What is the least of {xs_spaced}?", _HELDOUT),
+        ("minimum-value", "Give the minimum value of the list {xs}.", _HELDOUT),
+    ],
     "sum": [
         ("sum-of", "What is the sum of {xs}?", _TRAIN),
         ("call", "sum({xs})=", _TRAIN),
@@ -219,6 +255,12 @@ CANONICAL: list[tuple[str, str]] = [
     ("Sort the list [5, 3, 9, 1].", "[1, 3, 5, 9]"),
     ("What is the largest number in [5, 3, 9, 1]?", "9"),
     ("What is the sum of [5, 3, 9, 1]?", "18"),
+    ("4406-81273=", "-76867"),
+    ("What is -5 plus 12?", "7"),
+    ("Sort the list [-3, 1200, 5].", "[-3, 5, 1200]"),
+    ("What is the largest number in [5, 3, 9, 1, 1200]?", "1200"),
+    ("gcd(2000, 3000)=", "1000"),
+    ("sort: 55 ->", "55"),
 ]
 
 
@@ -245,6 +287,7 @@ _SOLVERS: dict[str, Callable[..., object]] = {
     "fib": lambda n: _fib(n),
     "sort": lambda xs: sorted(xs),
     "max": lambda xs: max(xs),
+    "min": lambda xs: min(xs),
     "sum": lambda xs: sum(xs),
 }
 
@@ -286,7 +329,7 @@ def _length(operands: dict) -> int:
         return len(operands["xs"])
     if "n" in operands:
         return operands["n"]
-    return max(len(str(operands["a"])), len(str(operands["b"])))
+    return max(len(str(abs(operands["a"]))), len(str(abs(operands["b"]))))
 
 
 def _number(rng: random.Random, digits: int) -> int:
@@ -310,13 +353,26 @@ def _gcd_pair(rng: random.Random, length: int) -> tuple[int, int]:
     return (a, b) if rng.random() < 0.5 else (b, a)
 
 
-def _operands(task: str, rng: random.Random, length: int, max_value: Optional[int] = None) -> dict:
-    if task in ("add", "mul", "less_than"):
+def _signed(rng: random.Random, value: int) -> int:
+    """``value``, negated with probability :data:`NEGATIVE_RATE`."""
+    return -value if rng.random() < NEGATIVE_RATE else value
+
+
+def _item(rng: random.Random) -> int:
+    """A list item: 1-3 digits (probability 0.8) or 4-6 digits, negative with probability :data:`NEGATIVE_RATE`."""
+    digits = rng.randint(1, 3) if rng.random() < 0.8 else rng.randint(4, 6)
+    return _signed(rng, _number(rng, digits))
+
+
+def _operands(task: str, rng: random.Random, length: int, max_value: Optional[int] = None,
+              template: Optional[Template] = None) -> dict:
+    """Operands of ``task`` at ``length``; ``template`` (the one they are rendered with) keeps ``b`` non-negative
+    where a symbol operator comes right before it."""
+    if task in ("add", "sub", "mul", "less_than"):
         a, b = _pair(rng, length)
+        a = _signed(rng, a)
+        b = b if template is not None and template.symbol_before_b else _signed(rng, b)
         return {"a": a, "b": b}
-    if task == "sub":
-        a, b = _pair(rng, length)
-        return {"a": max(a, b), "b": min(a, b)}
     if task == "gcd":
         a, b = _gcd_pair(rng, length)
         return {"a": a, "b": b}
@@ -324,7 +380,23 @@ def _operands(task: str, rng: random.Random, length: int, max_value: Optional[in
         return {"n": length}
     if max_value is not None:
         return {"xs": [rng.randint(0, max_value) for _ in range(length)]}
-    return {"xs": [_number(rng, rng.randint(1, 3)) for _ in range(length)]}
+    return {"xs": [_item(rng) for _ in range(length)]}
+
+
+def sample(task: str, rng: random.Random, length: int, *, split: str = "train", max_value: Optional[int] = None,
+           template_id: Optional[str] = None) -> dict:
+    """One example of ``task`` at ``length`` (a dataset row, see :func:`render`), drawn from ``rng``: a template of
+    ``split`` (or ``template_id``), then operands for it. An empty list takes a bracketed template."""
+    if task == CLRS_TASK:
+        return _clrs_example(rng, length)
+    if template_id is not None:
+        template = TEMPLATES[template_id]
+    else:
+        choices = templates(task, split)
+        if task in LIST_TASKS and length == 0:
+            choices = [t for t in choices if t.bracketed]
+        template = rng.choice(choices)
+    return render(template.id, **_operands(task, rng, length, max_value, template))
 
 
 def _clrs_truncate(value: float) -> float:
@@ -376,9 +448,9 @@ def make_dataset(tasks: Sequence[str], n: int, *, seed: int, split: str = "train
     from its own random stream (seeded by ``seed``, ``split`` and the task), so adding a task does not change the
     examples of the others.
 
-    ``max_value`` caps list items (sort, max, sum: uniform over 0..max_value instead of numbers of 1-3 digits), for
-    experiments with a small library value size."""
-    from datasets import Dataset, Features, Value
+    ``max_value`` caps list items (sort, max, min, sum: uniform over 0..max_value instead of signed numbers of 1-6
+    digits), for experiments with a small library value size."""
+    from datasets import Dataset
 
     tasks = list(tasks)
     validate(tasks, lengths, split, max_value)
@@ -391,13 +463,8 @@ def make_dataset(tasks: Sequence[str], n: int, *, seed: int, split: str = "train
         rng = streams[task]
         low, high = TRAINING_RANGES[task]["length"]
         length = rng.choice(list(lengths) if lengths else range(low, high + 1))
-        if task == CLRS_TASK:
-            rows.append(_clrs_example(rng, length))
-        else:
-            template = rng.choice(templates(task, split))
-            rows.append(render(template.id, **_operands(task, rng, length, max_value)))
-    features = Features({"prompt": Value("string"), "answer": Value("string"), "text": Value("string"),
-                         "task": Value("string"), "length": Value("int32"), "template": Value("string")})
+        rows.append(sample(task, rng, length, split=split, max_value=max_value))
+    features = _features()
     return Dataset.from_list(rows, features=features)
 
 
@@ -415,3 +482,65 @@ def clrs_insertion_sort(n: int, *, seed: int, lengths: Optional[Sequence[int]] =
     (``text`` is CLRS-Text's ``question + answer``, whose answer ends with a blank line.)"""
     return make_dataset([CLRS_TASK], n, seed=seed, lengths=lengths)
 
+
+
+#: Statements with numbers and nothing to compute, for training only (the adversarial set has its own, disjoint
+#: ones): fields are filled with random numbers of the ranges given. What follows them is text, not a result.
+_TRAINING_STATEMENTS: tuple[tuple[str, dict[str, tuple[int, int]]], ...] = (
+    ("The bus leaves at {h} from stop {s}.", {"h": (1, 12), "s": (1, 99)}),
+    ("There are {n} apples in basket {b}.", {"n": (2, 500), "b": (1, 30)}),
+    ("Lesson {l} takes {m} minutes.", {"l": (1, 40), "m": (10, 120)}),
+    ("The hotel has {f} floors and {r} rooms.", {"f": (2, 90), "r": (10, 2000)}),
+    ("He ran {k} kilometres in {m} minutes.", {"k": (1, 42), "m": (5, 300)}),
+    ("Box {b} weighs {w} kilograms.", {"b": (1, 999), "w": (1, 80)}),
+    ("The museum opened in {year} with {n} paintings.", {"year": (1800, 2024), "n": (10, 9999)}),
+    ("We waited {m} minutes for bus {b}.", {"m": (2, 90), "b": (1, 400)}),
+    ("The stadium seats {n} fans.", {"n": (1000, 99999)}),
+    ("Values so far: [{a}, {b}].", {"a": (0, 100), "b": (0, 100)}),
+    ("The river is {k} kilometres long and {w} metres wide.", {"k": (10, 6000), "w": (5, 900)}),
+    ("It was -{t} degrees at {h} o'clock.", {"t": (1, 30), "h": (1, 12)}),
+)
+_CONTINUATIONS = ("That is all we know.", "It was a quiet day.", "Everyone was there.", "Nothing else changed.",
+                  "The rest is history.", "Thank you.", "See you there.")
+
+
+def _statement(rng: random.Random) -> str:
+    text, ranges = rng.choice(_TRAINING_STATEMENTS)
+    return text.format(**{field: rng.randint(low, high) for field, (low, high) in ranges.items()})
+
+
+def context_examples(n: int, *, seed: int, tasks: Sequence[str] = TASKS) -> "Dataset":
+    """Training examples of text around the questions, ``n`` in all (columns of :func:`make_dataset`): a third
+    are statements with numbers followed by text (task ``statement``: nothing to compute, so the model learns not
+    to call the library there), a third a training question after such a statement, a third a training question
+    after another one (the answer answers the second). Questions are at the training lengths, at most 6."""
+    from datasets import Dataset
+
+    rng = random.Random(f"nclama/{seed}/context")
+    rows = []
+    for i in range(n):
+        if i % 3 == 0:
+            prompt = _statement(rng)
+            answer = rng.choice(_CONTINUATIONS)
+            rows.append({"prompt": prompt, "answer": answer, "text": prompt + " " + answer, "task": "statement",
+                         "length": 0, "template": "statement"})
+            continue
+        task = tasks[(i // 3) % len(tasks)]
+        low, high = TRAINING_RANGES[task]["length"]
+        question = sample(task, rng, rng.randint(low, min(high, 6)))
+        if i % 3 == 1:
+            before = _statement(rng)
+        else:
+            first = rng.choice([t for t in TASKS if t != task])
+            flow, fhigh = TRAINING_RANGES[first]["length"]
+            before = sample(first, rng, rng.randint(flow, min(fhigh, 6)))["prompt"]
+        rows.append({**question, "prompt": before + " " + question["prompt"], "text": before + " " + question["text"]})
+    return Dataset.from_list(rows, features=_features())
+
+
+def _features():
+    """The columns of every task dataset."""
+    from datasets import Features, Value
+
+    return Features({"prompt": Value("string"), "answer": Value("string"), "text": Value("string"),
+                     "task": Value("string"), "length": Value("int32"), "template": Value("string")})

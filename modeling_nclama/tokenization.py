@@ -381,7 +381,9 @@ def number_token_values(tokenizer) -> dict[int, str]:
 def reader_tokens(tokenizer, words: Sequence[str] = ()) -> dict[str, str]:
     """The table of the model's operand reader (``NCLlamaConfig.nc_reader_tokens``): token id (as a string, for JSON)
     -> text, for every digit token, every token made only of list punctuation (brackets, commas, spaces, a
-    closing bracket followed by punctuation like "].") and the decimal point. See ``reader.py``. ``words``: the
+    closing bracket followed by punctuation like "]."), every minus sign ("-", " -", "[-": a minus after at most
+    spaces, commas and an opening bracket), the punctuation that ends a sentence ("?", ".", "].") and the decimal
+    point. See ``reader.py``. ``words``: the
     texts results are written as (``nc_result_words``), each of which must be one token."""
     table = {str(k): v for k, v in number_token_values(tokenizer).items()}
     for word in words:
@@ -398,7 +400,9 @@ def reader_tokens(tokenizer, words: Sequence[str] = ()) -> dict[str, str]:
         is_separator = text and not text.strip(", ")
         is_opener = stripped.endswith("[") and not stripped[:-1].strip(" ,")
         is_closer = stripped.startswith("]") and all(not ch.isalnum() for ch in stripped)
-        if is_separator or is_opener or is_closer or text == ".":
+        is_sign = text.endswith("-") and not text[:-1].strip(" ,[")
+        ends_sentence = bool(stripped) and stripped[-1] in "?." and not any(ch.isalnum() for ch in stripped)
+        if is_separator or is_opener or is_closer or is_sign or ends_sentence or text == ".":
             table[str(idx)] = text
     return dict(sorted(table.items(), key=lambda kv: int(kv[0])))
 

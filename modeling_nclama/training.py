@@ -11,7 +11,9 @@ defaults (errors name the bad key and value); :func:`train` runs it. Sections::
     trainable: all | [name prefixes or globs]        # e.g. ["nc_heads.*"]: the decoder is frozen
     data: {tasks: all | [...], n: 20000, seed: 0, lengths: training_ranges | [ints] | {task: [low, high] | [ints]},
            max_value: null,                           # list items in 0..max_value (list tasks only)
-           clrs_insertion_sort: 0, loss_on: all | answer, max_length: null,
+           clrs_insertion_sort: 0,                    # extra CLRS-Text insertion-sort examples
+           context: 0,                                # extra examples of text around questions (tasks.context_examples)
+           loss_on: all | answer, max_length: null,
            format: answer | tool_call}                # tool_call: the tool-use baseline writes [[a+b]] (tool_use.py)
     training: {...any TrainingArguments field..., heads_learning_rate: null,   # the interpreter heads' own rate
                tables_learning_rate: null}   # the token-table heads (keyword calls, token sites, operand contexts);
@@ -51,20 +53,22 @@ __all__ = [
 
 RECIPES = Path(__file__).resolve().parents[1] / "configuration" / "recipes"
 
-#: The library program that answers each task. Call accuracy compares the top
-#: call at the answered site with it; a program missing from the model's library is not scored.
-TASK_PROGRAMS: dict[str, str] = {
-    "add": "long_add",
-    "sub": "long_sub",
-    "mul": "long_mul",
-    "less_than": "long_cmp",
-    "gcd": "gcd",
-    "factorial": "factorial_tape",
-    "fib": "fib_tape",
-    "sort": "insertion_sort",
-    "max": "max_list",
-    "sum": "sum_list_tape",
-    CLRS_TASK: "insertion_sort",  # its keys are decimals: read with nc_decimal_places=3
+#: The library programs that answer each task, the standard ones first (numbers and lists of numbers of any length
+#: and sign), then those on values below V that small-V experiments call. Call accuracy compares the top call at the
+#: answered site with the first of them the model's library has; a task none of whose programs it has is not scored.
+TASK_PROGRAMS: dict[str, tuple[str, ...]] = {
+    "add": ("long_add",),
+    "sub": ("long_sub",),
+    "mul": ("long_mul",),
+    "less_than": ("long_cmp",),
+    "gcd": ("long_gcd", "gcd"),
+    "factorial": ("factorial_tape",),
+    "fib": ("fib_tape",),
+    "sort": ("sort_numbers", "insertion_sort"),
+    "max": ("max_number", "max_list"),
+    "min": ("min_number",),
+    "sum": ("sum_numbers", "sum_list_tape"),
+    CLRS_TASK: ("insertion_sort",),  # its keys are decimals: read with nc_decimal_places=3
 }
 
 KINDS = ("llama", "nclama")
@@ -72,8 +76,7 @@ LOSS_ON = ("all", "answer")
 FORMATS = ("answer", "tool_call")  # tool_call: the tool-use baseline (tool_use.py)
 LIBRARY_KEYS = ("value_size", "memory_size", "stack_depth", "max_steps")
 # nc_* settings a recipe may not set: they follow from the library and the tokenizer
-DERIVED_NC = ("nc_value_size", "nc_memory_size", "nc_stack_depth", "nc_library_fingerprint", "nc_reader_tokens",
-              "nc_tape_programs")
+DERIVED_NC = ("nc_value_size", "nc_memory_size", "nc_stack_depth", "nc_library_fingerprint", "nc_reader_tokens")
 
 
 class RecipeError(ValueError):
@@ -232,8 +235,8 @@ def _length_list(spec: Sequence[int]) -> list[int]:
 
 
 def _data(where: str, value: Any) -> dict:
-    value = _check_keys(where, value or {}, ("tasks", "n", "seed", "lengths", "max_value", "clrs_insertion_sort", "loss_on",
-                                             "max_length", "format"))
+    value = _check_keys(where, value or {}, ("tasks", "n", "seed", "lengths", "max_value", "clrs_insertion_sort", "context",
+                                             "loss_on", "max_length", "format"))
     tasks = _tasks(f"{where}.tasks", value.get("tasks", "all"))
     max_value = _max_value(where, value.get("max_value"), tasks)
     clrs = _int(f"{where}.clrs_insertion_sort", value.get("clrs_insertion_sort", 0))
@@ -247,6 +250,7 @@ def _data(where: str, value: Any) -> dict:
         "lengths": _lengths(f"{where}.lengths", value.get("lengths"), tasks),
         "max_value": max_value,
         "clrs_insertion_sort": clrs,
+        "context": _int(f"{where}.context", value.get("context", 0)),
         "loss_on": _choice(f"{where}.loss_on", value.get("loss_on", "all"), LOSS_ON),
         "max_length": max_length,
         "format": _choice(f"{where}.format", value.get("format", "answer"), FORMATS),
@@ -480,10 +484,12 @@ def apply_trainable(model: torch.nn.Module, trainable: Union[str, Sequence[str]]
 
 def _examples(data: dict):
     """The training examples: each task from its own seeded stream, interleaved round robin (the same examples as
-    ``make_dataset(tasks, n)`` when lengths are the training ranges), plus the extra CLRS insertion-sort examples."""
+    ``make_dataset(tasks, n)`` when lengths are the training ranges), plus the extra CLRS insertion-sort examples and
+    the examples of text around questions (statements to leave alone, questions after other text), appended (the
+    Trainer samples every example in random order)."""
     from datasets import concatenate_datasets
 
-    from .tasks import clrs_insertion_sort, make_dataset
+    from .tasks import TASKS, clrs_insertion_sort, context_examples, make_dataset
 
     tasks, n, lengths = data["tasks"], data["n"], data["lengths"]
     parts = []
@@ -496,6 +502,9 @@ def _examples(data: dict):
     dataset = concatenate_datasets(parts).select(indices)
     if data["clrs_insertion_sort"]:
         dataset = concatenate_datasets([dataset, clrs_insertion_sort(data["clrs_insertion_sort"], seed=data["seed"])])
+    if data["context"]:
+        questions = [t for t in data["tasks"] if t in TASKS] or list(TASKS)
+        dataset = concatenate_datasets([dataset, context_examples(data["context"], seed=data["seed"], tasks=questions)])
     if data["format"] == "tool_call":  # the tool-use baseline writes a call instead of the answer
         from .tool_use import tool_text
 
@@ -629,7 +638,7 @@ def build_probes(tokenizer, tasks: Sequence[str], per_task: int = 2, seed: int =
 @torch.no_grad()
 def probe_model(model, probes: Sequence[dict]) -> dict[str, float]:
     """For an NCLlama: per task and overall, the mean gate at the answer's first position and the call accuracy
-    (the top call at the site answered is :data:`TASK_PROGRAMS`'s program for the task; tasks whose program the
+    (the top call at the site answered is the first of :data:`TASK_PROGRAMS`'s programs for the task that the model has; tasks whose program the
     model lacks are not scored). Keys ``probe/<task>/gate``, ``probe/<task>/call_accuracy``, ``probe/gate``,
     ``probe/call_accuracy``."""
     was_training = model.training
@@ -643,8 +652,8 @@ def probe_model(model, probes: Sequence[dict]) -> dict[str, float]:
             row = model.explain(sequence, probe["prefix_length"], max_trace_rows=1)[-1]
             task = probe["task"]
             gates.setdefault(task, []).append(float(row["gate"]))
-            expected = TASK_PROGRAMS.get(task)
-            if expected in programs:
+            expected = next((p for p in TASK_PROGRAMS.get(task, ()) if p in programs), None)
+            if expected is not None:
                 top = max(row["calls"], key=lambda c: c["probability"])["program"] if row["calls"] else None
                 hits.setdefault(task, []).append(float(top == expected))
     finally:

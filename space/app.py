@@ -71,6 +71,8 @@ def token_summary(trace: dict, index: int) -> str:
         )
     else:
         lines.append("No library call fits the numbers and lists before this position.")
+    if row.get("no_call_reason"):
+        lines.append(f"**{row['no_call_reason'][0].upper()}{row['no_call_reason'][1:]}.**")
     return "\n\n".join(lines)
 
 
@@ -181,9 +183,10 @@ def build_demo(pool: Pool) -> gr.Blocks:
         signature = f"`{name}({', '.join(f'{n}: {t}' for n, t in p['params'])}) -> {p['returns']}`"
         if p["called_by_model"]:
             signature += " · the model calls it"
-        if name.startswith("long_"):
-            signature += " · numbers as digit tapes, least significant digit first: 4406 is `[6, 0, 4, 4]`"
-        examples = ", ".join("[5, 3, 9, 1]" if kind == "list" else "12" for _, kind in p["params"])
+        if any(kind in ("tape", "numbers") for _, kind in p["params"]):
+            signature += " · numbers of any sign and length (`tape`), lists of them (`numbers`)"
+        example = {"int": "12", "list": "[5, 3, 9, 1]", "tape": "-4406", "numbers": "[5, -3, 9, 1200]"}
+        examples = ", ".join(example[kind] for _, kind in p["params"])
         return signature, p["source"], p["assembly"], examples
 
     def run_program(name: str, arguments: str, mode: str, max_steps: float) -> tuple[str, dict]:

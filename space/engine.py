@@ -338,10 +338,18 @@ def parse_call(text: Any) -> tuple[str, list]:
     return node.func.id, [_literal(arg) for arg in node.args]
 
 
+def _int(node: ast.AST):
+    """An int literal, a minus sign allowed ("-4406"), or None."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        value = _int(node.operand)
+        return None if value is None else -value
+    return node.value if isinstance(node, ast.Constant) and type(node.value) is int else None
+
+
 def _literal(node: ast.AST):
     """An int or a list of ints, read from the AST (nothing is evaluated)."""
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        return node.value
-    if isinstance(node, ast.List) and all(isinstance(e, ast.Constant) and type(e.value) is int for e in node.elts):
-        return [e.value for e in node.elts]
+    if _int(node) is not None:
+        return _int(node)
+    if isinstance(node, ast.List) and all(_int(e) is not None for e in node.elts):
+        return [_int(e) for e in node.elts]
     raise ValueError(f"unsupported argument {ast.unparse(node)!r}: arguments are ints or lists of ints")

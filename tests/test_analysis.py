@@ -24,8 +24,8 @@ def fib_rows():
 
 
 def test_stdlib_function_source():
-    src = stdlib_function_source("fib")
-    assert src.startswith("def fib(n):") and "fib(n - 1) + fib(n - 2)" in src
+    src = stdlib_function_source("fib_recursive")
+    assert src.startswith("def fib_recursive(n):") and "fib_recursive(n - 1) + fib_recursive(n - 2)" in src
     with pytest.raises(KeyError):
         stdlib_function_source("no_such_function")
 

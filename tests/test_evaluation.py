@@ -227,3 +227,185 @@ def test_results_merge_by_task_split_and_length(tmp_path):
                    {"task": "add", "length": 9, "exact_match": 0.75}], tmp_path, merge=True)
     rows = json.loads((tmp_path / "eval_results.json").read_text())["rows"]
     assert [(r["length"], r.get("split", "train"), r["exact_match"]) for r in rows] == [(5, "train", 0.5), (5, "heldout", 0.25), (9, "train", 0.75)]
+
+
+# ---------------------------------------------------------------------------------------------------- adversarial
+from modeling_nclama.adversarial import adversarial_rows  # noqa: E402
+from modeling_nclama.evaluation import evaluate_adversarial, format_adversarial, write_adversarial_results  # noqa: E402
+
+
+class TraceStub(torch.nn.Module):
+    """A test double of an NCLlama: generate_with_trace writes the scripted text of each prompt, with one trace row
+    per generated token whose gate and calls the script gives (the last gate repeats)."""
+
+    def __init__(self, tokenizer, script):
+        super().__init__()
+        self.tokenizer, self.script, self.calls = tokenizer, script, []
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def generate_with_trace(self, input_ids, max_new_tokens, eos_token_id, **kwargs):
+        assert input_ids.shape[0] == 1 and kwargs["do_sample"] is False and not self.training
+        assert kwargs["stopping_criteria"] is not None
+        prompt = self.tokenizer.decode(input_ids[0], skip_special_tokens=True)
+        self.calls.append((prompt, max_new_tokens))
+        text, gates, calls, reason = self.script[prompt]
+        new = (self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_token_id])[:max_new_tokens]
+        trace = []
+        for i, token in enumerate(new):
+            row = {"position": input_ids.shape[1] + i, "token": token, "gate": gates[min(i, len(gates) - 1)],
+                   "calls": [{"program": p, "probability": q, "status": "ok", "result": 1} for p, q in calls]}
+            if reason:
+                row["no_call_reason"] = reason
+            trace.append(row)
+        return torch.cat([input_ids, torch.tensor([new])], dim=1), trace
+
+
+ADDER = [("long_add", 0.2), ("long_sub", 0.8)]
+
+
+def _rows():
+    return [  # prompt, answer, case, computable, task
+        {"prompt": "4406-81273=", "answer": "-76867", "case": "negative_results", "computable": True, "task": "sub"},
+        {"prompt": "What is -5 plus 12?", "answer": "7", "case": "negative_operands", "computable": True, "task": "add"},
+        {"prompt": "What is -6 plus 12?", "answer": "6", "case": "negative_operands", "computable": True, "task": "add"},
+        {"prompt": "What is -7 plus 12?", "answer": "5", "case": "negative_operands", "computable": True, "task": "add"},
+        {"prompt": "sorted([])=", "answer": "[]", "case": "empty_lists", "computable": True, "task": "sort"},
+        {"prompt": "max([])=", "answer": None, "case": "empty_lists", "computable": False, "task": "max"},
+        {"prompt": "min([])=", "answer": None, "case": "empty_lists", "computable": False, "task": "min"},
+        {"prompt": "The meeting is at 10 in room 204.", "answer": None, "case": "nothing_to_compute",
+         "computable": False, "task": None},
+        {"prompt": "In 1969, 3 astronauts flew to the moon.", "answer": None, "case": "nothing_to_compute",
+         "computable": False, "task": None},
+    ]
+
+
+SCRIPT = {  # prompt: generated text, gates per token, calls at every token, no_call_reason
+    "4406-81273=": ("-76867\n", [0.9], ADDER, None),                   # right, gate open
+    "What is -5 plus 12?": (" 17\n", [0.1, 0.7], ADDER, None),          # wrong, gate open at its second token
+    "What is -6 plus 12?": (" 18\n", [0.95], [], "no library program takes these operands"),  # wrong, no call
+    "What is -7 plus 12?": (" 4\nmore", [0.49], ADDER, None),           # wrong, gate below 0.5
+    "sorted([])=": ("[]\n", [0.0], [], None),                           # right, gate closed
+    "max([])=": ("0\n", [0.8], [("max_number", 0.9)], None),            # an answer to nothing, gate open
+    "min([])=": ("\n", [0.99], [("min_number", 0.9)], None),            # no answer: right to write nothing
+    "The meeting is at 10 in room 204.": (" 214\n", [0.2], ADDER, None),  # an answer, gate closed
+    "In 1969, 3 astronauts flew to the moon.": (" They landed.\n", [0.6], ADDER, None),  # words, gate open
+}
+
+
+def test_adversarial_counts_exactly(tok):
+    model = TraceStub(tok, SCRIPT)
+    model.train()
+    result = evaluate_adversarial(model, tok, _rows(), progress=False)
+    assert model.training  # restored
+    assert result["traced"] and result["n"] == 9
+    assert result["cases"] == {
+        "negative_results": {"n": 1, "computable": 1, "exact": 1, "exact_match": 1.0, "answered": 0,
+                             "gate_open": 1, "wrong_with_gate_open": 0},
+        "negative_operands": {"n": 3, "computable": 3, "exact": 0, "exact_match": 0.0, "answered": 0,
+                              "gate_open": 1, "wrong_with_gate_open": 1},
+        "empty_lists": {"n": 3, "computable": 1, "exact": 1, "exact_match": 1.0, "answered": 1,
+                        "gate_open": 2, "wrong_with_gate_open": 1},
+        "nothing_to_compute": {"n": 2, "computable": 0, "exact": 0, "exact_match": None, "answered": 2,
+                               "gate_open": 1, "wrong_with_gate_open": 1},
+    }
+    assert result["computable_exact_match"] == 2 / 5 and result["wrong_with_gate_open"] == 3
+    rows = {row["prompt"]: row for row in result["rows"]}
+    assert [row["prompt"] for row in result["rows"]] == [row["prompt"] for row in _rows()]
+    assert rows["What is -5 plus 12?"] == {
+        "prompt": "What is -5 plus 12?", "case": "negative_operands", "task": "add", "computable": True,
+        "expected": "7", "generated": "17", "exact": False, "gate_open": True, "wrong_with_gate_open": True,
+        "max_gate": 0.7, "programs": ["long_sub"] * len(tok(" 17\n", add_special_tokens=False)["input_ids"]),
+        "no_call_reason": None}  # the top call at every token from the second on (" 17\n" and EOS)
+    assert rows["What is -6 plus 12?"]["no_call_reason"] == "no library program takes these operands"
+    assert not rows["What is -6 plus 12?"]["gate_open"] and rows["What is -7 plus 12?"]["generated"] == "4"
+    assert rows["max([])="]["exact"] is None and rows["max([])="]["wrong_with_gate_open"]
+    assert rows["min([])="]["generated"] == "" and not rows["min([])="]["wrong_with_gate_open"]
+    assert rows["In 1969, 3 astronauts flew to the moon."]["wrong_with_gate_open"]
+    # the budget: what the right answer needs (separator, answer, stop, +1), 16 tokens where there is nothing
+    budgets = dict(model.calls)
+    assert budgets["max([])="] == evaluation.NOTHING_BUDGET
+    assert budgets["4406-81273="] == len(tok("-76867", add_special_tokens=False)["input_ids"]) + 2
+    short = TraceStub(tok, SCRIPT)
+    assert evaluate_adversarial(short, tok, _rows()[:2], max_new_tokens=3, progress=False)["n"] == 2
+    assert [budget for _, budget in short.calls] == [3, 3]  # max_new_tokens overrides the budget
+    with pytest.raises(ValueError, match="no adversarial rows"):
+        evaluate_adversarial(model, tok, [], progress=False)
+
+
+def test_adversarial_files(tok, tmp_path):
+    result = evaluate_adversarial(TraceStub(tok, SCRIPT), tok, _rows(), progress=False)
+    json_path, md_path = write_adversarial_results(result, tmp_path / "out")
+    assert (json_path.name, md_path.name) == ("adversarial_results.json", "adversarial_results.md")
+    assert json.loads(json_path.read_text()) == result
+    md = md_path.read_text()
+    assert md == format_adversarial(result) + "\n"
+    assert "| negative_operands | 3 | 3 | 0.0% | 0 | 1 | 1 |" in md
+    assert "| nothing_to_compute | 2 | 0 |  | 2 | 1 | 1 |" in md
+    assert "| all | 9 | 5 | 40.0% | 3 | 5 | 3 |" in md
+    assert "## empty_lists" in md and "| max([])= |  | 0 |  | yes | 0.80 | max_number |" in md
+
+
+class ScriptLM(torch.nn.Module):
+    """A plain causal LM double (no trace): generate() writes each prompt's scripted answer, in batches."""
+
+    def __init__(self, tokenizer, answers):
+        super().__init__()
+        self.tokenizer, self.answers, self.batches = tokenizer, answers, []
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id, **kwargs):
+        self.batches.append(len(input_ids))
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask):
+            prompt = self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+            rows.append((self.tokenizer(self.answers[prompt] + "\n", add_special_tokens=False)["input_ids"]
+                         + [eos_token_id])[:max_new_tokens])
+        width = max(map(len, rows))
+        return torch.cat([input_ids, torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])], dim=1)
+
+
+def test_adversarial_on_a_model_without_trace(tok):
+    rows = adversarial_rows(n_per_case=3)
+    answers = {row["prompt"]: (" " + row["answer"] if row["computable"] else " 12") for row in rows}
+    model = ScriptLM(tok, answers)
+    result = evaluate_adversarial(model, tok, rows, progress=False, batch_size=5)
+    assert not result["traced"] and model.batches == [5, 5, 5, 5, 4]
+    assert result["computable_exact_match"] == 1.0 and result["wrong_with_gate_open"] == 0
+    assert result["cases"]["nothing_to_compute"] == {"n": 3, "computable": 0, "exact": 0, "exact_match": None,
+                                                     "answered": 3, "gate_open": 0, "wrong_with_gate_open": 0}
+    assert all(row["max_gate"] is None and row["programs"] == [] for row in result["rows"])
+    assert "(the model has no trace: no gate was read)" in format_adversarial(result)
+
+
+def test_nclama_eval_adversarial_on_a_tiny_nclama(nclama_folder, tmp_path, capsys):
+    assert main(["eval", str(nclama_folder), "--adversarial", "--n", "1", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| case | n | computable | exact match |" in out and "| two_questions | 1 | 1 |" in out
+    result = json.loads((tmp_path / "adversarial_results.json").read_text())
+    assert result["traced"] and result["n"] == 8
+    assert {case: c["n"] for case, c in result["cases"].items()} == {case: 1 for case in
+                                                                     ("negative_operands", "negative_results",
+                                                                      "large_list_items", "one_item_lists",
+                                                                      "empty_lists", "answer_ends",
+                                                                      "nothing_to_compute", "two_questions")}
+    first = adversarial_rows(n_per_case=1)
+    assert [r["prompt"] for r in result["rows"]] == [r["prompt"] for r in first]
+    assert all(isinstance(r["max_gate"], float) for r in result["rows"] if r["generated"] or r["max_gate"] is not None)
+    counted = sum(r["wrong_with_gate_open"] for r in result["rows"])
+    assert result["wrong_with_gate_open"] == counted
+    assert (tmp_path / "adversarial_results.md").read_text().startswith("| case | n |")
+
+
+def test_nclama_eval_adversarial_file_errors(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "no-model"), "--adversarial", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"prompt": "1+1="}\n')
+    assert main(["eval", str(tmp_path / "no-model"), "--adversarial", str(small)]) == 2  # before any model loads
+    assert "a row needs answer, case, computable" in capsys.readouterr().err

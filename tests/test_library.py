@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 V = 256
 JSON, TENSORS = "library.json", "library.safetensors"
 PROBES = {"gcd": [(12, 18), (255, 85)], "fib": [(10,)], "insertion_sort": [([5, 3, 9, 1],)],
-          "long_mul": [([9, 9], [9, 9])], "fib_tape": [(30,)]}
+          "long_mul": [(99, -99)], "fib_tape": [(30,)], "sort_numbers": [([12, -5, 0],)]}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,9 @@ def test_save_load_round_trip(std, saved):
         n.memory_size, n.stack_depth, n.num_registers, n.num_args)
     assert loaded.max_steps == std.max_steps
     assert results(loaded) == results(std)
-    assert results(loaded)["fib_tape"] == [[0, 4, 0, 2, 3, 8, 0, 0, 0]]
+    assert results(loaded)["fib_tape"] == [832040] and results(loaded)["long_mul"] == [-9801]
+    assert results(loaded)["sort_numbers"] == [[-5, 0, 12]]
+    assert loaded["long_mul"].params == [("a", "tape"), ("b", "tape")] and loaded["sort_numbers"].returns == "numbers"
     assert loaded.run("gcd", 12, 18, mode="soft") == 6
 
 
@@ -373,6 +375,18 @@ def test_inconsistent_json_is_refused(copy, edit):
         Library.load(copy)
 
 
+def test_unknown_kinds_are_refused(copy):
+    meta = read_meta(copy)
+    entry = next(e for e in meta["programs"] if e["name"] == "long_add")
+    assert entry["params"] == [["a", "tape"], ["b", "tape"]] and entry["returns"] == "tape"
+    assert entry["assembly"].startswith("def long_add(a: tape, b: tape) -> tape\n")
+    entry["params"][1][1] = "digits"
+    entry["assembly"] = entry["assembly"].replace("b: tape", "b: digits", 1)
+    write_meta(copy, meta)
+    with pytest.raises(LibraryError, match="long_add: unknown parameter or result kind"):
+        Library.load(copy)
+
+
 def test_library_error_is_a_value_error():
     assert issubclass(LibraryError, ValueError)
 
@@ -516,10 +530,11 @@ def test_library_construction_checks(std):
 
 
 def test_calls_of_different_programs_run_as_one_machine(std):
-    calls = [("gcd", (84, 36)), ("insertion_sort", ([5, 3, 9, 1],)), ("fib", (200,)), ("max_list", ([4, 250, 7],)),
-             ("gcd", (7, 5)), ("long_add", ([9, 9], [1]))]
+    calls = [("gcd", (84, 36)), ("insertion_sort", ([5, 3, 9, 1],)), ("fib_recursive", (200,)),
+             ("max_list", ([4, 250, 7],)), ("gcd", (7, 5)), ("long_add", (99, 1)), ("max_number", ([],))]
     together = std.run_calls(calls, max_steps=500)
     alone = [std.run_batch(name, [args], max_steps=500) for name, args in calls]
-    assert together.values == [r.values[0] for r in alone] == [12, [1, 3, 5, 9], None, 250, 1, [0, 0, 1]]
+    assert together.values == [r.values[0] for r in alone] == [12, [1, 3, 5, 9], None, 250, 1, 100, None]
+    assert together.status[-1] == "bad_result"
     assert together.status == [r.status[0] for r in alone] and together.status[2] == "stack_overflow"
     assert together.steps == [r.steps[0] for r in alone]

@@ -29,3 +29,26 @@ def test_with_instructions_changes_one_line():
     changed = gcd.with_instructions(listing)
     assert [i.op for i in changed.instructions()].count("floordiv") == 1
     assert changed.weights["op"][line].max() == 0 and changed.weights["op"][line].min() == -math.inf
+
+
+def test_assembly_round_trips_the_number_kinds():
+    import pytest
+
+    from modeling_nclama.program import ProgramError, parse_assembly
+
+    lib = Library.standard(64)
+    for name, header in [("long_gcd", "def long_gcd(a: tape, b: tape) -> tape"),
+                         ("sum_numbers", "def sum_numbers(xs: numbers) -> tape"),
+                         ("reverse", "def reverse(xs: list) -> list")]:
+        program = lib[name]
+        text = program.assembly()
+        assert text.splitlines()[0] == header
+        back = parse_assembly(text, num_registers=program.num_registers, num_args=program.num_args, value_size=64)
+        assert (back.params, back.returns) == (program.params, program.returns) and back.assembly() == text
+    text = lib["long_gcd"].assembly()
+    with pytest.raises(ProgramError, match="kind 'digits'"):
+        parse_assembly(text.replace("b: tape", "b: digits", 1), num_registers=lib.machine.num_registers,
+                       num_args=lib.machine.num_args, value_size=64)
+    with pytest.raises(ProgramError, match="line 1"):
+        parse_assembly(text.replace("-> tape", "-> digits", 1), num_registers=lib.machine.num_registers,
+                       num_args=lib.machine.num_args, value_size=64)

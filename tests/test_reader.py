@@ -145,3 +145,60 @@ def test_decimal_places_are_checked(tok, reader):
         OperandReader(reader_tokens(tok), decimal_places=4)
     with pytest.raises(ValueError, match="decimal_places > 0"):
         reader.value_tokens(5, decimal=True)
+
+
+@pytest.mark.parametrize("text, numbers, lists", [
+    ("4406-81273=", ["4406", "81273"], []),  # a bare minus between digits is the operator
+    ("7-10=", ["7", "10"], []),
+    ("4406 - 81273", ["4406", "81273"], []),  # a minus with spaces on both sides is the operator
+    ("-5 + 12", ["-5", "12"], []),
+    ("What is -81273 plus 4406?", ["-81273", "4406"], []),
+    ("Is -5 less than -3?", ["-5", "-3"], []),
+    ("gcd(-4, 6)=", ["-4", "6"], []),
+    ("7 -10", ["7", "-10"], [["7", "-10"]]),  # a minus that carries its space signs the number after it
+    ("the sum of [-3, 4]", ["-3", "4"], [["-3", "4"]]),
+    ("Sort the list [-5, 3, -9, 1].", ["-5", "3", "-9", "1"], [["-5", "3", "-9", "1"]]),
+    ("sort: -5 3 -9 1 ->", ["-5", "3", "-9", "1"], [["-5", "3", "-9", "1"]]),
+    ("max([5, -3])=", ["5", "-3"], [["5", "-3"]]),
+    ("sorted([])=", [], [[]]),
+    ("[55]", ["55"], [["55"]]),
+])
+def test_signs_and_short_lists(reader, tok, text, numbers, lists):
+    ids, operands = found(reader, tok, text)
+    assert [o.items[0] for o in operands if o.kind == "number"] == numbers
+    assert [list(o.items) for o in operands if o.kind == "list"] == lists
+    for o in operands:  # an operand's tokens spell it, sign included
+        spelled = tok.decode(ids[o.start : o.end]).strip(" []=.,")
+        if o.kind == "number":
+            assert spelled == o.items[0]
+
+
+def test_reader_table_has_the_signs(tok):
+    table = reader_tokens(tok)
+    assert {"-", " -"} <= set(table.values())
+    r = OperandReader({"1": "5", "2": "[-", "3": "]", "4": ",", "5": " -", "6": "-"})
+    (lst,) = [o for o in r.read([2, 1, 4, 5, 1, 3]) if o.kind == "list"]  # "[-5, -5]" with a merged "[-"
+    assert lst.values == [-5, -5] and (lst.start, lst.end) == (0, 6) and lst.style.bracketed
+
+
+def test_results_are_written_as_the_tokenizer_writes_them(reader, tok):
+    """Signed numbers of any length and lists of them, with and without the space before them: the writer's tokens
+    are the tokenizer's, and reading them back gives the values."""
+    rng = random.Random(1)
+    for _ in range(500):
+        value = rng.choice([-1, 1]) * rng.randrange(10 ** rng.randint(1, 40))
+        items = [rng.choice([-1, 1]) * rng.randrange(10 ** rng.randint(1, 6)) for _ in range(rng.randint(0, 8))]
+        for lead in ("", " "):
+            for text, style in [(reader.value_text(value), None), (reader.list_text(items, Style(bracketed=True)), 1),
+                                (reader.list_text(items, Style()), 2)]:
+                ids = tok(lead + text, add_special_tokens=False)["input_ids"]
+                assert reader.text_tokens(lead + text) == ids, lead + text
+                if style is None:
+                    (n,) = [o for o in reader.read(ids) if o.kind == "number"]
+                    assert n.number == value
+                elif style == 1 or len(items) >= 2:
+                    (lst,) = [o for o in reader.read(ids) if o.kind == "list"]
+                    assert lst.values == items
+    assert reader.value_text(-76867) == "-76867" and reader.list_text([-3, 5], Style(bracketed=True)) == "[-3, 5]"
+    with pytest.raises(ValueError, match="no token for 'x'"):
+        reader.text_tokens("x")

@@ -27,6 +27,12 @@ CANONICAL_SOURCES = [
     ("sort/list", {"xs": [5, 3, 9, 1]}),
     ("max/largest", {"xs": [5, 3, 9, 1]}),
     ("sum/sum-of", {"xs": [5, 3, 9, 1]}),
+    ("sub/sym", {"a": 4406, "b": 81273}),
+    ("add/plus", {"a": -5, "b": 12}),
+    ("sort/list", {"xs": [-3, 1200, 5]}),
+    ("max/largest", {"xs": [5, 3, 9, 1, 1200]}),
+    ("gcd/sym", {"a": 2000, "b": 3000}),
+    ("sort/arrow", {"xs": [55]}),
 ]
 
 
@@ -56,8 +62,8 @@ def _fact(n):
     return out
 
 
-_FIELD_PATTERNS = {"{a}": r"(?P<a>\d+)", "{b}": r"(?P<b>\d+)", "{n}": r"(?P<n>\d+)",
-                   "{xs}": r"\[(?P<xs>\d+(?:, \d+)+)\]", "{xs_spaced}": r"(?P<xs_spaced>\d+(?: \d+)+)"}
+_FIELD_PATTERNS = {"{a}": r"(?P<a>-?\d+)", "{b}": r"(?P<b>-?\d+)", "{n}": r"(?P<n>\d+)",
+                   "{xs}": r"\[(?P<xs>(?:-?\d+(?:, -?\d+)*)?)\]", "{xs_spaced}": r"(?P<xs_spaced>-?\d+(?: -?\d+)*)"}
 
 
 def parse(template_text, prompt):
@@ -68,9 +74,10 @@ def parse(template_text, prompt):
     if match is None:
         return None
     fields = match.groupdict()
-    xs = fields.get("xs") or fields.get("xs_spaced")
+    xs = fields["xs"] if fields.get("xs") is not None else fields.get("xs_spaced")
     return {"a": fields.get("a"), "b": fields.get("b"), "n": fields.get("n"),
-            "xs": [int(v) for v in re.split(r",? ", xs)] if xs else None, "bracketed": fields.get("xs") is not None}
+            "xs": ([int(v) for v in re.split(r",? ", xs)] if xs else []) if xs is not None else None,
+            "bracketed": fields.get("xs") is not None}
 
 
 def reference_answer(task, operands):
@@ -81,7 +88,6 @@ def reference_answer(task, operands):
     if task == "add":
         return str(a + b)
     if task == "sub":
-        assert a >= b
         return str(a - b)
     if task == "mul":
         return str(a * b)
@@ -95,6 +101,8 @@ def reference_answer(task, operands):
         return str(_fib(int(operands["n"])))
     if task == "max":
         return str(max(xs))
+    if task == "min":
+        return str(min(xs))
     if task == "sum":
         return str(sum(xs))
     ordered = sorted(xs)
@@ -145,7 +153,7 @@ def test_make_dataset_is_deterministic_per_seed():
 
 
 def test_columns_and_balance():
-    data = make_dataset(TASKS, 40, seed=0)
+    data = make_dataset(TASKS, 4 * len(TASKS), seed=0)
     assert data.column_names == ["prompt", "answer", "text", "task", "length", "template"]
     assert Counter(data["task"]) == {task: 4 for task in TASKS}
 
@@ -180,11 +188,11 @@ def _check_length(row):
     operands = _operands(row)
     if operands["xs"] is not None:
         assert row["length"] == len(operands["xs"])
-        assert all(0 <= v <= 999 for v in operands["xs"])
+        assert all(-999999 <= v <= 999999 for v in operands["xs"])
     elif operands["n"] is not None:
         assert row["length"] == int(operands["n"])
     else:
-        assert row["length"] == max(len(operands["a"]), len(operands["b"]))
+        assert row["length"] == max(len(operands["a"].lstrip("-")), len(operands["b"].lstrip("-")))
         assert operands["a"] == str(int(operands["a"])) and operands["b"] == str(int(operands["b"]))  # no leading 0
 
 
@@ -201,14 +209,19 @@ def test_training_ranges_are_respected_and_lengths_are_uniform():
             _check_length(row)
     gcd_rows = [r for r in data if r["task"] == "gcd"]
     operands = [_operands(r) for r in gcd_rows]
-    assert all(0 < int(o["a"]) < 1000 and 0 < int(o["b"]) < 1000 for o in operands)
+    assert all(0 < int(o["a"]) < 10**6 and 0 < int(o["b"]) < 10**6 for o in operands)  # positive, up to 6 digits
+    assert any(int(o["a"]) >= 1000 for o in operands)
     assert sum(r["answer"] != "1" for r in gcd_rows) > len(gcd_rows) / 2  # gcds are mostly not trivial
     assert TRAINING_RANGES["mul"]["length"] == (1, 5) and TRAINING_RANGES["add"]["length"] == (1, 10)
-    assert TRAINING_RANGES["sort"]["values"] == (0, 999)
+    assert TRAINING_RANGES["gcd"]["length"] == (1, 6)
+    assert TRAINING_RANGES["sort"]["values"] == (-999999, 999999)
+    assert [TRAINING_RANGES[t]["length"] for t in ("sort", "sum", "max", "min")] == [(0, 16), (0, 16), (1, 16), (1, 16)]
 
 
 @pytest.mark.parametrize("task, length", [("add", 7), ("sub", 3), ("less_than", 1), ("mul", 2), ("gcd", 2),
-                                          ("factorial", 5), ("fib", 0), ("sort", 3), ("max", 9), ("sum", 2)])
+                                          ("gcd", 6), ("factorial", 5), ("fib", 0), ("sort", 3), ("sort", 1),
+                                          ("sort", 0), ("max", 9), ("max", 1), ("min", 4), ("min", 1), ("sum", 2),
+                                          ("sum", 0)])
 def test_the_lengths_argument(task, length):
     data = make_dataset([task], 30, seed=5, lengths=[length])
     assert set(data["length"]) == {length}
@@ -217,7 +230,7 @@ def test_the_lengths_argument(task, length):
 
 
 @pytest.mark.parametrize("task, length", [("add", 40), ("sub", 40), ("less_than", 40), ("mul", 10),
-                                          ("sort", 64), ("max", 64), ("sum", 64), ("gcd", 12), ("fib", 120),
+                                          ("sort", 64), ("max", 64), ("min", 64), ("sum", 64), ("gcd", 12), ("fib", 120),
                                           ("factorial", 48)])
 def test_four_times_the_training_lengths(task, length):
     data = make_dataset([task], 8, seed=3, lengths=[length], split="heldout")
@@ -235,7 +248,9 @@ def test_several_lengths_are_drawn_from():
     (lambda: make_dataset(["add", "divide"], 4, seed=0), "unknown task 'divide'"),
     (lambda: make_dataset(["add"], 4, seed=0, split="test"), "unknown split 'test'"),
     (lambda: make_dataset(["add"], 4, seed=0, lengths=[0]), "length 0 is not valid for add"),
-    (lambda: make_dataset(["sort"], 4, seed=0, lengths=[1]), "length 1 is not valid for sort"),
+    (lambda: make_dataset(["sort"], 4, seed=0, lengths=[-1]), "length -1 is not valid for sort"),
+    (lambda: make_dataset(["max"], 4, seed=0, lengths=[0]), "length 0 is not valid for max"),
+    (lambda: make_dataset(["min"], 4, seed=0, lengths=[0]), "length 0 is not valid for min"),
     (lambda: make_dataset(["fib"], 4, seed=0, lengths=[-1]), "length -1 is not valid for fib"),
     (lambda: make_dataset(["add"], 0, seed=0), "n must be a positive int"),
     (lambda: make_dataset([], 4, seed=0), "no tasks"),
@@ -249,10 +264,10 @@ def test_bad_requests_name_the_problem(call, message):
 
 
 def test_max_value_caps_list_items():
-    rows = make_dataset(["sort", "max", "sum"], 60, seed=0, lengths=[8], max_value=9).to_list()
+    rows = make_dataset(["sort", "max", "min", "sum"], 80, seed=0, lengths=[8], max_value=9).to_list()
     for row in rows:
-        items = [int(x) for x in re.findall(r"\d+", row["prompt"])]
-        assert len(items) == 8 and max(items) <= 9, row["prompt"]
+        items = [int(x) for x in re.findall(r"-?\d+", row["prompt"])]
+        assert len(items) == 8 and max(items) <= 9 and min(items) >= 0, row["prompt"]  # non-negative
     assert {int(x) for row in rows for x in re.findall(r"\d+", row["prompt"])} == set(range(10))  # all of 0..9 drawn
 
 
@@ -287,3 +302,134 @@ def test_all_tasks_and_eval_lengths_are_consistent():
         tasks.validate([task], lengths)
         if task != CLRS_TASK:
             assert max(lengths) >= 2 * TRAINING_RANGES[task]["length"][1]  # evaluation goes past training
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# signed numbers, long list items, one-item and empty lists, min
+# ---------------------------------------------------------------------------------------------------------------
+
+SIGNED_TASKS = ("add", "sub", "mul", "less_than")
+
+
+def _python_answer(row):
+    """The answer Python computes on the numbers parsed back from the rendered prompt (signs included)."""
+    operands = _operands(row)
+    task = row["task"]
+    if task in SIGNED_TASKS + ("gcd",):
+        a, b = int(operands["a"]), int(operands["b"])
+        result = {"add": a + b, "sub": a - b, "mul": a * b, "less_than": a < b, "gcd": _euclid(a, b)}[task]
+        return ("yes" if result else "no") if task == "less_than" else str(result)
+    xs = operands["xs"]
+    if task == "sort":
+        ordered = sorted(xs)
+        return "[" + ", ".join(map(str, ordered)) + "]" if operands["bracketed"] else " ".join(map(str, ordered))
+    return str({"max": max, "min": min, "sum": sum}[task](xs))
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_negative_operands_occur_at_the_stated_rate(split):
+    rows = make_dataset(list(SIGNED_TASKS), 4000, seed=12, split=split).to_list()
+    word, symbol = [], []  # signs of the operands that may be negative
+    for row in rows:
+        operands = _operands(row)
+        a, b = int(operands["a"]), int(operands["b"])
+        if TEMPLATES[row["template"]].symbol_before_b:
+            assert b >= 0, row["prompt"]
+            symbol.append(a)
+        else:
+            word += [a, b]
+    for values in (word, symbol) if split == "train" else (word,):
+        nonzero = [v for v in values if v != 0]
+        assert abs(sum(v < 0 for v in nonzero) / len(nonzero) - tasks.NEGATIVE_RATE) < 0.03
+    subs = [r for r in rows if r["task"] == "sub"]
+    assert 0.3 < sum(r["answer"].startswith("-") for r in subs) / len(subs) < 0.7  # a - b may be negative
+
+
+def test_list_items_are_signed_and_up_to_six_digits():
+    rows = make_dataset(list(tasks.LIST_TASKS), 2000, seed=13).to_list()
+    items = [v for row in rows for v in _operands(row)["xs"]]
+    nonzero = [v for v in items if v != 0]
+    assert abs(sum(v < 0 for v in nonzero) / len(nonzero) - tasks.NEGATIVE_RATE) < 0.02
+    digits = Counter(len(str(abs(v))) for v in items)
+    assert set(digits) == set(range(1, 7))
+    assert abs(sum(digits[d] for d in (4, 5, 6)) / len(items) - 0.2) < 0.02  # 4-6 digits with probability 0.2
+    assert abs(digits[4] - digits[6]) / digits[5] < 0.2 and abs(digits[1] - digits[3]) / digits[2] < 0.2
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_answers_are_pythons_on_the_rendered_prompt(split):
+    chosen = list(SIGNED_TASKS) + ["gcd"] + list(tasks.LIST_TASKS)
+    rows = make_dataset(chosen, 2200, seed=14, split=split).to_list()
+    rows += make_dataset(["sort", "sum"], 40, seed=14, split=split, lengths=[0, 1]).to_list()
+    for row in rows:
+        assert row["answer"] == _python_answer(row), row
+        assert reference(row["prompt"]) == (row["task"], row["answer"]), row
+    negative = [r for r in rows if r["task"] in ("add", "sub", "mul") and r["answer"].startswith("-")]
+    assert negative and all(re.fullmatch(r"-[1-9]\d*", r["answer"]) for r in negative)  # Python's "-76867"
+
+
+def test_no_doubled_signs_after_a_symbol_operator():
+    rows = make_dataset(list(SIGNED_TASKS), 3000, seed=15).to_list()
+    symbol = [r for r in rows if TEMPLATES[r["template"]].symbol_before_b]
+    assert {r["template"] for r in symbol} == {"add/sym", "add/compute", "sub/sym", "sub/compute", "mul/sym",
+                                               "mul/compute", "less_than/sym"}
+    assert any(r["prompt"].startswith("-") for r in symbol)  # a may be negative there
+    for row in rows:
+        assert not re.search(r"[-+*<] ?-", row["prompt"]), row["prompt"]  # no 5--3=, 5+-3=, 5 - -3
+    assert render("sub/sym", a=4406, b=81273)["text"] == "4406-81273=-76867"
+    assert render("sub/minus", a=-81273, b=-4406)["text"] == "What is -81273 minus -4406? -76867"
+    assert render("less_than/less", a=-5, b=3)["answer"] == "yes"
+
+
+def test_one_item_and_empty_lists():
+    assert render("sort/arrow", xs=[55])["text"] == "sort: 55 -> 55"
+    assert render("max/call", xs=[7])["text"] == "max([7])=7"
+    assert render("min/arrow", xs=[-7])["text"] == "min: -7 -> -7"
+    assert render("sort/call", xs=[])["text"] == "sorted([])=[]"
+    assert render("sum/sum-of", xs=[])["text"] == "What is the sum of []? 0"
+    for split in ("train", "heldout"):
+        empty = make_dataset(["sort", "sum"], 60, seed=16, split=split, lengths=[0]).to_list()
+        assert all(TEMPLATES[r["template"]].bracketed and "[]" in r["prompt"] for r in empty)  # bracketed only
+        assert {r["answer"] for r in empty} == {"[]", "0"}
+        assert len({r["template"] for r in empty}) == len([t for task in ("sort", "sum")
+                                                            for t in templates(task, split) if t.bracketed])
+    one = make_dataset(list(tasks.LIST_TASKS), 80, seed=16, lengths=[1]).to_list()
+    for row in one:
+        (item,) = _operands(row)["xs"]
+        assert row["answer"] in (str(item), f"[{item}]")
+    default = make_dataset(list(tasks.LIST_TASKS), 4000, seed=16).to_list()
+    shortest = {task: min(r["length"] for r in default if r["task"] == task) for task in tasks.LIST_TASKS}
+    assert shortest == {"sort": 0, "max": 1, "min": 1, "sum": 0}  # training lists: 0 (sort, sum) or 1 to 16 items
+    with pytest.raises(ValueError, match="length 0 is not valid for max"):
+        make_dataset(["max"], 1, seed=0, lengths=[0])
+
+
+def test_the_min_task():
+    assert "min" in TASKS and "min" in tasks.LIST_TASKS
+    assert TRAINING_RANGES["min"] == TRAINING_RANGES["max"] and tasks.EVAL_LENGTHS["min"] == tasks.EVAL_LENGTHS["max"]
+    assert [t.text for t in templates("min")] == ["What is the smallest number in {xs}?", "min({xs})=",
+                                                  "min: {xs_spaced} ->", "Find the minimum of {xs}."]
+    assert [t.text for t in templates("min", "heldout")] == ["Which number in {xs} is the smallest?",
+                                                             "What is the least of {xs_spaced}?",
+                                                             "Give the minimum value of the list {xs}."]
+    assert render("min/smallest", xs=[5, -3, 9])["text"] == "What is the smallest number in [5, -3, 9]? -3"
+    rows = make_dataset(["min"], 200, seed=17).to_list()
+    assert all(r["answer"] == str(min(_operands(r)["xs"])) for r in rows)
+
+
+def test_signed_data_is_deterministic_per_seed():
+    chosen = list(SIGNED_TASKS) + ["gcd"] + list(tasks.LIST_TASKS)
+    first = make_dataset(chosen, 90, seed=21).to_list()
+    assert first == make_dataset(chosen, 90, seed=21).to_list()
+    assert [r["prompt"] for r in first] != make_dataset(chosen, 90, seed=22)["prompt"]
+    empty = make_dataset(["sort", "sum"], 10, seed=21, lengths=[0, 1]).to_list()
+    assert empty == make_dataset(["sort", "sum"], 10, seed=21, lengths=[0, 1]).to_list()
+
+
+def test_sample_draws_one_row():
+    import random
+
+    row = tasks.sample("sub", random.Random(0), 5, template_id="sub/sym")
+    assert row["template"] == "sub/sym" and row["length"] == 5 and not row["prompt"].split("-", 1)[1].startswith("-")
+    assert tasks.sample("sort", random.Random(0), 0)["prompt"].count("[]") == 1
+    assert tasks.sample("sort", random.Random(3), 4) == tasks.sample("sort", random.Random(3), 4)

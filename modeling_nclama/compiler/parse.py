@@ -8,7 +8,13 @@ What this pass adds: the guarantee that every later pass sees only the supported
 
 Supported subset
   * top-level ``def``\\ s (a module docstring is allowed); positional parameters only, optionally annotated
-    ``int``, ``bool``, ``list`` or ``list[int]`` (return annotations likewise); docstrings are ignored.
+    ``int``, ``bool``, ``list`` or ``list[int]`` (return annotations likewise); docstrings are ignored. The string
+    annotations ``"tape"`` and ``"numbers"`` declare lists that mean numbers to the outside world: ``"tape"``, a
+    signed integer of any length, ``[sign, d0, d1, ...]`` (sign 0, or 1 for negative, then base-10 digits least
+    significant first), and ``"numbers"``, a list of such integers packed flat, ``[w, s0, d..., s1, d...]`` (``w``
+    digits per item, each item a record of ``w + 1`` cells). They type as lists; the declared kind goes into the
+    signature (``FunctionInfo.params`` / ``returns``) for the runtime (``Library.run`` converts Python ints to them
+    and back). Unannotated lists, ``list`` and ``list[int]`` stay ``"list"``.
   * values are ints in ``[0, V)`` or lists of ints (a list value is the address of its length cell).
   * statements: ``=`` (to a name, ``xs[i]``, or a tuple of those: ``a, b = b, a``), augmented assignment
     (``+= -= *= //= %=``), annotated assignment, ``if/elif/else``, ``while``, ``for i in range(...)`` (1 to 3
@@ -34,6 +40,11 @@ from dataclasses import dataclass, field
 from .errors import CompileError, unsupported
 
 INT, LIST = "int", "list"
+# Kinds a parameter or result may declare. "tape" and "numbers" are lists on the machine (typed LIST here); the
+# declared kind only goes into the signature, for the runtime to convert numbers at the boundary.
+TAPE, NUMBERS = "tape", "numbers"
+NUMBER_KINDS = (TAPE, NUMBERS)
+KINDS = (INT, LIST, TAPE, NUMBERS)
 BUILTINS = ("len", "min", "max", "range")
 BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.FloorDiv: "floordiv", ast.Mod: "mod"}
 CMPOPS = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge", ast.Eq: "eq", ast.NotEq: "ne"}
@@ -150,8 +161,24 @@ def _a(kind: str) -> str:
 
 
 def _annotation_kind(node: ast.AST | None) -> str | None:
+    """The machine type (``int`` or ``list``) an annotation pins, or None without one."""
+    declared = declared_kind(node)
+    if declared is None:
+        return None
+    return INT if declared == INT else LIST
+
+
+def declared_kind(node: ast.AST | None) -> str | None:
+    """The kind an annotation declares: ``int``, ``list``, or one of the number kinds of ``NUMBER_KINDS`` (string
+    annotations ``"tape"``, ``"numbers"``: lists on the machine, numbers to the outside world); None without one."""
     if node is None:
         return None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        if node.value in KINDS:
+            return node.value
+        raise CompileError.at(
+            node, f"unsupported syntax: type annotation {node.value!r} (use int, list[int], \"tape\" or \"numbers\")"
+        )
     if isinstance(node, ast.Name) and node.id in ("int", "bool"):
         return INT
     if isinstance(node, ast.Name) and node.id in ("list", "List"):
@@ -164,7 +191,12 @@ def _annotation_kind(node: ast.AST | None) -> str | None:
         and node.slice.id in ("int", "bool")
     ):
         return LIST
-    raise unsupported(node, f"type annotation {ast.unparse(node)!r} (use int or list[int])")
+    raise unsupported(node, f"type annotation {ast.unparse(node)!r} (use int, list[int], \"tape\" or \"numbers\")")
+
+
+def _signature_kind(declared: str | None, resolved: str) -> str:
+    """A number kind as declared (the type check made it a list); otherwise the solved machine type."""
+    return declared if declared in NUMBER_KINDS else resolved
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
@@ -227,6 +259,7 @@ def parse_source(source: str, *, value_size: int) -> ParsedModule:
         raise CompileError("no function definitions in the source", 1, 1)
     types = _Types()
     sigs: dict[str, tuple[list[int], int, ast.FunctionDef]] = {}
+    declared: dict[str, tuple[list[str | None], str | None]] = {}
     for d in defs:
         if d.name in BUILTINS:
             raise CompileError.at(d, f"function name {d.name!r} shadows a builtin")
@@ -251,30 +284,33 @@ def parse_source(source: str, *, value_size: int) -> ParsedModule:
         for p in a.args:
             if names.count(p.arg) > 1:
                 raise CompileError.at(p, f"duplicate parameter {p.arg!r}")
-        ptvs = []
+        ptvs, pkinds = [], []
         for p in a.args:
             tv = types.new(f"parameter {p.arg!r} of {d.name}()")
             kind = _annotation_kind(p.annotation)
             if kind:
                 types.require(tv, kind, p, f"parameter {p.arg!r}")
             ptvs.append(tv)
+            pkinds.append(declared_kind(p.annotation))
         rtv = types.new(f"the return value of {d.name}()")
         rkind = _annotation_kind(d.returns)
         if rkind:
             types.require(rtv, rkind, d.returns, f"the return value of {d.name}()")
         sigs[d.name] = (ptvs, rtv, d)
+        declared[d.name] = (pkinds, declared_kind(d.returns))
     checkers = [_FunctionChecker(d, sigs, types, value_size) for d in defs]
     for c in checkers:
         c.check()
     for c in checkers:
         d = c.node
         ptvs, rtv, _ = sigs[d.name]
+        pkinds, rkind = declared[d.name]
         module.functions.append(
             FunctionInfo(
                 name=d.name,
                 node=d,
-                params=[(p.arg, types.resolved(tv)) for p, tv in zip(d.args.args, ptvs)],
-                returns=types.resolved(rtv),
+                params=[(p.arg, _signature_kind(k, types.resolved(tv))) for p, tv, k in zip(d.args.args, ptvs, pkinds)],
+                returns=_signature_kind(rkind, types.resolved(rtv)),
                 local_types={n: types.resolved(tv) for n, tv in c.locals.items()},
                 source=ast.get_source_segment(source, d) or "",
             )

@@ -103,7 +103,7 @@ def run(programs: list[Program], name: str, args: list, *, max_steps: int = 2_00
         )
         pc = ins.target if taken else pc + 1
     raw = x[0]
-    if main.returns == "list":
+    if main.returns != "int":  # a list, or a number or numbers list held as one
         n = mem[raw]
         value = [mem[(raw + 1 + i) % V] for i in range(n)]
     else:

@@ -18,12 +18,27 @@ def test_stdlib_signatures():
     by = {f.name: f for f in m.functions}
     assert by["gcd"].params == [("a", INT), ("b", INT)] and by["gcd"].returns == INT
     assert by["insertion_sort"].params == [("xs", LIST)] and by["insertion_sort"].returns == LIST
-    assert by["long_cmp"].params == [("a", LIST), ("b", LIST)] and by["long_cmp"].returns == INT
-    assert by["long_mul"].returns == LIST
-    assert by["fib_tape"].params == [("n", INT)] and by["fib_tape"].returns == LIST
+    # string annotations declare numbers: lists on the machine, typed as lists inside the function
+    assert by["long_cmp"].params == [("a", "tape"), ("b", "tape")] and by["long_cmp"].returns == INT
+    assert by["long_cmp"].local_types["a"] == LIST
+    assert by["long_mul"].returns == "tape" and by["sort_numbers"].params == [("xs", "numbers")]
+    assert by["sort_numbers"].returns == "numbers" and by["max_number"].returns == "tape"
+    assert by["abs_add"].params == [("a", LIST), ("b", LIST)] and by["abs_add"].returns == LIST
+    assert by["fib_tape"].params == [("n", INT)] and by["fib_tape"].returns == "tape"
     assert by["fib_tape"].local_types == {"n": INT, "a": LIST, "b": LIST, "_": INT}
     assert by["insertion_sort"].local_types == {"xs": LIST, "i": INT, "key": INT, "j": INT}
     assert [f.name for f in m.functions][:3] == ["gcd", "factorial", "power"]
+
+
+def test_number_annotations_are_lists_that_must_be_used_as_lists():
+    m = parse_source('def f(a: "tape", b) -> "numbers":\n    return a\n', value_size=V)
+    (f,) = m.functions
+    assert f.params == [("a", "tape"), ("b", INT)] and f.returns == "numbers"
+    with pytest.raises(CompileError, match="type error"):
+        parse_source('def f(a: "tape"):\n    return a + 1\n', value_size=V)
+    with pytest.raises(CompileError, match="type annotation 'tapes'") as error:
+        parse_source('def f(a: "tapes"):\n    return a\n', value_size=V)
+    assert (error.value.line, error.value.col) == (1, 10)
 
 
 def test_source_segment_is_the_function_text():

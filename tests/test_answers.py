@@ -1,0 +1,173 @@
+"""What the model writes, and when it says it cannot: signed results of any length written as the tokenizer writes
+them, calls the machine cannot take, step budgets that follow the operands, answers that end."""
+import pytest
+import torch
+
+from modeling_nclama import Library
+from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, call_budget
+from modeling_nclama.reader import Style
+from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROGRAMS = ["long_add", "long_sub", "long_mul", "long_cmp", "long_gcd", "sort_numbers", "max_number", "sum_numbers"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return Library.standard(256)
+
+
+def open_model(tok, make_llama, lib, **settings):
+    settings = {"nc_programs": PROGRAMS, "nc_call_reader": "keywords", "nc_operand_reader": "context",
+                "nc_site_reader": "tokens", "nc_gate_at": "site", **settings}
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), lib, reader_tokens=reader_tokens(tok, words=[" yes", " no"]),
+                                          **settings)
+    with torch.no_grad():
+        model.nc_heads.gate_scale.fill_(1.0)
+        model.nc_heads.gate.bias.fill_(5.0)
+    return model.eval()
+
+
+def calls_at_last(model, ids):
+    record = {}
+    with torch.no_grad():
+        model._run_decoder(True, None, record, input_ids=torch.tensor([ids]), use_cache=False)
+    return record.get((0, len(ids) - 1), [])
+
+
+def test_results_are_written_with_their_sign_and_the_space_before_them(tok, make_llama, lib):
+    """With nc_answer_lead each result has two writings, both the tokenizer's: "-76867" after "=", " -76867" after
+    "?"; a list keeps the prompt's style; result words carry their own space."""
+    model = open_model(tok, make_llama, lib, nc_answer_lead=True, nc_result_words={"long_cmp": [" yes", " no", " no"]})
+    eos = [tok.eos_token_id]
+    plain, lead = model._text_tokens("long_sub", -76867, Style())
+    assert plain == tok("-76867", add_special_tokens=False)["input_ids"] + eos
+    assert lead == tok(" -76867", add_special_tokens=False)["input_ids"] + eos
+    plain, lead = model._text_tokens("sort_numbers", [-9, -5, 1, 1200], Style(bracketed=True))
+    assert plain == tok("[-9, -5, 1, 1200]", add_special_tokens=False)["input_ids"] + eos
+    assert lead == tok(" [-9, -5, 1, 1200]", add_special_tokens=False)["input_ids"] + eos
+    assert model._text_tokens("long_cmp", 0, Style()) == (tok(" yes", add_special_tokens=False)["input_ids"] + eos,) * 2
+    assert model._text_tokens("long_add", None, Style()) == ([], [])  # a failed call proposes nothing
+
+
+def test_the_call_site_token_chooses_the_writing(tok, make_llama, lib):
+    """Each call's probability is split between its two writings by the lead head's probability at the call site."""
+    model = open_model(tok, make_llama, lib, nc_answer_lead=True, nc_programs=["long_sub"], nc_top_k=1)
+    ids = tok("What is 4406 minus 81273?")["input_ids"]
+    with torch.no_grad():
+        model.nc_heads.answer_lead.weight[ids[-1]] = 2.0
+        _, interpreted = model._run_decoder(True, None, input_ids=torch.tensor([ids]), use_cache=False)
+    tokens, probs = interpreted.state.tokens[0, -1], interpreted.state.probs[0, -1]  # [2, W], [2]
+    lead = torch.sigmoid(torch.tensor(2.0))
+    assert torch.allclose(probs / probs.sum(), torch.stack([1 - lead, lead]), atol=1e-6)
+    for written, text in zip(tokens, ["-76867", " -76867"]):
+        assert [t for t in written.tolist() if t >= 0] == tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_operands_are_passed_by_the_kinds_programs_declare(tok, make_llama, lib):
+    """A number of any length or sign goes to a number parameter, a lone number is also a one-item list, an empty
+    list is a list, and a list with items beyond V goes to a list-of-numbers parameter."""
+    model = open_model(tok, make_llama, lib)
+    names = model.config.nc_programs
+
+    def menu(text):
+        return {(names[c.call.program], c.call.arguments) for c in model._menu(model._operands(tok(text)["input_ids"])).choices}
+
+    assert ("long_sub", (4406, -81273)) in menu("What is 4406 minus -81273?")
+    assert ("long_gcd", (2000, 3000)) in menu("gcd(2000, 3000)=")
+    assert ("sort_numbers", ((55,),)) in menu("sort: 55 ->")
+    assert ("sort_numbers", ((),)) in menu("sorted([])=")
+    assert ("max_number", ((5, 3, 9, 1, 1200),)) in menu("What is the largest number in [5, 3, 9, 1, 1200]?")
+    assert not any(name == "long_add" for name, _ in menu("sorted([])="))  # an empty list is no number
+
+
+def test_a_call_the_machine_cannot_take_keeps_its_mass_and_proposes_nothing(tok, make_llama, lib):
+    """Two 130-digit operands need more memory than the V = 256 machine has for long_mul: model(...) does not raise,
+    the call stays on the menu with its problem (so its probability does not move to long_add), is never run, and
+    the trace says why the language model answered alone."""
+    model = open_model(tok, make_llama, lib, nc_programs=["long_mul", "long_add"])
+    text = "What is " + "7" * 130 + " times " + "9" * 130 + "?"
+    ids = tok(text)["input_ids"]
+    (choice,) = [c for c in model._menu(model._operands(ids)).choices if c.call.program == 0 and c.operands == (0, 1)]
+    assert choice.problem is not None and "memory" in choice.problem
+    with torch.no_grad():
+        model.nc_heads.call_keywords.weight[:, 0] = 5.0  # every word says long_mul
+        model(input_ids=torch.tensor([ids]))
+    recorded = calls_at_last(model, ids)
+    products = [c for c in recorded if model.config.nc_programs[c.call.program] == "long_mul"]
+    assert sum(c.probability for c in products) > 0.9  # every operand pair is too large: none runs, none moves
+    assert all(c.tokens == [] and "memory" in c.problem for c in products)
+    top = recorded[0]
+    rows = model.explain(torch.tensor(ids + tok("1", add_special_tokens=False)["input_ids"]), len(ids))
+    assert rows[0]["calls"][0]["status"] == choice.problem
+    assert rows[0]["no_call_reason"].startswith("the library could not answer (long_mul: not run:")
+
+
+def test_no_program_for_these_operands_is_said():
+    """A prompt whose operands no program takes: the row of its answer says so."""
+    tok = default_tokenizer()
+    lib = Library.standard(256)
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
+                                         bos_token_id=tok.bos_token_id))
+    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_programs=["gcd"]).eval()
+    ids = tok("gcd([12, 18])=")["input_ids"]  # a list, where gcd takes two ints
+    rows = model.explain(torch.tensor(ids + tok("6", add_special_tokens=False)["input_ids"]), len(ids))
+    assert rows[0]["calls"] == []
+    assert rows[0]["no_call_reason"] == ("no library program takes these operands (a list of 2 numbers): the "
+                                         "language model answered alone")
+    ids = tok("gcd(2000, 3000)=")["input_ids"]  # numbers, but not below V
+    rows = model.explain(torch.tensor(ids + tok("1", add_special_tokens=False)["input_ids"]), len(ids))
+    assert all(c["status"].startswith("not run: argument") and c["result"] is None for c in rows[0]["calls"])
+    assert rows[0]["no_call_reason"].startswith("the library could not answer (gcd: not run: argument ")
+
+
+def test_step_budgets_follow_the_operands(lib):
+    """1000 + 64 s^2 steps for operands of size s, capped; the standard programs finish within theirs."""
+    assert call_budget(["tape", "tape"], (12345, 678), 10**9) == 1000 + 64 * (6 + 4) ** 2
+    assert call_budget(["int"], (30,), 10**9) == 1000 + 64 * 900
+    assert call_budget(["numbers"], ((5, -1200, 7),), 10**9) == 1000 + 64 * (1 + 3 * 5) ** 2
+    assert call_budget(["list"], ((1, 2, 3),), 500) == 500
+    big = Library.standard(1024)
+    cases = [("long_mul", (int("7" * 40), int("9" * 40))), ("sort_numbers", (list(range(999, 935, -1)),)),
+             ("fib_tape", (120,)), ("long_add", (int("8" * 40), -int("3" * 40))), ("long_gcd", (987654321012, 123456789012))]
+    for name, args in cases:
+        kinds = [kind for _, kind in big[name].params]
+        run = big.run_batch(name, [list(args)], max_steps=call_budget(kinds, args, 10**9))
+        assert run.status == ["ok"], (name, run.steps)
+
+
+def test_an_answer_that_was_written_out_ends(tok, make_llama, lib):
+    """Once the text after a call site holds that call's whole result, later positions continue the finished answer
+    (the library proposes nothing there) instead of starting a new call; a position before the end is unaffected."""
+    model = open_model(tok, make_llama, lib, nc_programs=["long_add", "long_mul"])
+    with torch.no_grad():
+        heads = model.nc_heads
+        heads.site_token.weight.fill_(-30.0)  # every position would start a new answer ...
+        heads.site_previous.weight.fill_(0.0)
+        heads.site_token.weight[-1] = 30.0  # ... but digits continue one
+        heads.call_keywords.weight.fill_(0.0)
+        heads.call_keywords.weight[tok("+", add_special_tokens=False)["input_ids"][0], 0] = 5.0
+    prompt = tok("81273+4406=")["input_ids"]
+    answer = tok("85679", add_special_tokens=False)["input_ids"]
+    extra = tok(" 7", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + answer + extra])
+    with torch.no_grad():
+        _, interpreted = model._run_decoder(True, None, input_ids=ids, use_cache=False)
+    end = len(prompt) + len(answer) - 1  # the answer's last digit: the library proposes the end there
+    assert interpreted.proposal[0, end, tok.eos_token_id] > 0.5
+    after = interpreted.proposal[0, end + 1 :]
+    assert float(after.sum()) == 0.0  # " 7" and what follows start no new call
+    assert bool(interpreted.state.ended[0])
+    model.train()  # training reads every position as it is (its answers end with the end of text)
+    with torch.no_grad():
+        _, trained = model._run_decoder(True, None, input_ids=ids, use_cache=False)
+    assert float(trained.proposal[0, end + 1 :].sum()) > 0
