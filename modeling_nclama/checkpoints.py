@@ -19,6 +19,7 @@ PRESETS = Path(__file__).resolve().parents[1] / "configuration" / "models"
 MODEL_CARD = Path(__file__).resolve().parents[1] / "hub_assets" / "templates" / "model_card.md"
 BASELINE_CARD = MODEL_CARD.with_name("baseline_card.md")
 EVAL_RESULTS = "eval_results.json"  # written by evaluation: {"rows": [{"task": ..., "length": ..., "exact_match": ...}]}
+ADVERSARIAL_RESULTS = "adversarial_results.json"  # written by evaluation.evaluate_adversarial, beside EVAL_RESULTS
 
 
 def preset(name: str) -> dict:
@@ -62,20 +63,33 @@ def export_model(model_dir: Union[str, Path], output: Union[str, Path], *, repo_
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     tok.save_pretrained(output)
-    if (model_dir / EVAL_RESULTS).is_file():
-        (output / EVAL_RESULTS).write_bytes((model_dir / EVAL_RESULTS).read_bytes())
+    for results in (EVAL_RESULTS, ADVERSARIAL_RESULTS):
+        if (model_dir / results).is_file():
+            (output / results).write_bytes((model_dir / results).read_bytes())
     card = baseline_card if plain else model_card
     (output / "README.md").write_text(card(model, output / EVAL_RESULTS, repo_id or output.name))
     return output
 
 
 def evaluation_table(eval_results: Path) -> str:
-    """The model card's evaluation section: exact match per task, split and length (``nclama eval`` results)."""
+    """The model card's evaluation section: exact match per task, split and length (``nclama eval`` results), and the
+    adversarial set's summary when ``adversarial_results.json`` lies beside them."""
     if not eval_results.is_file():
         return "No evaluation results recorded for this checkpoint yet (`nclama eval` writes them)."
     rows = json.loads(eval_results.read_text())["rows"]
     lines = ["| task | templates | length | examples | exact match |", "| --- | --- | ---: | ---: | ---: |"]
     lines += [f"| {r['task']} | {r.get('split', 'train')} | {r['length']} | {r.get('n', '')} | {100 * r['exact_match']:.1f}% |" for r in rows]
+    adversarial = eval_results.parent / ADVERSARIAL_RESULTS
+    if adversarial.is_file():
+        result = json.loads(adversarial.read_text())
+        computable = sum(case["computable"] for case in result["cases"].values())
+        lines += ["", f"Adversarial set (`configuration/adversarial.jsonl`, {result['n']} prompts): exact match "
+                  f"{100 * result['computable_exact_match']:.1f}% on the {computable} the library can compute; "
+                  f"**{result['wrong_with_gate_open']}** wrong answers given with the library's gate open.", "",
+                  "| case | prompts | computable | exact match | wrong with gate open |", "| --- | ---: | ---: | ---: | ---: |"]
+        for name, case in result["cases"].items():
+            exact = "" if case["exact_match"] is None else f"{100 * case['exact_match']:.1f}%"
+            lines.append(f"| {name} | {case['n']} | {case['computable']} | {exact} | {case['wrong_with_gate_open']} |")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .checkpoints import EVAL_RESULTS
+from .checkpoints import ADVERSARIAL_RESULTS, EVAL_RESULTS
 from .tasks import EVAL_LENGTHS, TASKS, make_dataset, validate
 from .tool_use import answer_call, tool_text
 
@@ -30,7 +30,7 @@ __all__ = ["END_MARKERS", "RESULTS_JSON", "RESULTS_MD", "ADVERSARIAL_JSON", "ADV
 END_MARKERS: tuple[str, ...] = ("\n", "<|end_of_text|>", "<|eot_id|>", "</s>")
 RESULTS_JSON = EVAL_RESULTS  # the model card's table (checkpoints.model_card) reads it
 RESULTS_MD = "eval_results.md"
-ADVERSARIAL_JSON = "adversarial_results.json"
+ADVERSARIAL_JSON = ADVERSARIAL_RESULTS  # the model card reads it too
 ADVERSARIAL_MD = "adversarial_results.md"
 #: A token's gate at or above this, with a library call proposed there, is the library answering.
 GATE_OPEN = 0.5

@@ -14,7 +14,9 @@ from .tasks import TEMPLATES
 
 TOOL_TASKS = ("add", "sub", "mul", "less_than")
 _OPERATOR = {"add": "+", "sub": "-", "mul": "*", "less_than": "<"}
-CALL = re.compile(r"\[\[(\d+)([-+*<>])(\d+)\]\]")
+CALL = re.compile(r"\[\[(-?\d+)([-+*<>])(-?\d+)\]\]")
+# a number with its sign: a minus right after a digit is the operator ("7-10"), not a sign
+NUMBER = re.compile(r"(?<!\d)-?\d+")
 
 
 def tool_call(row: dict) -> str:
@@ -23,7 +25,7 @@ def tool_call(row: dict) -> str:
     task, template = row["task"], TEMPLATES[row["template"]].text
     if task not in TOOL_TASKS:
         raise ValueError(f"the tool-use baseline covers {', '.join(TOOL_TASKS)}, not {task!r}")
-    numbers = re.findall(r"\d+", row["prompt"])
+    numbers = NUMBER.findall(row["prompt"])
     order = sorted(("a", "b"), key=lambda field: template.index("{" + field + "}"))  # fields as the prompt has them
     value = dict(zip(order, numbers))
     if task == "less_than" and order == ["b", "a"]:  # "Is {b} greater than {a}?"

@@ -15,7 +15,7 @@ def test_init_tiny_makes_a_complete_folder(tmp_path, capsys):
     files = {p.name for p in tmp_path.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "library.json", "library.safetensors", "modeling_nclama.py"} <= files
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model_type"] == "nclama" and config["hidden_size"] == 128 and "long_add" in config["nc_tape_arguments"]
+    assert config["model_type"] == "nclama" and config["hidden_size"] == 128 and "long_add" in config["nc_programs"]
     tok = AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)
     assert config["eos_token_id"] == tok.eos_token_id and len(tok) == config["vocab_size"]
     model = NCLlamaForCausalLM.from_pretrained(tmp_path).eval()

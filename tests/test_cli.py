@@ -40,7 +40,7 @@ def test_compile_from_the_standard_manifest(tmp_path, capsys):
     assert main(["compile", str(manifest), "-o", str(tmp_path), "--value-size", "128"]) == 0
     lib = Library.load(tmp_path)
     assert lib.value_size == 128 and lib.machine.stack_depth == 32 and "fib_tape" in lib
-    assert lib.run("fib_tape", 30)[:6] == [0, 4, 0, 2, 3, 8]  # 832040, least significant digit first
+    assert lib.run("fib_tape", 30) == 832040  # a tape result, read back as the number
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft"])

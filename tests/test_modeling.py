@@ -73,6 +73,7 @@ def test_a_gate_learning_floor_teaches_the_closed_gate_where_to_open(llama, lib,
     for floor in (0.0, 0.1):
         torch.manual_seed(0)  # the same heads
         model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_gate_learning_floor=floor,
+                                              nc_programs=["long_add", "long_mul", "gcd", "max_number"],
                                               nc_top_k=32).train()  # every call runs: the right one is proposed
         out = model(**batch, labels=batch["input_ids"])
         assert (out.logits - llama(**batch).logits).abs().max() <= 1e-5  # still exactly the LLaMA
