@@ -933,7 +933,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
 
     def _enumerate(self, operands: list[Operand]) -> list["_Choice"]:
         """The calls whose parameters' kinds these operands have: an int or number (``tape``) parameter takes a
-        number, a list or ``numbers`` parameter a list, and a lone number is also a one-item list ("sort: 55 ->").
+        number, a list or ``numbers`` parameter a list, and a number that is the only operand is also a one-item
+        list ("sort: 55 ->"; among several numbers, one of them is not read as a list).
         A call of the right kinds that the machine cannot take (a value outside [0, V) for an int, operands that
         need more memory than the machine has) stays on the menu with its problem: it takes its share of the call
         head's probability and proposes nothing, so that its mass does not go to a call that fits but computes
@@ -944,8 +945,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             program = library[name]
             if program.arity > config.nc_max_operands:
                 continue
+            alone = len(operands) == 1
             fits_per_param = [[(i, value) for i, o in enumerate(operands)
-                               if (value := _argument(kind, o)) is not None] for _, kind in program.params]
+                               if (value := _argument(kind, o, alone)) is not None] for _, kind in program.params]
             for picked in itertools.product(*fits_per_param):
                 # a result is written the way its operands were (a list operand's way first)
                 style = max((operands[i].style for i, _ in picked), key=lambda s: s.bracketed, default=Style())
@@ -1061,13 +1063,16 @@ def _describe(operand: Operand) -> str:
     return f"a {'negative ' if operand.items[0].startswith('-') else ''}{digits}-digit number"
 
 
-def _argument(kind: str, operand: Operand):
+def _argument(kind: str, operand: Operand, alone: bool):
     """What a parameter of ``kind`` receives from ``operand`` (an int or a number parameter a number, a list or
-    numbers parameter a list or a lone number as a one-item list), or None if the operand is not of that kind.
-    Whether the machine can hold it (an int parameter takes values in [0, V)) is ``Library.call_problem``'s to say."""
+    numbers parameter a list, or the number when it is ``alone``, the only operand: a one-item list), or None if
+    the operand is not of that kind. Whether the machine can hold it (an int parameter takes values in [0, V)) is
+    ``Library.call_problem``'s to say."""
     if kind in ("int", "tape"):
         return operand.number if operand.kind == "number" else None
-    return tuple(operand.values if operand.kind == "list" else [operand.number])
+    if operand.kind == "list":
+        return tuple(operand.values)
+    return (operand.number,) if alone else None
 
 
 @dataclass(frozen=True)
