@@ -86,7 +86,6 @@ def library_settings(library: Library, reader_tokens: dict, **nc_settings) -> di
     return {**settings, **nc_settings}
 
 
-
 @dataclass
 class InterpreterState:
     """What the interpreter computed for the positions generated so far (kept on the KV cache)."""
@@ -182,16 +181,16 @@ class NCInterpreterHeads(nn.Module):
 
     def keyword_evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None,
                          after_end: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Keyword call reader: per position of ``ids`` [B, N] and program, the best score of the tokens since the
-        last beginning-of-sequence token [B, N, P] (``carried`` [B, P]: that of the position before ``ids``).
-        A running max restarted at each BOS: a later segment's scores are lifted above every earlier one's before
-        the cumulative max, which then never reaches back past its segment. The max's own gradient would reach one
-        token per program and position, so that a keyword learns only once it already wins; in training the gradient
-        is instead that of the softmax-weighted mean of the segment's scores (the value stays the max): every token
-        of the prompt learns at once, the likeliest winners most."""
+        """Keyword call reader: per position of ``ids`` [B, N] and program, the best score of the tokens of its
+        sentence so far [B, N, P] (``segments``; ``carried`` [B, P]: that of the position before ``ids``, whose
+        sentence ended if ``after_end``). A running max restarted at each sentence: a later segment's scores are
+        lifted above every earlier one's before the cumulative max, which then never reaches back past its segment.
+        The max's own gradient would reach one token per program and position, so that a keyword learns only once it
+        already wins; in training the gradient is instead that of the softmax-weighted mean of the segment's scores
+        (the value stays the max): every token of the prompt learns at once, the likeliest winners most."""
         scores = self.call_keywords(ids).float()
         segment = self.segments(ids, after_end)
-        if carried is not None:  # the carried evidence counts as a token of the segment before the first BOS here
+        if carried is not None:  # the carried evidence counts as a token of the segment before the first one here
             scores = torch.cat([carried.unsqueeze(1).float(), scores], 1)
             segment = torch.cat([segment.new_zeros(ids.shape[0], 1), segment], 1)
         lift = (scores.detach().abs().amax() * 2 + 1) * segment.unsqueeze(-1)
@@ -270,7 +269,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         self._shared = [sorted(group) for on, group in brackets if on and group]
         self.library: Optional[Library] = None
         self._results: dict = {}  # hard calls' result tokens, for the step budget and window in _results_budget
-        self._failures: dict = {}  # hard calls that failed -> their status ("max_steps", "memory_fault", ...)
         self._menus: dict = {}  # per operands: the calls that fit and the results run so far
         self._results_budget: Optional[tuple] = None
         self.post_init()
@@ -305,7 +303,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 [library[name].with_weights({**library[name].weights, **self.nc_program_weights[name]}) for name in c.nc_programs]
             )
         self.library = library
-        self._results, self._menus, self._failures = {}, {}, {}
+        self._results, self._menus = {}, {}
 
     def trained_library(self) -> Optional[Library]:
         """The attached library with the programs' current weights (in soft mode they train with the model)."""
@@ -643,7 +641,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         heads, config = self.nc_heads, self.config
         if (config.nc_max_steps, config.nc_answer_window) != self._results_budget:  # the saved model's budget
             # differs from training's: calls that ran out of steps may now finish, so no cached result stays
-            self._results, self._menus, self._failures = {}, {}, {}
+            self._results, self._menus = {}, {}
             self._results_budget = (config.nc_max_steps, config.nc_answer_window)
         B, N = input_ids.shape
         W = config.nc_answer_window
@@ -940,12 +938,12 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         head's probability and proposes nothing, so that its mass does not go to a call that fits but computes
         something else ("gcd(2000, 3000)=" on a machine of values below 1024 is not answered with gcd(3000, 3000))."""
         library, config = self.library, self.config
+        alone = len(operands) == 1
         out = []
         for program_index, name in enumerate(config.nc_programs):
             program = library[name]
             if program.arity > config.nc_max_operands:
                 continue
-            alone = len(operands) == 1
             fits_per_param = [[(i, value) for i, o in enumerate(operands)
                                if (value := _argument(kind, o, alone)) is not None] for _, kind in program.params]
             for picked in itertools.product(*fits_per_param):
@@ -985,10 +983,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             by_budget.setdefault(call_budget(kinds, call.arguments, self.config.nc_max_steps), []).append(call)
         for budget, group in by_budget.items():
             result = self.library.run_calls([(names[c.program], _plain(c.arguments)) for c in group], max_steps=budget)
-            for call, value, status in zip(group, result.values, result.status):  # a failed call proposes nothing
+            for call, value in zip(group, result.values):  # a failed call (value None) proposes nothing
                 written = self._text_tokens(names[call.program], value, call.style)
                 self._results[call] = tuple(tokens[: self.config.nc_answer_window] for tokens in written)
-                self._failures[call] = None if status == "ok" else status
         return [self._results[call] for call in calls]
 
     def _hard_tokens(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, None]:
