@@ -231,8 +231,10 @@ class NCInterpreterHeads(nn.Module):
         """What residual injection adds to the hidden state: the expected embedding of the first result token of the
         call made at the position itself, through a learned map. Neither gated nor sent through the site recurrence:
         later layers may use a result that the output does not copy (a comparison's 0, 1 or 2 read as "yes" or
-        "no"), and the call at a position gets gradient from the injection alone."""
-        tokens, probs = interpreted.own_tokens, interpreted.own_probs
+        "no"). The calls' probabilities are held fixed here: a call is chosen for giving the answer, not for what its
+        result tells the LM (with signed results the LM learned to answer "Is a less than b?" from the sign of
+        a - b, and the call head to call long_sub for it)."""
+        tokens, probs = interpreted.own_tokens, interpreted.own_probs.detach()
         weights = (probs * (tokens >= 0)).to(embeddings.dtype)  # [B, N, K]
         return self.inject(torch.einsum("bnk,bnkh->bnh", weights, embeddings[tokens.clamp(min=0)]))
 

@@ -171,3 +171,24 @@ def test_an_answer_that_was_written_out_ends(tok, make_llama, lib):
     with torch.no_grad():
         _, trained = model._run_decoder(True, None, input_ids=ids, use_cache=False)
     assert float(trained.proposal[0, end + 1 :].sum()) > 0
+
+
+def test_the_call_head_reads_the_words_of_its_own_sentence(tok, make_llama, lib):
+    """Keyword evidence restarts after a sentence's end ("?", "."): in "What is 3 plus 4? What is 9 minus 2?" the call at
+    the second "?" reads " minus", not " plus"; in one pass or token by token the same."""
+    model = open_model(tok, make_llama, lib, nc_programs=["long_add", "long_sub"])
+    heads = model.nc_heads
+    with torch.no_grad():
+        heads.call_keywords.weight.fill_(0.0)
+        heads.call_keywords.weight[tok(" plus", add_special_tokens=False)["input_ids"][0]] = torch.tensor([5.0, 0.0])
+        heads.call_keywords.weight[tok(" minus", add_special_tokens=False)["input_ids"][0]] = torch.tensor([0.0, 5.0])
+    ids = torch.tensor([tok("What is 3 plus 4? What is 9 minus 2?")["input_ids"]])
+    evidence = heads.keyword_evidence(ids)
+    first_end = tok("What is 3 plus 4?")["input_ids"].__len__() - 1
+    assert evidence[0, first_end].tolist() == [5.0, 0.0]  # the first question's "?" still reads " plus"
+    assert evidence[0, -1].tolist() == [0.0, 5.0]  # the second reads its own words only
+    stepped = [heads.keyword_evidence(ids[:, :1])]
+    for t in range(1, ids.shape[1]):
+        after_end = torch.isin(ids[:, t - 1], torch.tensor(heads.sentence_ends))
+        stepped.append(heads.keyword_evidence(ids[:, t : t + 1], stepped[-1][:, -1], after_end))
+    assert torch.equal(torch.cat(stepped, 1), evidence)
