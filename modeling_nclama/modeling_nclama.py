@@ -48,6 +48,7 @@ from .reader import Operand, OperandReader, Style
 _RESULT_CACHE_SIZE = 100_000  # executed calls kept (their result tokens)
 _MENU_CACHE_SIZE = 20_000  # operand sets whose fitting calls are kept in tensor form
 _LM_FLOOR = 1e-6  # the least mass the language model keeps in the output mixture
+_UNLIKELY = "not run: its proposal would weigh less than nc_min_call_probability"
 
 
 def call_budget(kinds: Sequence[str], arguments: Sequence, max_steps: int) -> int:
@@ -566,8 +567,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 budget = call_budget(kinds, recorded.call.arguments, self.config.nc_max_steps)
                 if recorded.problem is not None:
                     result, steps, status = None, 0, recorded.problem
-                elif recorded.probability < self.config.nc_min_call_probability:
-                    result, steps, status = None, 0, "not run: less likely than nc_min_call_probability"
                 elif mode == "hard":
                     run = self.library.run_batch(name, [args], max_steps=budget)
                     result, steps, status = run.values[0], run.steps[0], run.status[0]
@@ -658,14 +657,20 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             after_end = None if state is None else torch.isin(state.ids[:, -1], torch.tensor(heads.sentence_ends, dtype=torch.long))
             calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None, after_end)
             keywords = calls[:, -1].detach()
+        continuation = heads.continuation_logits(hidden, ids, start)  # [B, N]
+        # A call's proposal weighs at most its probability times 1 - c, its own site's share wherever it is answered
+        # (a position that continues an answer makes calls that hardly matter): that product is what
+        # nc_min_call_probability is compared with.
+        own_site = 1.0 - torch.sigmoid(continuation.detach())
         operand_keys = hidden.new_zeros(B, T, 0)  # only the pointer reader keys operands by hidden states
         if config.nc_operand_reader == "pointer":
             operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
             if state is not None:
                 operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
-            tokens, probs = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys, record)
+            tokens, probs = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys, record,
+                                                own_site)
         elif config.nc_operand_reader == "context":
-            tokens, probs = self._pointer_calls(ids, start, calls, None, None, record)
+            tokens, probs = self._pointer_calls(ids, start, calls, None, None, record, own_site)
         else:
             tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
         first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
@@ -677,7 +682,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
         valid = sites >= 0
         sites = sites.clamp(min=0)
-        last_sites = self._continued_sites(heads.continuation_logits(hidden, ids, start), T, state)  # [B, N, T] over sites
+        last_sites = self._continued_sites(continuation, T, state)  # [B, N, T] over sites
         ended = state.ended if state is not None else torch.zeros(B, dtype=torch.bool)
         if not self.training:
             last_sites, ended = self._end_answers(ids, start, last_sites, tokens, probs, ended)
@@ -758,7 +763,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
 
     def _pointer_calls(
         self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: Optional[torch.Tensor],
-        operand_keys: Optional[torch.Tensor], record: Optional[dict]
+        operand_keys: Optional[torch.Tensor], record: Optional[dict], own_site: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Result tokens [B, N, K, W] and probabilities [B, N, K] of the top-k calls at positions ``start`` onward,
         operands chosen by pointer attention over the numbers and lists the reader found in each position's prefix
@@ -812,8 +817,10 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             p = p * torch.where(chosen >= 0, at, (chosen == -1).to(p.dtype))
         top = p.detach().topk(min(K, p.shape[1]), dim=-1).indices  # [G, k]; padding combos have p = 0
         chosen_p = p.gather(1, top)
+        worth = chosen_p.detach() if own_site is None else chosen_p.detach() * own_site[bi, ni].unsqueeze(1)
+        run = (worth >= config.nc_min_call_probability).tolist()  # the calls whose proposal can weigh that much
         if config.nc_mode == "hard":
-            self._fill_menus(menus, site_menu, top.tolist(), (chosen_p.detach() >= config.nc_min_call_probability).tolist())
+            self._fill_menus(menus, site_menu, top.tolist(), run)
             if len(menus) == 1:
                 chosen_tokens = menus[0].tokens[top]  # [G, k, variants, W]
             else:
@@ -822,7 +829,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if config.nc_mode == "soft" or record is not None:
             picked = [[menus[e].choices[c] if c < len(menus[e].choices) else None for c in cs] for e, cs in zip(site_menu, top.tolist())]
         if config.nc_mode == "soft":
-            run = (chosen_p.detach() >= config.nc_min_call_probability).tolist()
             chosen_tokens, factor = self._soft_results([[c.call if c and go else None for c, go in zip(row, ok)] for row, ok in zip(picked, run)])
             chosen_p = chosen_p * factor
         if record is not None:
@@ -830,7 +836,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 operands = site_operands[g]
                 record[(site_b[g], start + site_n[g])] = [
                     RecordedCall(c.call, [operands[i] for i in c.operands], float(chosen_p[g, k]), _real(chosen_tokens[g, k, 0]),
-                                 c.problem)
+                                 c.problem or (None if run[g][k] else _UNLIKELY))
                     for k, c in enumerate(row) if c is not None
                 ]
         k = top.shape[1]
@@ -901,7 +907,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             flat_p = chosen_p.reshape(B * N, k)
             for g, row in enumerate(picked):
                 record[divmod(g, N)] = [
-                    RecordedCall(c, [None] * len(c.arguments), float(flat_p[g, j]), _real(chosen_tokens[g, j, 0])) for j, c in enumerate(row)
+                    RecordedCall(c, [None] * len(c.arguments), float(flat_p[g, j]), _real(chosen_tokens[g, j, 0]),
+                                 None if run[g][j] else _UNLIKELY) for j, c in enumerate(row)
                 ]
         return tokens, torch.cat([chosen_p, chosen_p.new_zeros(B, N, K - k)], -1)
 

@@ -52,8 +52,9 @@ def test_heads_can_read_an_inner_layer(llama, lib, tok):
     assert torch.equal(seen[0], hidden[1])  # the output of decoder layer 0
 
 
-def test_gradients_reach_every_head(model, tok):
-    model.train()
+def test_gradients_reach_every_head(llama, lib, tok):
+    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok),
+                                          nc_programs=["long_add", "long_mul", "gcd", "max_number"]).train()
     batch = tok(["81273+4406=85679"], return_tensors="pt")
     heads = dict(model.nc_heads.named_parameters())
     model(**batch, labels=batch["input_ids"]).loss.backward()  # closed gate: only its scale can move first
