@@ -688,7 +688,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             last_sites, ended = self._end_answers(ids, start, last_sites, tokens, probs, ended)
         site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
-        weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
+        # A call goes on answering only while the text after its site agrees with its result: a call whose first
+        # tokens fall where the text says something else (inside the prompt, where nothing is scored) cannot be
+        # continued into the answer, so every call pays for each token it proposes.
+        agreed = self._agreement(ids, tokens)[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)
+        weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * agreed * valid.unsqueeze(-1)
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
@@ -703,6 +707,22 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                                      gates.detach(), ended)
         return Interpreted(proposal, proposed, weight.sum(-1), gate, new_state, first_tokens, first_probs, site_probs,
                            gate_logits, last_sites if config.nc_gate_at == "site" else None)
+
+    def _agreement(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, T, K, W] whether the text after each site agrees with tokens 0 .. j - 1 of each of its calls' results
+        (always at j = 0, and where the text does not reach yet); a bracket of a group the LM shares out agrees with
+        any bracket of its group."""
+        B, T, K, W = tokens.shape
+        following = torch.nn.functional.pad(ids[:, 1:], (0, W), value=-2).unfold(1, W, 1)[:, :T]  # [B, T, W]
+        same = self._canonical(tokens) == self._canonical(following).unsqueeze(2)
+        same = same | (following == -2).unsqueeze(2)
+        return torch.cat([same.new_ones(B, T, K, 1), same[..., :-1].cummin(-1).values], -1)
+
+    def _canonical(self, tokens: torch.Tensor) -> torch.Tensor:
+        for group in self._shared:
+            members = torch.tensor(group, dtype=tokens.dtype, device=tokens.device)
+            tokens = torch.where(torch.isin(tokens, members), members[0], tokens)
+        return tokens
 
     def _end_answers(self, ids: torch.Tensor, start: int, last_sites: torch.Tensor, tokens: torch.Tensor,
                      probs: torch.Tensor, ended: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

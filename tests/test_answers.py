@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_nclama import Library
-from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, call_budget
+from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, _plain, call_budget
 from modeling_nclama.reader import Style
 from modeling_nclama.tokenization import default_tokenizer, reader_tokens
 
@@ -162,8 +162,9 @@ def test_an_answer_that_was_written_out_ends(tok, make_llama, lib):
     ids = torch.tensor([prompt + answer + extra])
     with torch.no_grad():
         _, interpreted = model._run_decoder(True, None, input_ids=ids, use_cache=False)
-    end = len(prompt) + len(answer) - 1  # the answer's last digit: the library proposes the end there
-    assert interpreted.proposal[0, end, tok.eos_token_id] > 0.5
+    end = len(prompt) + len(answer) - 1  # the answer's last digit: the calls that wrote it propose the end there
+    assert interpreted.proposal[0, end, tok.eos_token_id] > 0.25
+    assert torch.isclose(interpreted.proposal[0, end, tok.eos_token_id], interpreted.mass[0, end])
     after = interpreted.proposal[0, end + 1 :]
     assert float(after.sum()) == 0.0  # " 7" and what follows start no new call
     assert bool(interpreted.state.ended[0])
@@ -171,6 +172,31 @@ def test_an_answer_that_was_written_out_ends(tok, make_llama, lib):
     with torch.no_grad():
         _, trained = model._run_decoder(True, None, input_ids=ids, use_cache=False)
     assert float(trained.proposal[0, end + 1 :].sum()) > 0
+
+
+def test_a_call_answers_only_while_the_text_agrees_with_its_result(tok, make_llama, lib):
+    """A call made one position early ("81273-4406" at its last digit) proposes its first result token where the
+    prompt says "=": continued into the answer it would write long_sub(4406, 81273) = -76867 without its sign, which
+    is 81273 - 4406 with the operands reversed. Its first token disagrees with the text, so no later position takes
+    the call on: every call pays for each token it proposes."""
+    model = open_model(tok, make_llama, lib, nc_programs=["long_sub"])
+    with torch.no_grad():
+        heads = model.nc_heads
+        heads.site_token.weight.fill_(-30.0)  # every position starts a new answer ...
+        heads.site_previous.weight.fill_(0.0)
+        heads.site_token.weight[tok("=", add_special_tokens=False)["input_ids"][0]] = 30.0  # ... but "=" continues one
+    prompt = tok("81273-4406=")["input_ids"]
+    answer = tok("76867", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + answer])
+    record = {}
+    with torch.no_grad():
+        _, interpreted = model._run_decoder(True, None, record, input_ids=ids, use_cache=False)
+    early, equals = len(prompt) - 2, len(prompt) - 1
+    calls = {tuple(_plain(c.call.arguments)): c.tokens for c in record[(0, early)]}
+    assert calls[(4406, 81273)] == tok("-76867", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert interpreted.site_probs[0, equals, 1] > 0.99  # "=" answers the call made at "6", one token further ...
+    assert interpreted.mass[0, early] > 0.5  # ... whose first tokens were proposed where the prompt goes on
+    assert float(interpreted.mass[0, equals]) < 1e-6  # but the text said "=", not "-": nothing goes on from there
 
 
 def test_the_call_head_reads_the_words_of_its_own_sentence(tok, make_llama, lib):
