@@ -2,22 +2,33 @@
 and the token ids of a result, as the tokenizer writes its text.
 
 The interpreter heads point at operands instead of learning to parse digits (the paper blamed its weak sorting on
-parsing). The reader is deterministic and exact. With LLaMA 3 pre-tokenization a number is a run of tokens of 1-3
-digits each ("81273" is "812" "73"); a list is a bracketed run of numbers separated by commas and spaces
-("[5, 3, 9, 1]", "[7]", "[]", or "[0.5 0.25]" as CLRS-Text writes them) or a run of at least two numbers separated by
-spaces only ("5 3 9 1"). With ``decimal_places`` > 0, a decimal ("0.549": digits, ".", at most that many digits) is
-one number, read in fixed point (549 thousandths with 3 places) and written back the same way.
+parsing). The reader is deterministic and exact. A number is a run of digit tokens: with LLaMA 3 pre-tokenization
+tokens of 1-3 digits each ("81273" is "812" "73"), with SmolLM2's or LLaMA 2's tokenizer one digit each ("8" "1" "2"
+"7" "3"). A list is a bracketed run of numbers separated by commas and spaces ("[5, 3, 9, 1]", "[7]", "[]", or
+"[0.5 0.25]" as CLRS-Text writes them) or a run of at least two numbers separated by spaces only ("5 3 9 1"). With
+``decimal_places`` > 0, a decimal ("0.549": digits, ".", at most that many digits) is one number, read in fixed point
+(549 thousandths with 3 places) and written back the same way.
 
-Signs. A minus token directly before a number's digits ("-", " -", "[-") is the number's sign, except where it is
-glued to a digit on its left as well: "7-10=" is seven minus ten (a bare "-" between two digits is the operator),
-while "-5 + 12", "What is -81273 plus 4406?", "7 -10" (the minus carries a space), "[-3, 4]" and "gcd(-4, 6)" read
--5, -81273, -10, -3 and -4. "4406 - 81273" is a subtraction: that minus is not attached to the digits.
+Signs. A minus token directly before a number's digits ("-", " -", "[-", "(-", "=-") is the number's sign, except
+where it is glued to a digit on its left as well: "7-10=" is seven minus ten (a bare "-" between two digits is the
+operator), while "-5 + 12", "What is -81273 plus 4406?", "7 -10" (the minus carries a space), "[-3, 4]" and
+"gcd(-4, 6)" read -5, -81273, -10, -3 and -4. "4406 - 81273" is a subtraction: that minus is not attached to the
+digits.
 
-The reader knows only a table of token texts (``NCLlamaConfig.nc_reader_tokens``, built from the tokenizer by
-``tokenization.reader_tokens``): digit tokens, separators (commas and spaces), list openers (a text ending in "[")
-and closers (a text starting with "]", like "]" or "]."), minus signs (a text ending in "-" whose other characters
-are spaces, commas or an opening bracket), the decimal point, the punctuation that ends a sentence ("?", ".",
-"].": the call head reads the words of the sentence it answers) and the result words.
+Brackets and separators merge with their neighbours in many tokenizers (SmolLM2 writes "max([5, -3])" as "max" "(["
+"5" "," " -" "3" "])" and "sorted([])" as "sorted" "([])"), so the reader knows tokens by what their text is made of
+(:func:`token_roles`), from a table of token texts (``NCLlamaConfig.nc_reader_tokens``, built from the tokenizer by
+``tokenization.reader_tokens``): digit tokens; separators (commas and spaces); list openers (a text ending in "["
+after at most spaces and the punctuation that comes before an operand: "[", " [", "([", "=["); empty lists ("[]",
+" []", "([])"); closers (a text starting with "]", like "]", "].", "])"); minus signs (a text ending in "-" after at
+most that same punctuation: "-", " -", "[-", ",-", "(-"); the decimal point; the punctuation that ends a sentence ("?",
+".", "].": the call head reads the words of the sentence it answers) and the result words.
+
+Writing. A result is written as the tokenizer writes its text where it continues other text: digit runs cut from the
+left into chunks as long as the table's longest digit token (3 for LLaMA 3's tokenizers, 1 for those that split
+every digit), and each run of punctuation (with the space before it: " -", " [", ", -" is "," " -") by the longest
+tokens of the table. ``tokenization.reader_tokens`` checks, on the tokenizer itself, that this writes every kind of
+result exactly as the tokenizer does.
 """
 from __future__ import annotations
 
@@ -26,8 +37,18 @@ from dataclasses import dataclass
 from typing import Sequence
 
 # How a tokenizer of the LLaMA family cuts the punctuation and spaces of a result's text before its merges: a run of
-# punctuation with at most one space before it, or a run of spaces (digits are cut apart by ``number_tokens``).
+# punctuation with at most one space before it, or a run of spaces (digits are cut apart by ``number_tokens``). LLaMA
+# 3's and GPT-2's pre-tokenization regexes cut them so, and SentencePiece's "▁" pieces start at each space.
 _PRE_TOKEN = re.compile(r" ?[^\sA-Za-z0-9]+|\s+|[A-Za-z]+")
+
+# What may stand before an operand's opening bracket or minus sign in the same token: spaces, separators, opening
+# brackets and the operators after which a minus is a sign (" [", "([", "=[", ",-", "(-", "*-"). Not a digit or a
+# closing bracket (after those a minus is the subtraction), nor "-" itself ("--").
+_BEFORE_OPERAND = frozenset(" ,;([{=+*/")
+
+
+def _before_operand(text: str) -> bool:
+    return all(ch in _BEFORE_OPERAND for ch in text)
 
 
 def _ends_sentence(text: str) -> bool:
@@ -35,6 +56,37 @@ def _ends_sentence(text: str) -> bool:
     also the factorial sign)."""
     stripped = text.strip()
     return bool(stripped) and stripped[-1] in "?." and not any(ch.isalnum() for ch in stripped)
+
+
+def token_roles(text: str) -> frozenset[str]:
+    """What a token's text is to the reader: "digits", "sign", "opener" (an opener that ends in a minus, "[-", is a
+    sign too), "empty_list", "closer", "point", "separator" ("space" too when it holds only spaces) and
+    "sentence_end" (with "point", for "."): empty for any other text. ``tokenization.reader_tokens`` keeps exactly
+    the tokens with a role (and the result words)."""
+    roles = set()
+    stripped = text.strip()
+    if _ends_sentence(text):
+        roles.add("sentence_end")
+    if text.isascii() and text.isdigit():
+        roles.add("digits")
+    elif text.endswith("-") and _before_operand(text[:-1]):
+        roles.add("sign")
+        if text[:-1].endswith("["):
+            roles.add("opener")
+    elif text.endswith("[") and _before_operand(text[:-1]):
+        roles.add("opener")
+    elif "[]" in text and _before_operand(text.split("[]", 1)[0]) and \
+            not any(ch.isalnum() or ch in "[]" for ch in text.split("[]", 1)[1]):
+        roles.add("empty_list")
+    elif stripped.startswith("]") and not any(ch.isalnum() for ch in stripped):
+        roles.add("closer")
+    elif text == ".":
+        roles.add("point")
+    elif text and not text.strip(", "):
+        roles.add("separator")
+        if not text.strip(" "):
+            roles.add("space")
+    return frozenset(roles)
 
 
 @dataclass(frozen=True)
@@ -78,34 +130,38 @@ class OperandReader:
         self.separators: dict[int, str] = {}  # token -> its text (commas and spaces)
         self.spaces: set[int] = set()
         self.openers: set[int] = set()
+        self.empty_lists: set[int] = set()  # "[]", " []", "([])": a whole list in one token
         self.closers: set[int] = set()
         self.signs: dict[int, str] = {}  # minus tokens -> their text ("-", " -", "[-")
         self.sentence_ends: set[int] = set()  # "?", ".", "]."; a question or a sentence ends there
         for token, text in reader_tokens.items():
-            token = int(token)
-            if _ends_sentence(text) and not (text == "." and decimal_places):  # with decimals "." is their point
+            token, roles = int(token), token_roles(text)
+            if "sentence_end" in roles and not (text == "." and decimal_places):  # with decimals "." is their point
                 self.sentence_ends.add(token)
-            if text.isascii() and text.isdigit():
+            if "digits" in roles:
                 self.digits[token] = text
-            elif text.endswith("-") and not text[:-1].strip(" ,["):
+            if "sign" in roles:
                 self.signs[token] = text
-                if "[" in text:
-                    self.openers.add(token)
-            elif text.endswith("["):
+            if "opener" in roles:
                 self.openers.add(token)
-            elif text.lstrip().startswith("]"):
+            if "empty_list" in roles:
+                self.empty_lists.add(token)
+            if "closer" in roles:
                 self.closers.add(token)
-            elif text == ".":
+            if "point" in roles:
                 self.points.add(token)
-            elif text and not text.strip(", "):
+            if "separator" in roles:
                 self.separators[token] = text
-                if not text.strip(" "):
-                    self.spaces.add(token)
-        self.token_of_digits = {text: token for token, text in self.digits.items()}
+            if "space" in roles:
+                self.spaces.add(token)
+        self.token_of_digits = {text: token for token, text in sorted(self.digits.items(), reverse=True)}  # lowest id
+        # How the tokenizer cuts a run of digits: from the left, into chunks as long as its longest digit token (3 for
+        # LLaMA 3's tokenizers, whose vocabularies hold every 1-3 digit string; 1 for SmolLM2's and LLaMA 2's).
+        self.digit_chunk = max(map(len, self.token_of_digits), default=1)
         # Only these tokens change what a prefix holds: appending any other token leaves ``read`` unchanged (a
-        # number ends where a non-digit comes, a list is complete at its last number or its closer, a decimal point
-        # counts only once a digit follows it, a sign once its digits do).
-        self.triggers = set(self.digits) | self.closers
+        # number ends where a non-digit comes, a list is complete at its last number, its closer or its one
+        # empty-list token, a decimal point counts only once a digit follows it, a sign once its digits do).
+        self.triggers = set(self.digits) | self.closers | self.empty_lists
         self.token_of_text: dict[str, int] = {}  # what results are written with: "[", ",", " ", "]", " -", words
         for token, text in sorted(reader_tokens.items(), key=lambda kv: -int(kv[0])):
             self.token_of_text[text] = int(token)
@@ -146,11 +202,14 @@ class OperandReader:
             i += 1
         return i
 
-    def _joined(self, ids: Sequence[int], left: Operand, right: Operand, allowed) -> bool:
-        """Whether only ``allowed`` tokens stand between two numbers (a sign that carries its space or comma counts as
-        the separator: "5 -3", "[1, -3]")."""
+    def _joined(self, ids: Sequence[int], left: Operand, right: Operand, bracketed: bool) -> bool:
+        """Whether only separators (in a bracketed list: commas and spaces; else spaces) stand between two numbers. A
+        sign that carries the separator counts as one ("5 -3", "[1, -3]", "[1,-3]"), but not one that carries
+        anything else: "3-8=-5" is no list, nor is "5 [-3, 4]" (its " [-" opens a list)."""
         if right.start == left.end:
-            return ids[right.start] in self.signs and self.signs[ids[right.start]] != "-"
+            carried = self.signs.get(ids[right.start], "-")[:-1]
+            return bool(carried) and not carried.strip(" ," if bracketed else " ")
+        allowed = self.separators if bracketed else self.spaces
         return all(t in allowed for t in ids[left.end : right.start])
 
     def _opened(self, ids: Sequence[int], number: Operand) -> int:
@@ -163,9 +222,11 @@ class OperandReader:
         """Every number, and every bracketed or space-separated list of numbers, in order of position."""
         ids = [int(t) for t in ids]
         numbers = self.numbers(ids)
-        lists = [Operand("list", i, i + 2, (), Style(bracketed=True))  # "[]": an empty list
+        lists = [Operand("list", i, i + 2, (), Style(bracketed=True))  # "[" "]": an empty list
                  for i in range(len(ids) - 1) if ids[i] in self.openers and ids[i + 1] in self.closers
                  and ids[i] not in self.signs]
+        lists += [Operand("list", i, i + 1, (), Style(bracketed=True))  # "[]", " []", "([])": one token
+                  for i, t in enumerate(ids) if t in self.empty_lists]
         k = 0
         while k < len(numbers):
             # bracketed: opener, number (separator number)*, closer
@@ -173,7 +234,7 @@ class OperandReader:
             opener = self._opened(ids, first)
             if opener >= 0:
                 run, m = [first], k
-                while m + 1 < len(numbers) and self._joined(ids, numbers[m], numbers[m + 1], self.separators):
+                while m + 1 < len(numbers) and self._joined(ids, numbers[m], numbers[m + 1], True):
                     m += 1
                     run.append(numbers[m])
                 if run[-1].end < len(ids) and ids[run[-1].end] in self.closers:
@@ -186,7 +247,7 @@ class OperandReader:
                     continue
             # spaced: two or more numbers separated by spaces only
             run, m = [first], k
-            while m + 1 < len(numbers) and self._joined(ids, numbers[m], numbers[m + 1], self.spaces):
+            while m + 1 < len(numbers) and self._joined(ids, numbers[m], numbers[m + 1], False):
                 m += 1
                 run.append(numbers[m])
             if len(run) >= 2:
@@ -197,18 +258,20 @@ class OperandReader:
 
     # ------------------------------------------------------------------ writing
     def number_tokens(self, digits: str) -> list[int]:
-        """Token ids of a digit string, split like LLaMA 3: chunks of 3 digits from the left."""
+        """Token ids of a digit string as the tokenizer cuts it: chunks of ``digit_chunk`` digits from the left
+        ("81273" is "812" "73" with LLaMA 3's tokenizers, "8" "1" "2" "7" "3" with those that split every digit)."""
         if not digits.isdigit():
             raise ValueError(f"not a digit string: {digits!r}")
-        chunks = [digits[i : i + 3] for i in range(0, len(digits), 3)]
+        chunks = [digits[i : i + self.digit_chunk] for i in range(0, len(digits), self.digit_chunk)]
         missing = [c for c in chunks if c not in self.token_of_digits]
         if missing:
             raise ValueError(f"the reader has no token for {missing[0]!r}: rebuild nc_reader_tokens from the tokenizer")
         return [self.token_of_digits[c] for c in chunks]
 
     def text_tokens(self, text: str) -> list[int]:
-        """Token ids of a result's text as the tokenizer writes it: digit runs in LLaMA 3's chunks, and each run of
-        punctuation (with the space before it: " -", " [", ", -" is "," " -") by the longest tokens of the table."""
+        """Token ids of a result's text as the tokenizer writes it where it continues other text: digit runs cut as
+        ``number_tokens`` cuts them, and each run of punctuation (with the space before it: " -", " [", ", -" is ","
+        " -") by the longest tokens of the table."""
         out = []
         for match in re.finditer(r"\d+|[^\d]+", text):
             piece = match.group()

@@ -23,7 +23,9 @@ checkpoints:
   byte mapping, so ``decode(encode(x, add_special_tokens=False)) == x`` for every string.
 
 API: :func:`corpus`, :func:`train_tokenizer`, :func:`save_tokenizer`, :func:`load_tokenizer`,
-:func:`number_token_values`, :func:`default_tokenizer`.
+:func:`number_token_values`, :func:`default_tokenizer`; for any LLaMA-family tokenizer (this one, SmolLM2's
+byte-level BPE, LLaMA 2's SentencePiece): :func:`reader_tokens` (the operand reader's table, checked with
+:func:`writer_mismatches`), :func:`token_texts`, :func:`continuation_ids`.
 """
 from __future__ import annotations
 
@@ -36,9 +38,12 @@ from typing import Iterable, Iterator, Sequence
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from .reader import OperandReader, Style, token_roles
+
 __all__ = [
     "BOS", "EOS", "PAD", "LLAMA3_PATTERN", "MIN_VOCAB_SIZE", "DEFAULT_VOCAB_SIZE", "corpus", "train_tokenizer",
-    "save_tokenizer", "load_tokenizer", "number_token_values", "default_tokenizer", "digit_strings",
+    "save_tokenizer", "load_tokenizer", "number_token_values", "default_tokenizer", "digit_strings", "token_texts",
+    "continuation_ids", "reader_tokens", "writer_mismatches",
 ]
 
 BOS = "<|begin_of_text|>"
@@ -378,33 +383,122 @@ def number_token_values(tokenizer) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
-def reader_tokens(tokenizer, words: Sequence[str] = ()) -> dict[str, str]:
-    """The table of the model's operand reader (``NCLlamaConfig.nc_reader_tokens``): token id (as a string, for JSON)
-    -> text, for every digit token, every token made only of list punctuation (brackets, commas, spaces, a
-    closing bracket followed by punctuation like "]."), every minus sign ("-", " -", "[-": a minus after at most
-    spaces, commas and an opening bracket), the punctuation that ends a sentence ("?", ".", "].") and the decimal
-    point. See ``reader.py``. ``words``: the
-    texts results are written as (``nc_result_words``), each of which must be one token."""
-    table = {str(k): v for k, v in number_token_values(tokenizer).items()}
-    for word in words:
-        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1 or tokenizer.decode(ids) != word:
-            raise ValueError(f"result word {word!r} is not one token of this tokenizer: {ids}")
-        table[str(ids[0])] = word
+def token_texts(tokenizer) -> dict[int, str]:
+    """Token id -> the text the token stands for inside a text, for every vocabulary token that is not an added
+    (special) token. Each token is decoded after the token of "0" and that "0" cut off: SentencePiece decoders drop
+    the "▁" of a text's first token ("▁-" alone decodes as "-", after "0" as " -"), byte-level ones write any token
+    as is. Tokens that are part of a character's bytes read as "\ufffd"."""
     added = set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
-    for token, idx in tokenizer.get_vocab().items():
-        if token in added:
-            continue
-        text = tokenizer.convert_tokens_to_string([token])
-        stripped = text.strip()
-        is_separator = text and not text.strip(", ")
-        is_opener = stripped.endswith("[") and not stripped[:-1].strip(" ,")
-        is_closer = stripped.startswith("]") and all(not ch.isalnum() for ch in stripped)
-        is_sign = text.endswith("-") and not text[:-1].strip(" ,[")
-        ends_sentence = bool(stripped) and stripped[-1] in "?." and not any(ch.isalnum() for ch in stripped)
-        if is_separator or is_opener or is_closer or is_sign or ends_sentence or text == ".":
-            table[str(idx)] = text
-    return dict(sorted(table.items(), key=lambda kv: int(kv[0])))
+    ids = sorted(idx for token, idx in tokenizer.get_vocab().items() if token not in added)
+    anchor = tokenizer("0", add_special_tokens=False)["input_ids"][-1]  # SentencePiece's "0" is "▁" "0"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the Rust decoder in one batch: a vocabulary of 50k tokens in a fraction of a second
+        anchor_text = backend.decode([anchor], skip_special_tokens=False)
+        texts = backend.decode_batch([[anchor, idx] for idx in ids], skip_special_tokens=False)
+    else:
+        anchor_text = tokenizer.decode([anchor], clean_up_tokenization_spaces=False)
+        texts = [tokenizer.decode([anchor, idx], clean_up_tokenization_spaces=False) for idx in ids]
+    if anchor_text != "0":
+        raise ValueError(f"this tokenizer decodes the token of '0' as {anchor_text!r}")
+    return {idx: text[1:] for idx, text in zip(ids, texts) if text.startswith("0")}
+
+
+def _special_anchor(tokenizer) -> tuple[str, int] | None:
+    """A special token that the tokenizer finds in text, as one token: its text and id (None if it has none)."""
+    for special in getattr(tokenizer, "all_special_tokens", ()):
+        ids = tokenizer(special, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            return special, ids[0]
+    return None
+
+
+def continuation_ids(tokenizer, text: str) -> list[int]:
+    """The ids of ``text`` where it continues other text, as a model writes its answer after a prompt. Byte-level
+    tokenizers (LLaMA 3's, SmolLM2's) give ``encode(text)``; SentencePiece ones (LLaMA 2's) put a "▁" (a space) before
+    the start of a text, so "-5" alone is "▁-" "5", but after "=" it is "-" "5". The text is encoded after a special
+    token, where such tokenizers begin a new piece of text without that space, and the special token dropped."""
+    anchor = _special_anchor(tokenizer)
+    if anchor is not None:
+        special, special_id = anchor
+        ids = tokenizer(special + text, add_special_tokens=False)["input_ids"]
+        if ids[:1] == [special_id]:
+            return ids[1:]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _probe_texts(reader: OperandReader) -> list[str]:
+    """Every kind of text the writer writes (signed numbers of 1-7 digits, lists in each style with 0-3 items, and
+    decimals when the reader reads them), with and without the space before it."""
+    values = [0, 7, -7, 42, -1234567, 1000007]
+    lists = [[], [5], [-5], [3, -4], [-3, 4, 12], [1000, -7, 0]]
+    texts = [reader.value_text(v) for v in values]
+    for style in (Style(bracketed=True), Style(bracketed=True, commas=False), Style()):
+        texts += [reader.list_text(items, style) for items in lists if items or style.bracketed]
+    if reader.decimal_places:
+        texts += [reader.value_text(v, decimal=True) for v in (549, -5, 1000, 12345)]
+        for style in (Style(True, False, True), Style(True, True, True), Style(decimal=True)):
+            texts += [reader.list_text(items, style) for items in ([549, -50], [-1000, 5])]
+    return [lead + text for text in texts for lead in ("", " ")]
+
+
+def writer_mismatches(tokenizer, table: dict) -> list[tuple[str, object, list[int]]]:
+    """The probe texts (``_probe_texts``) that the writer of ``OperandReader(table)`` does not write as the tokenizer
+    does, as (text, the writer's ids or its error, the tokenizer's ids from ``continuation_ids``). Empty when every
+    kind of result is written exactly as the tokenizer writes it."""
+    readers = [OperandReader(table)]
+    if any("point" in token_roles(text) for text in table.values()):
+        readers.append(OperandReader(table, decimal_places=3))
+    out = []
+    for reader in readers:
+        for text in _probe_texts(reader):
+            expected = continuation_ids(tokenizer, text)
+            try:
+                written = reader.text_tokens(text)
+            except ValueError as error:
+                written = str(error)
+            if written != expected:
+                out.append((text, written, expected))
+    return out
+
+
+def reader_tokens(tokenizer, words: Sequence[str] = (), check: bool = True) -> dict[str, str]:
+    """The table of the model's operand reader (``NCLlamaConfig.nc_reader_tokens``): token id (as a string, for JSON)
+    -> its text (``token_texts``), for every token the reader has a role for (``reader.token_roles``): digit tokens,
+    list punctuation (separators, openers like "[", " [", "([", empty lists like " []", closers like "]", "].", "])"),
+    minus signs ("-", " -", "[-", "(-"), the punctuation that ends a sentence ("?", ".", "].") and the decimal point.
+    Where several tokens have the same text (LLaMA 2's byte tokens: "<0x30>" is "0" too), only the one the tokenizer
+    writes that text with is kept, so that the writer writes it (all are kept if it writes that text with none of
+    them alone). ``words``: the texts results are written as (``nc_result_words``), each of which must be one token.
+
+    With ``check``, the table's writer must write every kind of result (``writer_mismatches``) as the tokenizer
+    does, else ValueError: its tokens are what the model writes, and a tokenizer that cuts numbers or lists another
+    way would read them back differently."""
+    texts = token_texts(tokenizer)
+    table = {idx: text for idx, text in texts.items() if token_roles(text)}
+    by_text: dict[str, list[int]] = {}
+    for idx, text in table.items():
+        by_text.setdefault(text, []).append(idx)
+    for text, ids in by_text.items():
+        written = continuation_ids(tokenizer, text) if len(ids) > 1 else ids
+        if len(written) == 1 and written[0] in ids:
+            for idx in ids:
+                if idx != written[0]:
+                    del table[idx]
+    for word in words:
+        ids = continuation_ids(tokenizer, word)
+        if len(ids) != 1 or texts.get(ids[0]) != word:
+            raise ValueError(f"result word {word!r} is not one token of this tokenizer: {ids}")
+        table[ids[0]] = word
+    table = {str(idx): text for idx, text in sorted(table.items())}
+    if check:
+        wrong = writer_mismatches(tokenizer, table)
+        if wrong:
+            text, written, expected = wrong[0]
+            raise ValueError(
+                f"the reader would write {text!r} as {written}, the tokenizer writes it as {expected} ({len(wrong)} "
+                "probe texts differ): this tokenizer cuts numbers or list punctuation in a way the reader does not "
+                "know")
+    return table
 
 
 def default_tokenizer(num_lines: int = 20000, seed: int = 0,

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from modeling_nclama.reader import OperandReader, Style
+from modeling_nclama.reader import OperandReader, Style, token_roles
 from modeling_nclama.tokenization import default_tokenizer, reader_tokens
 
 
@@ -202,3 +202,40 @@ def test_results_are_written_as_the_tokenizer_writes_them(reader, tok):
     assert reader.value_text(-76867) == "-76867" and reader.list_text([-3, 5], Style(bracketed=True)) == "[-3, 5]"
     with pytest.raises(ValueError, match="no token for 'x'"):
         reader.text_tokens("x")
+
+
+@pytest.mark.parametrize("text, roles", [
+    ("42", {"digits"}), ("-", {"sign"}), (" -", {"sign"}), ("(-", {"sign"}), ("=-", {"sign"}), (",-", {"sign"}),
+    ("[-", {"sign", "opener"}), (" [-", {"sign", "opener"}), ("[", {"opener"}), ("([", {"opener"}), ("=[", {"opener"}),
+    ("[]", {"empty_list"}), (" []", {"empty_list"}), ("([])", {"empty_list"}), ("]", {"closer"}), ("])", {"closer"}),
+    ("].", {"closer", "sentence_end"}), (".", {"point", "sentence_end"}), ("?", {"sentence_end"}),
+    (",", {"separator"}), (", ", {"separator"}), (" ", {"separator", "space"}),
+    ("--", set()), (")-", set()), ("x-", set()), ("->", set()), ("[x", set()), (" yes", set()),
+])
+def test_token_roles(text, roles):
+    assert token_roles(text) == roles
+
+
+def test_merged_brackets_signs_and_empty_lists():
+    """Tokens as SmolLM2 merges them: "max([5, -3])" is "max" "([" "5" "," " -" "3" "])", "sorted([])" is
+    "sorted" "([])", "gcd(-4, 6)" has "(-", and "3-8=-5" has "=-" (a sign, but not a separator: no list)."""
+    r = OperandReader({"1": "5", "2": "([", "3": "])", "4": ",", "5": " -", "6": "(-", "7": "=-", "8": "([])",
+                       "9": "-", "10": "3", "11": " ", "12": " [-", "13": "]"})
+    (lst,) = [o for o in r.read([2, 1, 4, 5, 10, 3]) if o.kind == "list"]
+    assert lst.values == [5, -3] and (lst.start, lst.end) == (0, 6) and lst.style == Style(bracketed=True)
+    assert [(o.kind, o.start, o.end, o.items) for o in r.read([8])] == [("list", 0, 1, ())]
+    assert 8 in r.triggers and [o.items for o in r.read([6, 1, 4, 11, 10])] == [("-5",), ("3",)]
+    assert [o.items for o in r.read([10, 9, 1, 7, 10])] == [("3",), ("5",), ("-3",)]  # "3-5=-3"
+    # "5 [-3]": the " [-" opens a list; it is no separator of a spaced list "5 -3"
+    assert [(o.kind, o.items) for o in r.read([1, 12, 10, 13])] == [("number", ("5",)), ("list", ("-3",)),
+                                                                    ("number", ("-3",))]
+    assert [(o.kind, o.items) for o in r.read([1, 5, 10])][0] == ("list", ("5", "-3"))  # "5 -3"
+
+
+def test_single_digit_tokenizers_are_written_digit_by_digit():
+    """With only single digits in the table (SmolLM2, LLaMA 2), every digit is its own token."""
+    table = {str(i): str(i) for i in range(10)} | {"10": " ", "11": " -", "12": "[", "13": "]", "14": ",", "15": "-"}
+    r = OperandReader(table)
+    assert r.digit_chunk == 1 and r.text_tokens(" -1207") == [11, 1, 2, 0, 7]
+    assert r.list_tokens([12, -3], Style(bracketed=True)) == [12, 1, 2, 14, 11, 3, 13]
+    assert r.read(r.value_tokens(-1207))[0].number == -1207

@@ -1,4 +1,5 @@
-"""The tokenizer of the shipped models: LLaMA 3 pre-tokenization, byte-level BPE, every 1-3 digit chunk one token."""
+"""The tokenizer of the shipped models: LLaMA 3 pre-tokenization, byte-level BPE, every 1-3 digit chunk one token; the
+operand reader's table built from it."""
 import json
 import random
 import time
@@ -6,8 +7,8 @@ import time
 import pytest
 
 from modeling_nclama.tokenization import (
-    BOS, DEFAULT_VOCAB_SIZE, EOS, LLAMA3_PATTERN, MIN_VOCAB_SIZE, PAD, corpus, digit_strings, load_tokenizer,
-    number_token_values, save_tokenizer, train_tokenizer,
+    BOS, DEFAULT_VOCAB_SIZE, EOS, LLAMA3_PATTERN, MIN_VOCAB_SIZE, PAD, continuation_ids, corpus, digit_strings,
+    load_tokenizer, number_token_values, reader_tokens, save_tokenizer, token_texts, train_tokenizer,
 )
 
 EDGE_STRINGS = [
@@ -221,3 +222,26 @@ def test_training_20k_lines_is_fast():
     elapsed = time.perf_counter() - start
     assert len(t) == DEFAULT_VOCAB_SIZE
     assert elapsed < 30, elapsed
+
+
+# ---------------------------------------------------------------------------------------------- the reader's table
+
+def test_token_texts_and_continuations_are_the_plain_ones_for_a_byte_level_tokenizer(tok):
+    """Byte-level BPE puts nothing before the start of a text: a token's text is its string, a text's ids where it
+    continues other text are ``encode(text)`` (SentencePiece differs: tests/test_tokenizer_kinds.py)."""
+    texts = token_texts(tok)
+    vocab = tok.get_vocab()
+    assert len(texts) == len(tok) - 3  # every token but the specials
+    assert all(texts[i] == tok.convert_tokens_to_string([token]) for token, i in vocab.items() if i in texts)
+    for text in ["-5", " [-3, 4]", "[]", "81273", " 0.549", "Sort the list [5, 3]."]:
+        assert continuation_ids(tok, text) == _ids(tok, text), text
+
+
+def test_reader_tokens_holds_digits_punctuation_and_words(tok):
+    table = reader_tokens(tok, words=[" yes", " no"])
+    texts = set(table.values())
+    assert set(digit_strings()) <= texts and {"-", " -", "=-", "[", " [", "]", "].", ",", " ", ".", "?"} <= texts
+    assert {" yes", " no"} <= texts and "yes" not in texts
+    assert table == dict(sorted(table.items(), key=lambda kv: int(kv[0])))  # ordered by id, keys are strings
+    with pytest.raises(ValueError, match="is not one token"):
+        reader_tokens(tok, words=["no way"])
