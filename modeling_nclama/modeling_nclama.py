@@ -49,6 +49,7 @@ _RESULT_CACHE_SIZE = 100_000  # executed calls kept (their result tokens)
 _MENU_CACHE_SIZE = 20_000  # operand sets whose fitting calls are kept in tensor form
 _LM_FLOOR = 1e-6  # the least mass the language model keeps in the output mixture
 _UNLIKELY = "not run: its proposal would weigh less than nc_min_call_probability"
+_CONTINUES = 1e4  # a continuation logit whose sigmoid is 1.0 in float32: the position is never a call site
 
 
 def call_budget(kinds: Sequence[str], arguments: Sequence, max_steps: int) -> int:
@@ -124,7 +125,11 @@ class NCInterpreterHeads(nn.Module):
             self.call_keywords = nn.Embedding(config.vocab_size, programs)
         self.bos_token_id = config.bos_token_id
         # the tokens that end a sentence ("?", "].", "."): the words a call reads are those of its own sentence
-        self.sentence_ends = sorted(OperandReader(config.nc_reader_tokens, config.nc_decimal_places).sentence_ends)
+        reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
+        self.sentence_ends = sorted(reader.sentence_ends)
+        # minus tokens ("-", " -", "[-"): a sign is the first token of the number it writes, so no answer starts at
+        # one (else an answer "-76867" could be the LM's "-" followed by a call for 76867 with its operands reversed)
+        self.sign_tokens = sorted(reader.signs)
         if config.nc_operand_reader == "pointer":
             self.operand_query = nn.Linear(hidden, self.slots * dim)
             self.operand_key = nn.Linear(hidden, dim)
@@ -208,7 +213,11 @@ class NCInterpreterHeads(nn.Module):
     def continuation_logits(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
         """[B, N] logit that each new position (``ids[:, start:]``, hidden states ``hidden``) continues the answer of
         the position before it: from the hidden state, or from the position's token and its predecessor (all digit
-        tokens alike)."""
+        tokens alike); a minus sign always continues."""
+        signs = torch.isin(ids[:, start:], torch.tensor(self.sign_tokens, dtype=torch.long, device=ids.device))
+        return self._read_continuation(hidden, ids, start).masked_fill(signs, _CONTINUES)
+
+    def _read_continuation(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
         if hasattr(self, "site_continue"):
             return self.site_continue(hidden).float().squeeze(-1)
         previous = torch.nn.functional.pad(ids, (1, 0), value=self.bos_token_id or 0)[:, start:-1]

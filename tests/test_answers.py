@@ -199,6 +199,23 @@ def test_a_call_answers_only_while_the_text_agrees_with_its_result(tok, make_lla
     assert float(interpreted.mass[0, equals]) < 1e-6  # but the text said "=", not "-": nothing goes on from there
 
 
+def test_no_answer_starts_at_a_minus_sign(tok, make_llama, lib):
+    """A sign is the first token of the number it writes: at "-" the answer of the position before goes on, so that
+    "-76867" cannot be the LM's "-" followed by a new call for 76867 (long_sub with its operands reversed)."""
+    model = open_model(tok, make_llama, lib, nc_programs=["long_sub"])
+    with torch.no_grad():
+        model.nc_heads.site_token.weight.fill_(-30.0)  # every other position starts a new answer
+    prompt = tok("4406-81273=")["input_ids"]
+    ids = torch.tensor([prompt + tok("-76867", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        _, interpreted = model._run_decoder(True, None, input_ids=ids, use_cache=False)
+    equals, sign = len(prompt) - 1, len(prompt)
+    assert tok.decode(ids[0, sign]) == "-"
+    assert float(interpreted.site_probs[0, sign, 1]) == 1.0  # "-" answers the call made at "=", one token further
+    assert float(interpreted.site_probs[0, equals, 0]) > 0.99  # "=" starts it
+    assert float(interpreted.site_probs[0, len(prompt) - 4, 0]) == 0.0  # nor is the operator "-" a call site
+
+
 def test_the_call_head_reads_the_words_of_its_own_sentence(tok, make_llama, lib):
     """Keyword evidence restarts after a sentence's end ("?", "."): in "What is 3 plus 4? What is 9 minus 2?" the call at
     the second "?" reads " minus", not " plus"; in one pass or token by token the same."""
