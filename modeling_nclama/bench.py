@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -212,64 +213,90 @@ def format_machine_tables(report: dict) -> str:
 BENCH_PROMPTS = ("What is 81273 plus 4406?", "Sort the list [5, 3, 9, 1].", "gcd(84, 36)=", "What is 734 times 58?")
 
 
+def _preset_case(name: str):
+    """A preset's (LLaMA, tokenizer, library, reader table, nc settings): random weights, the project's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .checkpoints import preset
+    from .library import Library
+    from .tokenization import default_tokenizer, reader_tokens
+
+    tok = default_tokenizer()
+    settings = {k: v for k, v in preset(name).items() if not k.startswith("nc_")}
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**{**settings, **ids})), tok, Library.standard(256), reader_tokens(tok), {}
+
+
+def _base_case(folder: str):
+    """A pretrained base folder's (LLaMA, tokenizer, library, reader table, nc settings), converted as the SmolLM2
+    recipe converts it: the standard library at V = 1024, " yes" / " no" as the comparison words, the call head
+    reading the hidden state."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from .library import Library
+    from .tokenization import reader_tokens
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    llama = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    table = reader_tokens(tok, words=[" yes", " no"])
+    return llama, tok, Library.standard(1024), table, {"nc_call_reader": "hidden"}
+
+
 def bench_model(presets: Sequence[str] = ("tiny", "llama-3.2-1b"), batch: int = 4, new_tokens: int = 8,
-                repeats: int = 15, num_threads: int | None = None) -> list[dict]:
+                repeats: int = 15, num_threads: int | None = None, bases: Sequence[str] = ()) -> list[dict]:
     """NCLlama (hard mode, library attached) against ``LlamaForCausalLM`` of the same preset and weights, in this
     process, on the same batch: forward+backward time, greedy generation tokens/s (batch 1), and the memory autograd
     keeps for backward. The NCLlama is converted from that LLaMA with ``from_llama``. The two models are timed in
-    alternation (``repeats`` rounds, medians), so that the machine's load changes hit both alike."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    alternation (``repeats`` rounds, medians; the first of each round alternates), so that the machine's load changes
+    hit both alike.
 
+    ``bases``: pretrained LLaMA folders (``nclama base smollm2-135m-instruct -o out/smollm2``) benchmarked the same
+    way with their own weights and tokenizer, after the presets."""
     from .analysis import SavedBytes
-    from .checkpoints import preset
-    from .library import Library
     from .modeling_nclama import NCLlamaForCausalLM
-    from .tokenization import default_tokenizer, reader_tokens
 
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
-    tok = default_tokenizer()
-    tok.padding_side = "left"
-    library = Library.standard(256)
-    table = reader_tokens(tok)
-    prompts = [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(batch)]
-    inputs = tok(prompts, return_tensors="pt", padding=True)
-    one = tok(prompts[:1], return_tensors="pt")
-    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-
-    def train_step(model):
-        model.train()
-        model.zero_grad(set_to_none=True)
-        model(**inputs, labels=inputs["input_ids"]).loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    def generate(model):
-        model.eval()
-        with torch.no_grad():
-            model.generate(**one, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-
-    def autograd_mib(model) -> float:
-        saved = SavedBytes()
-        with saved.hooks():
-            model.train()
-            model(**inputs, labels=inputs["input_ids"]).loss.backward()
-        model.zero_grad(set_to_none=True)
-        return saved.megabytes
-
+    cases = [(name, lambda name=name: _preset_case(name)) for name in presets]
+    cases += [(Path(folder).name, lambda folder=folder: _base_case(folder)) for folder in bases]
     rows = []
     try:
-        for name in presets:
-            settings = {k: v for k, v in preset(name).items() if not k.startswith("nc_")}
-            torch.manual_seed(0)
-            llama = LlamaForCausalLM(LlamaConfig(**{**settings, **ids}))
-            model = NCLlamaForCausalLM.from_llama(llama, library, reader_tokens=table)
+        for name, build in cases:
+            llama, tok, library, table, nc_settings = build()
+            tok.padding_side = "left"
+            prompts = [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(batch)]
+            inputs = tok(prompts, return_tensors="pt", padding=True)
+            one = tok(prompts[:1], return_tensors="pt")
+
+            def train_step(model):
+                model.train()
+                model.zero_grad(set_to_none=True)
+                model(**inputs, labels=inputs["input_ids"]).loss.backward()
+                model.zero_grad(set_to_none=True)
+
+            def generate(model):
+                model.eval()
+                with torch.no_grad():
+                    model.generate(**one, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                   pad_token_id=tok.pad_token_id)
+
+            def autograd_mib(model) -> float:
+                saved = SavedBytes()
+                with saved.hooks():
+                    model.train()
+                    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+                model.zero_grad(set_to_none=True)
+                return saved.megabytes
+
+            model = NCLlamaForCausalLM.from_llama(llama, library, reader_tokens=table, **nc_settings)
             models = {"llama": llama, "nclama": model}
             times = {label: {"train": [], "generate": []} for label in models}
             for label, m in models.items():  # warm up: caches, the library's results
                 train_step(m), generate(m)
-            for _ in range(repeats):
-                for label, m in models.items():
+            for round_ in range(repeats):  # which model goes first alternates, so neither always follows the other
+                for label, m in sorted(models.items(), reverse=bool(round_ % 2)):
                     times[label]["train"].append(_time_ms(lambda: train_step(m), 1, warmup=0))
                     times[label]["generate"].append(_time_ms(lambda: generate(m), 1, warmup=0))
             result = {

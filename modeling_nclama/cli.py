@@ -125,7 +125,8 @@ def _cmd_bench(args) -> int:
         rows = bench.bench_ops(value_sizes=args.value_sizes or (16, 128, 1000), batch=args.batch or 256)
         print(bench.format_ops_table(rows))
     elif args.what == "model":
-        rows = bench.bench_model(presets=args.presets, batch=args.batch or 4)
+        presets = args.presets if args.presets is not None else ([] if args.base else ["tiny", "llama-3.2-1b"])
+        rows = bench.bench_model(presets=presets, batch=args.batch or 4, bases=args.base or ())
         print(bench.format_model_table(rows))
     else:
         report = bench.bench_machine(batch=args.batch or 4096)
@@ -439,7 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=("ops", "machine", "model"))
-    p.add_argument("--presets", nargs="+", default=["tiny", "llama-3.2-1b"], help="for 'model'")
+    p.add_argument("--presets", nargs="+", default=None,
+                   help="for 'model': presets with random weights (default: tiny llama-3.2-1b, none with --base)")
+    p.add_argument("--base", nargs="+", default=None, metavar="BASE_DIR",
+                   help="for 'model': pretrained LLaMA folders with their own weights and tokenizer (`nclama base "
+                        "smollm2-135m-instruct -o out/smollm2`), converted as the SmolLM2 recipe converts them")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--value-sizes", type=int, nargs="+", default=None, help="for 'ops'")
     p.set_defaults(func=_cmd_bench)
