@@ -13,6 +13,7 @@ NC_OPERAND_READERS = ("pointer", "context", "projection")
 NC_CALL_READERS = ("hidden", "keywords")
 NC_SITE_READERS = ("hidden", "tokens")
 NC_GATE_POSITIONS = ("position", "site")
+NC_CHAT_ROLES = ("marker", "header", "break")
 
 
 @strict
@@ -88,6 +89,20 @@ class NCLlamaConfig(LlamaConfig):
         Programs whose int result is written as a word: program -> the word (one token's text, in
         `nc_reader_tokens`) of each result value; `{"long_cmp": [" yes", " no", " no"]}` answers "Is a less than
         b?" (`long_cmp` returns 0, 1, 2 for a < b, a = b, a > b). A value without a word proposes only the end.
+        With `nc_answer_lead`, a word whose text without its leading space is a token of `nc_reader_tokens` too
+        ("no" beside " no") is written without the space where the call site's lead says so: the assistant's turn
+        of a chat template starts its answer "no" on a new line.
+    nc_chat_tokens (`dict[str, str]`, optional):
+        The tokens a chat template writes around the messages (token id as a string -> its role), built from the
+        tokenizer by ``training.chat_tokens``: `"marker"`, the special tokens that open and close a turn
+        (`<|im_start|>`, `<|im_end|>`); `"header"`, the other text of a turn's header (role names: "user", "ass"
+        "istant"); `"break"`, the whitespace that ends a header ("\n"). From a marker up to the first token that is
+        not one of these, the positions are the template's: the keyword call reader reads no words there and a
+        sentence neither ends nor starts there (the content after a template starts a new one, and the call at the
+        assistant's turn reads the user's last sentence); markers and headers make no calls (a break does: the
+        "\n" that opens the assistant's turn is where its answer's call is made); a marker, like the
+        beginning-of-sequence token, lets a new answer start after one that was written out. Empty (the default):
+        no template.
     nc_decimal_places (`int`, defaults to 0):
         With 1-3, the reader reads a decimal like "0.549" as one number in fixed point (549 thousandths with 3
         places; needs the "." token in `nc_reader_tokens`) and writes results read from decimals back as decimals.
@@ -151,6 +166,7 @@ class NCLlamaConfig(LlamaConfig):
     nc_pointer_dim: int = 64
     nc_reader_tokens: dict | None = None
     nc_result_words: dict | None = None
+    nc_chat_tokens: dict | None = None
     nc_decimal_places: int = 0
     nc_closers_from_lm: bool = False
     nc_openers_from_lm: bool = False
@@ -173,6 +189,8 @@ class NCLlamaConfig(LlamaConfig):
             self.nc_reader_tokens = {}
         if self.nc_result_words is None:
             self.nc_result_words = {}
+        if self.nc_chat_tokens is None:
+            self.nc_chat_tokens = {}
         if not getattr(self, "auto_map", None):
             self.auto_map = {
                 "AutoConfig": "configuration_nclama.NCLlamaConfig",
@@ -229,6 +247,11 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_programs must be distinct program names, got {self.nc_programs!r}")
         if self.nc_answer_lead and self.nc_operand_reader == "projection":
             raise ValueError("nc_answer_lead needs the pointer or context operand reader (the projection reader writes values only)")
+        for token, role in self.nc_chat_tokens.items():
+            if not str(token).isdigit() or int(token) >= self.vocab_size:
+                raise ValueError(f"nc_chat_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")
+            if role not in NC_CHAT_ROLES:
+                raise ValueError(f"nc_chat_tokens: token {token} has role {role!r}, not one of {NC_CHAT_ROLES}")
         for token, text in self.nc_reader_tokens.items():
             if not str(token).isdigit() or int(token) >= self.vocab_size:
                 raise ValueError(f"nc_reader_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")

@@ -1,6 +1,9 @@
 """Evaluation (toolchain): exact match of greedy generations on the tasks of :mod:`modeling_nclama.tasks`, per task
 and length, for any causal language model of transformers.
 
+With ``chat=True`` the prompts are asked in the tokenizer's chat template (``tasks.chat_prompt``: the question in the
+user's turn, the answer generated in the assistant's), and the result rows say ``"form": "chat"``.
+
 The rule (the same in the ``evaluate`` metric ``hub_assets/metrics/nclama_exact_match``): a text's answer is the text
 up to its first newline or end-of-sequence marker, stripped; a prediction is right when its answer equals the
 reference's.
@@ -19,15 +22,16 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .checkpoints import ADVERSARIAL_RESULTS, EVAL_RESULTS
-from .tasks import EVAL_LENGTHS, TASKS, make_dataset, validate
+from .tasks import EVAL_LENGTHS, TASKS, chat_example, make_dataset, validate
 from .tool_use import answer_call, tool_text
 
 __all__ = ["END_MARKERS", "RESULTS_JSON", "RESULTS_MD", "ADVERSARIAL_JSON", "ADVERSARIAL_MD", "GATE_OPEN",
            "answer_text", "exact_match", "evaluate_model", "format_table", "write_results", "evaluate_adversarial",
            "format_adversarial", "write_adversarial_results"]
 
-#: Where an answer ends: a newline, or an end-of-sequence token left in decoded text (LLaMA 3, LLaMA 3 chat, LLaMA 2).
-END_MARKERS: tuple[str, ...] = ("\n", "<|end_of_text|>", "<|eot_id|>", "</s>")
+#: Where an answer ends: a newline, or an end-of-sequence token left in decoded text (LLaMA 3, LLaMA 3 chat, LLaMA 2,
+#: the ChatML turn end of SmolLM2 and other instruct models).
+END_MARKERS: tuple[str, ...] = ("\n", "<|end_of_text|>", "<|eot_id|>", "</s>", "<|im_end|>")
 RESULTS_JSON = EVAL_RESULTS  # the model card's table (checkpoints.model_card) reads it
 RESULTS_MD = "eval_results.md"
 ADVERSARIAL_JSON = ADVERSARIAL_RESULTS  # the model card reads it too
@@ -68,9 +72,11 @@ def _newline_tokens(tokenizer) -> torch.Tensor:
 
 
 def _left_padded(tokenizer, prompts: Sequence[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts tokenized as in training (with the tokenizer's special tokens) and padded on the left, so that every
-    generation starts right after its own prompt."""
-    ids = tokenizer(list(prompts))["input_ids"]
+    """Prompts tokenized as in training (with the tokenizer's special tokens, ``training.prompt_ids``) and padded on
+    the left, so that every generation starts right after its own prompt."""
+    from .training import prompt_ids
+
+    ids = prompt_ids(tokenizer, list(prompts))
     width = max(map(len, ids))
     input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], dtype=torch.long)
     attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
@@ -97,7 +103,7 @@ def _answer_budget(tokenizer, rows: Sequence[dict], tool_calls: bool = False) ->
 def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: Optional[Sequence[int]] = None,
                    n_per_length: int = 50, seed: int = 0, split: str = "train", batch_size: int = 16,
                    max_new_tokens: Optional[int] = None, progress: bool = True, tool_calls: bool = False,
-                   max_value: Optional[int] = None) -> list[dict]:
+                   max_value: Optional[int] = None, chat: bool = False) -> list[dict]:
     """Exact match of greedy generation on ``n_per_length`` examples of every (task, length).
 
     Works for any causal LM whose ``generate`` takes ``input_ids``/``attention_mask`` (LlamaForCausalLM,
@@ -105,7 +111,9 @@ def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: O
     and only the new tokens are decoded. ``lengths`` (default: each task's :data:`~modeling_nclama.tasks.EVAL_LENGTHS`)
     apply to every task; ``max_new_tokens`` defaults to what the longest right answer of each batch needs.
     With ``tool_calls`` the model is the tool-use baseline: it writes a call, which ``tool_use.answer_call``
-    answers, and that answer is scored. ``max_value`` caps list items (``tasks.make_dataset``). Returns one row per (task, length): ``{task, length, split, n, exact_match}``."""
+    answers, and that answer is scored. ``max_value`` caps list items (``tasks.make_dataset``). With ``chat`` the
+    questions are asked in the tokenizer's chat template (``tasks.chat_example``). Returns one row per (task,
+    length): ``{task, length, split, n, exact_match}``, with ``form: "chat"`` for chat prompts."""
     tasks = list(tasks)
     validate(tasks, lengths, split)
     if not isinstance(n_per_length, int) or n_per_length <= 0:
@@ -123,6 +131,8 @@ def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: O
         with tqdm(total=len(cells) * n_per_length, desc="evaluate", unit="example", disable=not progress) as bar:
             for task, length in cells:
                 data = make_dataset([task], n_per_length, seed=seed, split=split, lengths=[length], max_value=max_value).to_list()
+                if chat:
+                    data = [chat_example(row, tokenizer) for row in data]
                 predictions = []
                 for start in range(0, len(data), batch_size):
                     batch = data[start:start + batch_size]
@@ -133,18 +143,24 @@ def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: O
                 if tool_calls:
                     predictions = [answer_call(text) or "" for text in predictions]
                 score = exact_match(predictions, [row["answer"] for row in data])
-                rows.append({"task": task, "length": length, "split": split, "n": len(data), "exact_match": score})
+                rows.append({"task": task, "length": length, "split": split, "n": len(data), "exact_match": score,
+                             **({"form": "chat"} if chat else {})})
     finally:
         model.train(was_training)
     return rows
 
 
+def _split_label(row: dict) -> str:
+    """The split column of a row: the template split, and "chat" for chat-form prompts."""
+    return row.get("split", "") + (", chat" if row.get("form") == "chat" else "")
+
+
 def format_table(rows: Sequence[dict]) -> str:
-    """A markdown table of exact match: one line per (task, split), one column per length."""
+    """A markdown table of exact match: one line per (task, split and form), one column per length."""
     lengths = sorted({row["length"] for row in rows})
     cells: dict[tuple[str, str], dict[int, str]] = {}
     for row in rows:
-        cells.setdefault((row["task"], row.get("split", "")), {})[row["length"]] = f"{100 * row['exact_match']:.1f}%"
+        cells.setdefault((row["task"], _split_label(row)), {})[row["length"]] = f"{100 * row['exact_match']:.1f}%"
     lines = ["| task | split | " + " | ".join(f"length {n}" for n in lengths) + " |",
              "|---|---|" + "---:|" * len(lengths)]
     for (task, split), by_length in cells.items():
@@ -154,12 +170,13 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def write_results(rows: Sequence[dict], out_dir: Union[str, Path], *, merge: bool = False) -> tuple[Path, Path]:
     """``eval_results.json`` (``{"rows": [...]}``, read for the model card) and ``eval_results.md`` (the table).
-    With ``merge``, rows already there stay, except those of the same (task, split, length), which these replace."""
+    With ``merge``, rows already there stay, except those of the same (task, split, form, length), which these
+    replace."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / RESULTS_JSON, out_dir / RESULTS_MD
     if merge and json_path.is_file():
-        key = lambda r: (r["task"], r.get("split", "train"), r["length"])  # noqa: E731
+        key = lambda r: (r["task"], r.get("split", "train"), r.get("form", "plain"), r["length"])  # noqa: E731
         new = {key(r) for r in rows}
         rows = [r for r in json.loads(json_path.read_text())["rows"] if key(r) not in new] + list(rows)
     json_path.write_text(json.dumps({"rows": list(rows)}, indent=1) + "\n")
@@ -191,7 +208,7 @@ def _traces(model) -> bool:
 
 
 def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: Optional[int] = None,
-                         progress: bool = True, batch_size: int = 16) -> dict:
+                         progress: bool = True, batch_size: int = 16, chat: bool = False) -> dict:
     """Greedy generation on the rows of the adversarial set (:mod:`modeling_nclama.adversarial`), scored per case.
 
     Each row is generated as :func:`evaluate_model` generates (greedy, stops at EOS or a newline; ``max_new_tokens``
@@ -200,7 +217,8 @@ def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_toke
     per generated token) carry ``gate`` and ``calls``; other models generate in batches of ``batch_size`` and have
     no gate. A row's ``gate_open``: some generated token has gate >= :data:`GATE_OPEN` and a non-empty ``calls``.
     ``wrong_with_gate_open``: the answer is wrong (a computable row not matched exactly, or a row with nothing to
-    compute answered at all) and the gate was open.
+    compute answered at all) and the gate was open. With ``chat`` every prompt is asked in the tokenizer's chat
+    template (``tasks.chat_prompt``); the rows keep their plain prompt.
 
     Returns ``{"cases": {case: {n, computable, exact, exact_match, answered, gate_open, wrong_with_gate_open}},
     "n", "computable_exact_match", "wrong_with_gate_open", "traced", "rows": [{prompt, case, task, computable,
@@ -210,6 +228,10 @@ def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_toke
     rows = list(rows)
     if not rows:
         raise ValueError("no adversarial rows to evaluate")
+    from .tasks import chat_prompt
+    from .training import prompt_ids
+
+    asked = [chat_prompt(row["prompt"], tokenizer) if chat else row["prompt"] for row in rows]
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     eos_id = tokenizer.eos_token_id
@@ -223,8 +245,8 @@ def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_toke
     try:
         with tqdm(total=len(rows), desc="adversarial", unit="prompt", disable=not progress) as bar:
             if traced:
-                for row in rows:
-                    ids = tokenizer(row["prompt"])["input_ids"]
+                for row, prompt in zip(rows, asked):
+                    ids = prompt_ids(tokenizer, [prompt])[0]
                     input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
                     with torch.no_grad():
                         sequence, trace = model.generate_with_trace(
@@ -238,7 +260,7 @@ def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_toke
                 for start in range(0, len(rows), batch_size):
                     batch = rows[start:start + batch_size]
                     budget = max_new_tokens or max(_row_budget(tokenizer, row) for row in batch)
-                    generated += _generate(model, tokenizer, [row["prompt"] for row in batch], budget, pad_id,
+                    generated += _generate(model, tokenizer, asked[start:start + batch_size], budget, pad_id,
                                            eos_id, stop)
                     traces += [None] * len(batch)
                     bar.update(len(batch))

@@ -130,6 +130,12 @@ class NCInterpreterHeads(nn.Module):
         # minus tokens ("-", " -", "[-"): a sign is the first token of the number it writes, so no answer starts at
         # one (else an answer "-76867" could be the LM's "-" followed by a call for 76867 with its operands reversed)
         self.sign_tokens = sorted(reader.signs)
+        # the chat template's own tokens (nc_chat_tokens): no words, sentence ends or call sites, except that a break
+        # ("\n" after "<|im_start|>assistant") is where the assistant's answer is called
+        chat = {int(token): role for token, role in config.nc_chat_tokens.items()}
+        self.chat_tokens = sorted(chat)
+        self.chat_markers = sorted(token for token, role in chat.items() if role == "marker")
+        self.chat_breaks = sorted(token for token, role in chat.items() if role == "break")
         if config.nc_operand_reader == "pointer":
             self.operand_query = nn.Linear(hidden, self.slots * dim)
             self.operand_key = nn.Linear(hidden, dim)
@@ -174,37 +180,88 @@ class NCInterpreterHeads(nn.Module):
             gate = gate + (opening - opening.detach()) * lift
         return gate
 
-    def segments(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def template_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] whether each position of ``ids`` is the chat template's: a marker of ``nc_chat_tokens`` and the
+        template tokens after it, up to the first break ("\n") or the first token that is not the template's (a
+        position's own and earlier tokens decide, as for everything a position reads; the message after a header
+        is content even where it starts with a token the header also has)."""
+        if not self.chat_markers:
+            return torch.zeros_like(ids, dtype=torch.bool)
+        index = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        marker = torch.isin(ids, torch.tensor(self.chat_markers, dtype=torch.long, device=ids.device))
+        other = ~torch.isin(ids, torch.tensor(self.chat_tokens, dtype=torch.long, device=ids.device))
+        after_break = torch.nn.functional.pad(torch.isin(ids, torch.tensor(self.chat_breaks, dtype=torch.long,
+                                                                           device=ids.device))[:, :-1], (1, 0))
+        last_marker = torch.where(marker, index, -1).cummax(1).values
+        last_end = torch.where((other | after_break) & ~marker, index, -1).cummax(1).values
+        return last_marker > last_end
+
+    def silent_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] the positions that make no call: the chat template's markers and headers (a break, the "\n" that
+        opens a turn's content, may: the assistant's answer is called there)."""
+        breaks = torch.tensor(self.chat_breaks, dtype=torch.long, device=ids.device)
+        return self.template_positions(ids) & ~torch.isin(ids, breaks)
+
+    def segments(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None,
+                 history: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[B, N] the index of the sentence each position of ``ids`` is in: a new one starts at a beginning-of-sequence
-        token and after a token that ends a sentence (``after_end`` [B]: the token before ``ids`` ended one)."""
-        ends = torch.isin(ids, torch.tensor(self.sentence_ends, dtype=torch.long, device=ids.device))
-        starts = torch.nn.functional.pad(ends[:, :-1], (1, 0))
-        if after_end is not None:
+        token, after a token that ends a sentence and after the chat template (``after_end`` [B]: the token before
+        ``ids`` ended one; ``history`` [B, S]: the tokens before ``ids``, read instead). The template's positions
+        start and end none: they stay in the sentence before them, so that the assistant's turn reads the user's
+        question."""
+        return self._sentences(ids, after_end, history)[0]
+
+    def _sentences(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None,
+                   history: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``segments`` and the template positions of ``ids`` [B, N]."""
+        full = ids if history is None else torch.cat([history, ids], 1)
+        template = self.template_positions(full)
+        ends = torch.isin(full, torch.tensor(self.sentence_ends, dtype=torch.long, device=ids.device)) & ~template
+        starts = torch.nn.functional.pad(ends[:, :-1] | template[:, :-1], (1, 0))
+        if after_end is not None and history is None:
             starts[:, 0] |= after_end
         if self.bos_token_id is not None:
-            starts |= ids == self.bos_token_id
-        return torch.cumsum(starts.long(), 1)
+            starts |= full == self.bos_token_id
+        starts &= ~template
+        counts = torch.cumsum(starts.long(), 1)
+        if history is not None and history.shape[1]:  # numbered from the sentence of the token before ids
+            counts = counts[:, history.shape[1]:] - counts[:, history.shape[1] - 1 : history.shape[1]]
+        return counts, template[:, full.shape[1] - ids.shape[1]:]
 
     def keyword_evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None,
-                         after_end: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         after_end: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Keyword call reader: per position of ``ids`` [B, N] and program, the best score of the tokens of its
         sentence so far [B, N, P] (``segments``; ``carried`` [B, P]: that of the position before ``ids``, whose
-        sentence ended if ``after_end``). A running max restarted at each sentence: a later segment's scores are
-        lifted above every earlier one's before the cumulative max, which then never reaches back past its segment.
-        The max's own gradient would reach one token per program and position, so that a keyword learns only once it
-        already wins; in training the gradient is instead that of the softmax-weighted mean of the segment's scores
-        (the value stays the max): every token of the prompt learns at once, the likeliest winners most."""
+        sentence ended if ``after_end``; ``history``: the tokens before ``ids``, from which that is read instead). A
+        running max restarted at each sentence: a later segment's scores are lifted above every earlier one's before
+        the cumulative max, which then never reaches back past its segment. The chat template's tokens are no words:
+        they score 0 and sort below every word of their sentence, so they carry the evidence of the words before
+        them. The max's own gradient would reach one token per program and position, so that a keyword learns only
+        once it already wins; in training the gradient is instead that of the softmax-weighted mean of the
+        segment's scores (the value stays the max): every token of the prompt learns at once, the likeliest winners
+        most."""
         scores = self.call_keywords(ids).float()
-        segment = self.segments(ids, after_end)
+        segment, template = self._sentences(ids, after_end, history)
         if carried is not None:  # the carried evidence counts as a token of the segment before the first one here
             scores = torch.cat([carried.unsqueeze(1).float(), scores], 1)
             segment = torch.cat([segment.new_zeros(ids.shape[0], 1), segment], 1)
-        lift = (scores.detach().abs().amax() * 2 + 1) * segment.unsqueeze(-1)
-        where = torch.cummax(scores.detach() + lift, dim=1).indices
+            template = torch.cat([template.new_zeros(ids.shape[0], 1), template], 1)
+        templated = bool(template.any())
+        if templated:
+            scores = scores.masked_fill(template.unsqueeze(-1), 0.0)
+        bound = scores.detach().abs().amax()
+        lift = (bound * 2 + 1) * segment.unsqueeze(-1)
+        keys = scores.detach() + lift
+        if templated:  # below every word of the segment, above every earlier segment
+            keys = torch.where(template.unsqueeze(-1), lift - bound - 0.5, keys)
+        where = torch.cummax(keys, dim=1).indices
         best = scores.gather(1, where)
         if torch.is_grad_enabled() and scores.requires_grad:
             N = scores.shape[1]
             same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & torch.ones(N, N, dtype=torch.bool).tril()  # [B, t, j]
+            if templated:  # the words only; a position with none before it in its sentence weighs itself (score 0)
+                same = same & ~template.unsqueeze(1)
+                same = same | (~same.any(2, keepdim=True) & torch.eye(N, dtype=torch.bool))
             weights = torch.softmax(scores.unsqueeze(1).masked_fill(~same.unsqueeze(-1), float("-inf")), dim=2)
             mean = (weights * scores.unsqueeze(1)).sum(2)  # [B, N, P]
             best = best.detach() + (mean - mean.detach())
@@ -663,8 +720,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if config.nc_call_reader == "hidden":
             calls, keywords = heads.call(hidden).float(), hidden.new_zeros(B, 0)  # [B, N, P] logits
         else:
-            after_end = None if state is None else torch.isin(state.ids[:, -1], torch.tensor(heads.sentence_ends, dtype=torch.long))
-            calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None, after_end)
+            calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None,
+                                           history=state.ids if state is not None else None)
             keywords = calls[:, -1].detach()
         continuation = heads.continuation_logits(hidden, ids, start)  # [B, N]
         # A call's proposal weighs at most its probability times 1 - c, its own site's share wherever it is answered
@@ -682,6 +739,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             tokens, probs = self._pointer_calls(ids, start, calls, None, None, record, own_site)
         else:
             tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
+        if heads.chat_markers:  # the chat template's markers and headers make no call
+            probs = probs.masked_fill(heads.silent_positions(ids)[:, start:, None], 0.0)
         first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
         if state is not None:
             tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
@@ -747,6 +806,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             return last_sites, ended
         W = tokens.shape[-1]
         rows = ids.tolist()
+        turns = {self.config.bos_token_id, *self.nc_heads.chat_markers}  # a new segment or chat turn
         site = last_sites.argmax(-1)  # [B, N] each position's likeliest site
         best = probs.argmax(-1)  # [B, T] each site's likeliest call (and way of writing it)
         offset = torch.arange(start, T).unsqueeze(0) - site  # [B, N]
@@ -756,7 +816,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         for b in range(B):
             for n in range(N):
                 t = start + n
-                if rows[b][t] == self.config.bos_token_id:
+                if rows[b][t] in turns:
                     ended[b] = False
                 elif ended[b]:
                     out[b, n] = out[b, n - 1] if n > 0 else last_sites[b, n]
@@ -803,6 +863,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         B, N, _ = calls.shape
         K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
         variants = self._variants
+        silent = heads.silent_positions(ids).tolist() if heads.chat_markers else None
         site_b, site_n, site_operands, site_menu, menus, menu_index = [], [], [], [], [], {}
         for b in range(B):
             row = ids[b].tolist()
@@ -811,7 +872,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 if s == start or row[s] in self.reader.triggers:  # other tokens never change what the prefix holds
                     operands = self._operands(row[: s + 1])
                     menu = self._menu(operands)
-                if menu is None:
+                if menu is None or silent is not None and silent[b][s]:
                     continue
                 if id(menu) not in menu_index:
                     menu_index[id(menu)] = len(menus)
@@ -1081,8 +1142,14 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             return ([],) * self._variants
         if name in self.config.nc_result_words:  # a word per value (the word carries its own space)
             words = self.config.nc_result_words[name]
-            word = [self.reader.token_of_text[words[value]]] + eos if isinstance(value, int) and 0 <= value < len(words) else []
-            return (word,) * self._variants
+            if not (isinstance(value, int) and 0 <= value < len(words)):
+                return ([],) * self._variants
+            spaced = words[value]
+            # without the lead, the word without its space where the table has it ("no" beside " no": a chat answer
+            # starts on a new line); else the word as given, either way
+            bare = spaced.lstrip(" ") if spaced.lstrip(" ") in self.reader.token_of_text else spaced
+            written = [self.reader.token_of_text[spaced]] + eos
+            return (written,) if self._variants == 1 else ([self.reader.token_of_text[bare]] + eos, written)
         if isinstance(value, int):
             text = self.reader.value_text(value, style.decimal)
         else:

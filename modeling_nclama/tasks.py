@@ -35,6 +35,13 @@ and gcd; the number of elements for sort, max, min and sum; ``n`` for factorial 
 is uniform over the ``d``-digit numbers (0-9 for ``d = 1``); the other operand of a two-operand task has a uniform
 number of digits between 1 and the length.
 
+Chat form (:func:`chat_prompt`, :func:`chat_form`): an instruct model is asked inside its chat template. The prompt
+is the user's turn, rendered by the tokenizer's own template up to the start of the assistant's turn
+(``apply_chat_template(..., add_generation_prompt=True)``, the template's default system message included), and the
+answer follows it directly, without a separator: ``<|im_start|>user\nWhat is 81273 plus 4406?<|im_end|>\n
+<|im_start|>assistant\n85679`` (the training collator appends the tokenizer's end-of-sequence token, ``<|im_end|>``
+for SmolLM2, which closes the assistant's turn).
+
 ``clrs_insertion_sort`` reproduces CLRS-Text's (DeepMind, 2024) text format for ``insertion_sort`` without hints,
 as its ``clrs._src.clrs_text`` code writes it (see :func:`clrs_insertion_sort`).
 """
@@ -52,7 +59,7 @@ if TYPE_CHECKING:  # datasets is imported where a dataset is built, so the CLI a
 __all__ = [
     "TASKS", "CLRS_TASK", "ALL_TASKS", "SPLITS", "TRAINING_RANGES", "EVAL_LENGTHS", "TEMPLATES", "CANONICAL",
     "LIST_TASKS", "NEGATIVE_RATE", "Template", "templates", "solve", "render", "sample", "validate", "make_dataset",
-    "clrs_insertion_sort", "context_examples",
+    "clrs_insertion_sort", "context_examples", "chat_prompt", "chat_example", "chat_form",
 ]
 
 TASKS: tuple[str, ...] = ("add", "sub", "mul", "less_than", "gcd", "factorial", "fib", "sort", "max", "min", "sum")
@@ -544,3 +551,32 @@ def _features():
 
     return Features({"prompt": Value("string"), "answer": Value("string"), "text": Value("string"),
                      "task": Value("string"), "length": Value("int32"), "template": Value("string")})
+
+
+def chat_prompt(prompt: str, tokenizer, system: Optional[str] = None) -> str:
+    """``prompt`` as the user's turn of ``tokenizer``'s chat template, up to the start of the assistant's turn (the
+    text ``apply_chat_template(..., add_generation_prompt=True)`` renders, with the template's default system message
+    unless ``system`` is given). Tokenized without added special tokens, it gives the template's own token ids."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template: chat-form prompts need an instruct model's tokenizer")
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def chat_example(row: dict, tokenizer) -> dict:
+    """A task example (a dataset row) in chat form: the prompt in the user's turn, the answer right after the start
+    of the assistant's turn (no separator); the other columns unchanged."""
+    prompt = chat_prompt(row["prompt"], tokenizer)
+    return {**row, "prompt": prompt, "text": prompt + row["answer"]}
+
+
+def chat_form(dataset: "Dataset", tokenizer, fraction: float = 1.0, *, seed: int = 0) -> "Dataset":
+    """``dataset`` with a seeded ``fraction`` of its rows (each independently, probability ``fraction``) in chat form
+    (:func:`chat_example`), the rest as they are, in the same order."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
+    from datasets import Dataset
+
+    rng = random.Random(f"nclama/{seed}/chat")
+    rows = [chat_example(row, tokenizer) if rng.random() < fraction else row for row in dataset.to_list()]
+    return Dataset.from_list(rows, features=dataset.features)

@@ -13,18 +13,28 @@ defaults (errors name the bad key and value); :func:`train` runs it. Sections::
            max_value: null,                           # list items in 0..max_value (list tasks only)
            clrs_insertion_sort: 0,                    # extra CLRS-Text insertion-sort examples
            context: 0,                                # extra examples of text around questions (tasks.context_examples)
+           chat: 0.0,                                 # the fraction of examples in the tokenizer's chat template
            loss_on: all | answer, max_length: null,
            format: answer | tool_call}                # tool_call: the tool-use baseline writes [[a+b]] (tool_use.py)
     training: {...any TrainingArguments field..., heads_learning_rate: null,   # the interpreter heads' own rate
                tables_learning_rate: null}   # the token-table heads (keyword calls, token sites, operand contexts);
                                              # default: heads_learning_rate
-    probe: {steps: 0, per_task: 2, seed: 1234}        # NCLlama only: gate and call accuracy in the log history
+    probe: {steps: 0, per_task: 2, seed: 1234,        # NCLlama only: gate and call accuracy in the log history
+            heldout: 0,                               # per task, probes in held-out wordings (probe/heldout/...)
+            chat: null}                               # probes in chat form too (probe/chat/...); default: data.chat > 0
     eval: {tasks: all | [...], lengths: null | [...], n: 20, split: train | heldout, seed: 0, batch_size: 16,
-           max_value: null}
+           max_value: null, chat: false}              # chat: the prompts in the tokenizer's chat template
     final_config: {nc_max_steps: 20000}               # nc_* settings set after training, before saving/evaluating
 
 Examples are ``text`` plus the end-of-sequence token, tokenized as generation sees them (the prompt, then the rest
-of the text); with ``loss_on: answer`` the prompt's labels are -100. Batches are padded per batch (:class:`Collator`).
+of the text; a prompt that starts with the tokenizer's BOS text, as a rendered chat template may, gets no second one);
+with ``loss_on: answer`` the prompt's labels are -100. A model converted from a tokenizer with a chat template gets
+its template's tokens (:func:`chat_tokens`, ``nc_chat_tokens``), so that its interpreter reads the user's question
+from the assistant's turn.
+
+A frozen decoder (``trainable: ["nc_heads.*"]``) with the heads on the last layer (``nc_layer: -1``, so no residual
+injection) needs no backward through it: nothing the decoder computes requires a gradient, and a step costs the
+decoder's forward, the interpreter and the heads' backward. Batches are padded per batch (:class:`Collator`).
 Data parallel on CPU: ``torchrun --nproc_per_node 2 -m modeling_nclama.cli train ...`` (gloo backend).
 """
 from __future__ import annotations
@@ -48,7 +58,7 @@ from .tasks import ALL_TASKS, CLRS_TASK, SPLITS, TASKS, TRAINING_RANGES, validat
 __all__ = [
     "RECIPES", "TASK_PROGRAMS", "RecipeError", "load_recipe", "validate_recipe", "apply_overrides", "build_model",
     "apply_trainable", "build_train_dataset", "tokenize", "Collator", "training_arguments", "ProbeCallback",
-    "build_probes", "probe_model", "train",
+    "build_probes", "probe_model", "train", "chat_tokens", "prompt_ids",
 ]
 
 RECIPES = Path(__file__).resolve().parents[1] / "configuration" / "recipes"
@@ -76,7 +86,8 @@ LOSS_ON = ("all", "answer")
 FORMATS = ("answer", "tool_call")  # tool_call: the tool-use baseline (tool_use.py)
 LIBRARY_KEYS = ("value_size", "memory_size", "stack_depth", "max_steps")
 # nc_* settings a recipe may not set: they follow from the library and the tokenizer
-DERIVED_NC = ("nc_value_size", "nc_memory_size", "nc_stack_depth", "nc_library_fingerprint", "nc_reader_tokens")
+DERIVED_NC = ("nc_value_size", "nc_memory_size", "nc_stack_depth", "nc_library_fingerprint", "nc_reader_tokens",
+              "nc_chat_tokens")
 
 
 class RecipeError(ValueError):
@@ -236,7 +247,7 @@ def _length_list(spec: Sequence[int]) -> list[int]:
 
 def _data(where: str, value: Any) -> dict:
     value = _check_keys(where, value or {}, ("tasks", "n", "seed", "lengths", "max_value", "clrs_insertion_sort", "context",
-                                             "loss_on", "max_length", "format"))
+                                             "chat", "loss_on", "max_length", "format"))
     tasks = _tasks(f"{where}.tasks", value.get("tasks", "all"))
     max_value = _max_value(where, value.get("max_value"), tasks)
     clrs = _int(f"{where}.clrs_insertion_sort", value.get("clrs_insertion_sort", 0))
@@ -251,10 +262,23 @@ def _data(where: str, value: Any) -> dict:
         "max_value": max_value,
         "clrs_insertion_sort": clrs,
         "context": _int(f"{where}.context", value.get("context", 0)),
+        "chat": _fraction(f"{where}.chat", value.get("chat", 0.0)),
         "loss_on": _choice(f"{where}.loss_on", value.get("loss_on", "all"), LOSS_ON),
         "max_length": max_length,
         "format": _choice(f"{where}.format", value.get("format", "answer"), FORMATS),
     }
+
+
+def _fraction(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise RecipeError(f"{where}: must be a fraction in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _flag(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise RecipeError(f"{where}: must be true or false, got {value!r}")
+    return value
 
 
 def _max_value(where: str, value: Any, tasks: Sequence[str]) -> Optional[int]:
@@ -303,16 +327,20 @@ def _final_config(where: str, value: Any) -> dict:
 
 
 def _probe(where: str, value: Any) -> dict:
-    value = _check_keys(where, value or {}, ("steps", "per_task", "seed"))
+    value = _check_keys(where, value or {}, ("steps", "per_task", "seed", "heldout", "chat"))
+    chat = value.get("chat")
     return {"steps": _int(f"{where}.steps", value.get("steps", 0)),
             "per_task": _int(f"{where}.per_task", value.get("per_task", 2), 1),
-            "seed": _int(f"{where}.seed", value.get("seed", 1234))}
+            "seed": _int(f"{where}.seed", value.get("seed", 1234)),
+            "heldout": _int(f"{where}.heldout", value.get("heldout", 0)),
+            "chat": None if chat is None else _flag(f"{where}.chat", chat)}
 
 
 def _eval(where: str, value: Any) -> Optional[dict]:
     if value is None:
         return None
-    value = _check_keys(where, value, ("tasks", "lengths", "n", "split", "seed", "batch_size", "max_new_tokens", "max_value"))
+    value = _check_keys(where, value, ("tasks", "lengths", "n", "split", "seed", "batch_size", "max_new_tokens", "max_value",
+                                       "chat"))
     tasks = _tasks(f"{where}.tasks", value.get("tasks", "all"))
     max_value = _max_value(where, value.get("max_value"), tasks)
     split = _choice(f"{where}.split", value.get("split", "train"), SPLITS)
@@ -326,7 +354,7 @@ def _eval(where: str, value: Any) -> Optional[dict]:
             "split": split, "seed": _int(f"{where}.seed", value.get("seed", 0)),
             "batch_size": _int(f"{where}.batch_size", value.get("batch_size", 16), 1),
             "max_new_tokens": None if max_new is None else _int(f"{where}.max_new_tokens", max_new, 1),
-            "max_value": max_value}
+            "max_value": max_value, "chat": _flag(f"{where}.chat", value.get("chat", False))}
 
 
 def validate_recipe(raw: Any, source: str = "recipe") -> dict:
@@ -407,9 +435,42 @@ def _standard_library(settings: dict, default_value_size: int = 256):
     return Library.standard(settings.pop("value_size", default_value_size), **settings)
 
 
-def _result_words(nc: dict) -> list[str]:
-    """The words results are written as (nc_result_words): the reader's table must hold their tokens."""
-    return sorted({word for words in (nc.get("nc_result_words") or {}).values() for word in words})
+def _result_words(nc: dict, tokenizer=None) -> list[str]:
+    """The words results are written as (nc_result_words): the reader's table must hold their tokens. For a
+    tokenizer with a chat template and ``nc_answer_lead``, also each word's form without its leading space where
+    that is one token (" no" and "no": the answer in the assistant's turn starts on a new line)."""
+    words = {word for words in (nc.get("nc_result_words") or {}).values() for word in words}
+    if tokenizer is not None and nc.get("nc_answer_lead") and getattr(tokenizer, "chat_template", None):
+        bare = sorted({word.lstrip(" ") for word in words} - words - {""})
+        words |= set(_one_token_words(tokenizer, bare))
+    return sorted(words)
+
+
+def _one_token_words(tokenizer, words: Sequence[str]) -> list[str]:
+    """The words of ``words`` that ``tokenizer`` writes as one token of that text (where the text continues other
+    text), in order: the unspaced form of a result word is written only where it is one."""
+    from .tokenization import continuation_ids, token_texts
+
+    texts = token_texts(tokenizer)
+    return [w for w in words if len(ids := continuation_ids(tokenizer, w)) == 1 and texts.get(ids[0]) == w]
+
+
+def chat_tokens(tokenizer) -> dict[str, str]:
+    """``nc_chat_tokens`` for ``tokenizer``: the tokens its chat template writes around the messages (a conversation
+    of empty system, user and assistant messages, then the start of the assistant's turn, holds nothing else), each
+    with its role: ``"marker"`` for special tokens (``<|im_start|>``, ``<|im_end|>``), ``"break"`` for whitespace
+    (the newline that ends a header), ``"header"`` for the rest (role names). Empty without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return {}
+    messages = [{"role": role, "content": ""} for role in ("system", "user", "assistant")]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, Mapping) else ids
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    roles = {}
+    for token in ids:
+        text = tokenizer.decode([token])
+        roles[str(token)] = "marker" if token in special else "break" if not text.strip() else "header"
+    return dict(sorted(roles.items(), key=lambda item: int(item[0])))
 
 
 def build_model(spec: dict):
@@ -429,8 +490,8 @@ def build_model(spec: dict):
         spec = spec["from_llama"]
         tokenizer = AutoTokenizer.from_pretrained(spec["path"])
         library = _standard_library(spec["library"])
-        model = NCLlamaForCausalLM.from_llama(spec["path"], library, reader_tokens=reader_tokens(tokenizer, _result_words(spec["nc"])),
-                                              **spec["nc"])
+        model = NCLlamaForCausalLM.from_llama(spec["path"], library, reader_tokens=reader_tokens(tokenizer, _result_words(spec["nc"], tokenizer)),
+                                              nc_chat_tokens=chat_tokens(tokenizer), **spec["nc"])
         return model, tokenizer, "nclama"
     from .checkpoints import preset
 
@@ -448,7 +509,8 @@ def build_model(spec: dict):
 
     library = _standard_library(spec["library"], preset_nc.pop("nc_value_size", 256))
     nc = {k: v for k, v in {**preset_nc, **spec["nc"]}.items() if k not in DERIVED_NC}
-    config = NCLlamaConfig(**settings, **library_settings(library, reader_tokens(tokenizer, _result_words(nc)), **nc))
+    config = NCLlamaConfig(**settings, **library_settings(library, reader_tokens(tokenizer, _result_words(nc, tokenizer)),
+                                                          nc_chat_tokens=chat_tokens(tokenizer), **nc))
     model = NCLlamaForCausalLM(config)
     model.attach_library(library)
     return model, tokenizer, "nclama"
@@ -512,11 +574,25 @@ def _examples(data: dict):
     return dataset
 
 
+def prompt_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of prompts as generation gets them: with the tokenizer's special tokens, except that a prompt that
+    already starts with the BOS token's text (a rendered chat template) gets no second BOS."""
+    bos = tokenizer.bos_token
+    rendered = [bool(bos) and p.startswith(bos) for p in prompts]
+    out: list[Optional[list[int]]] = [None] * len(prompts)
+    for flag in (False, True):
+        index = [i for i, r in enumerate(rendered) if r == flag]
+        if index:
+            for i, ids in zip(index, tokenizer([prompts[i] for i in index], add_special_tokens=not flag)["input_ids"]):
+                out[i] = ids
+    return out
+
+
 def _encode(tokenizer, prompt: str, text: str) -> tuple[list[int], int]:
     """Token ids of ``text`` + EOS as generation sees them (the prompt alone, then the rest), and the prompt's length."""
-    prompt_ids = tokenizer(prompt)["input_ids"]
+    prompt_ids_ = prompt_ids(tokenizer, [prompt])[0]
     rest = tokenizer(text[len(prompt):], add_special_tokens=False)["input_ids"]
-    return prompt_ids + rest + [tokenizer.eos_token_id], len(prompt_ids)
+    return prompt_ids_ + rest + [tokenizer.eos_token_id], len(prompt_ids_)
 
 
 def tokenize(dataset, tokenizer, *, loss_on: str = "all", max_length: Optional[int] = None):
@@ -530,9 +606,9 @@ def tokenize(dataset, tokenizer, *, loss_on: str = "all", max_length: Optional[i
 
     rows = {"input_ids": [], "labels": []}
     prompts, texts = list(dataset["prompt"]), list(dataset["text"])
-    prompt_ids = tokenizer(prompts)["input_ids"] if prompts else []
+    heads = prompt_ids(tokenizer, prompts) if prompts else []
     rests = tokenizer([t[len(p):] for p, t in zip(prompts, texts)], add_special_tokens=False)["input_ids"] if prompts else []
-    for head, rest in zip(prompt_ids, rests):  # as in _encode: the prompt alone, then the rest, then EOS
+    for head, rest in zip(heads, rests):  # as in _encode: the prompt alone, then the rest, then EOS
         ids, prompt_length = head + rest + [tokenizer.eos_token_id], len(head)
         if max_length is not None and len(ids) > max_length:
             continue
@@ -564,6 +640,10 @@ class Collator:
 
 def build_train_dataset(data: dict, tokenizer, max_length: Optional[int] = None):
     dataset = _examples(data)
+    if data.get("chat"):  # questions, statements and context examples alike
+        from .tasks import chat_form
+
+        dataset = chat_form(dataset, tokenizer, data["chat"], seed=data["seed"])
     before = len(dataset)
     dataset = tokenize(dataset, tokenizer, loss_on=data["loss_on"], max_length=max_length)
     if len(dataset) < before:
@@ -619,28 +699,40 @@ def training_arguments(training: dict, output_dir: Union[str, Path], kind: str):
 # ----------------------------------------------------------------------------------------------------------------
 
 def build_probes(tokenizer, tasks: Sequence[str], per_task: int = 2, seed: int = 1234,
-                 max_value: Optional[int] = None) -> list[dict]:
+                 max_value: Optional[int] = None, *, heldout: int = 0, chat: bool = False) -> list[dict]:
     """A small fixed probe set: ``per_task`` training examples of each task (list items up to ``max_value``), cut
-    after the answer's first token (the separator's tokens stay in the prefix): ``{task, ids, prefix_length}``."""
-    from .tasks import make_dataset
+    after the answer's first token (the separator's tokens stay in the prefix): ``{task, group, ids,
+    prefix_length}``, ``group`` the task. ``heldout``: that many examples of each task in held-out wordings too
+    (group ``heldout``); ``chat``: every probe in the tokenizer's chat template too (groups ``chat`` and
+    ``chat_heldout``)."""
+    from .tasks import chat_example, make_dataset
 
-    probes = []
+    rows = []
     for task in tasks:
-        for row in make_dataset([task], per_task, seed=seed, max_value=max_value if task != CLRS_TASK else None).to_list():
-            ids, prompt_length = _encode(tokenizer, row["prompt"], row["text"])
-            first = prompt_length
-            while first < len(ids) - 1 and not tokenizer.decode([ids[first]]).strip():
-                first += 1  # separator tokens (a space) belong to the prefix
-            probes.append({"task": task, "ids": ids[: first + 1], "prefix_length": first})
+        values = max_value if task != CLRS_TASK else None
+        rows += [(task, row) for row in make_dataset([task], per_task, seed=seed, max_value=values).to_list()]
+        if heldout and task != CLRS_TASK:  # CLRS-Text has one format only
+            rows += [("heldout", row) for row in make_dataset([task], heldout, seed=seed, split="heldout",
+                                                              max_value=values).to_list()]
+    if chat:
+        rows += [("chat" if group != "heldout" else "chat_heldout", chat_example(row, tokenizer)) for group, row in rows]
+    probes = []
+    for group, row in rows:
+        ids, prompt_length = _encode(tokenizer, row["prompt"], row["text"])
+        first = prompt_length
+        while first < len(ids) - 1 and not tokenizer.decode([ids[first]]).strip():
+            first += 1  # separator tokens (a space) belong to the prefix
+        probes.append({"task": row["task"], "group": group, "ids": ids[: first + 1], "prefix_length": first})
     return probes
 
 
 @torch.no_grad()
 def probe_model(model, probes: Sequence[dict]) -> dict[str, float]:
-    """For an NCLlama: per task and overall, the mean gate at the answer's first position and the call accuracy
-    (the top call at the site answered is the first of :data:`TASK_PROGRAMS`'s programs for the task that the model has; tasks whose program the
-    model lacks are not scored). Keys ``probe/<task>/gate``, ``probe/<task>/call_accuracy``, ``probe/gate``,
-    ``probe/call_accuracy``."""
+    """For an NCLlama: per group of probes (its task, or ``heldout``, ``chat``, ``chat_heldout``: see
+    :func:`build_probes`) and overall, the mean gate at the answer's first position and the call accuracy (the top
+    call at the site answered is the first of :data:`TASK_PROGRAMS`'s programs for the task that the model has;
+    tasks whose program the model lacks are not scored). Keys ``probe/<group>/gate``, ``probe/<group>/call_accuracy``,
+    ``probe/gate``, ``probe/call_accuracy``."""
     was_training = model.training
     model.eval()
     gates: dict[str, list[float]] = {}
@@ -650,12 +742,12 @@ def probe_model(model, probes: Sequence[dict]) -> dict[str, float]:
         for probe in probes:
             sequence = torch.tensor(probe["ids"], dtype=torch.long, device=model.device)
             row = model.explain(sequence, probe["prefix_length"], max_trace_rows=1)[-1]
-            task = probe["task"]
-            gates.setdefault(task, []).append(float(row["gate"]))
+            task, group = probe["task"], probe.get("group", probe["task"])
+            gates.setdefault(group, []).append(float(row["gate"]))
             expected = next((p for p in TASK_PROGRAMS.get(task, ()) if p in programs), None)
             if expected is not None:
                 top = max(row["calls"], key=lambda c: c["probability"])["program"] if row["calls"] else None
-                hits.setdefault(task, []).append(float(top == expected))
+                hits.setdefault(group, []).append(float(top == expected))
     finally:
         model.train(was_training)
     metrics = {}
@@ -692,8 +784,11 @@ class ProbeCallback(TrainerCallback):
         from tqdm.auto import tqdm
 
         accuracy = metrics.get("probe/call_accuracy", math.nan)
+        groups = "".join(f"; {group}: gate {metrics[f'probe/{group}/gate']:.3f}, call accuracy "
+                         f"{metrics.get(f'probe/{group}/call_accuracy', math.nan):.2f}"
+                         for group in ("heldout", "chat", "chat_heldout") if f"probe/{group}/gate" in metrics)
         tqdm.write(f"probe at step {state.global_step}: gate {metrics.get('probe/gate', math.nan):.3f}, "
-                   f"call accuracy {accuracy:.2f}")
+                   f"call accuracy {accuracy:.2f}{groups}")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
@@ -774,8 +869,9 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
     callbacks = []
     if recipe["probe"]["steps"]:
         probe_tasks = recipe["data"]["tasks"] + ([CLRS_TASK] if recipe["data"]["clrs_insertion_sort"] else [])
+        chat = recipe["probe"]["chat"] if recipe["probe"]["chat"] is not None else recipe["data"]["chat"] > 0
         probes = build_probes(tokenizer, list(dict.fromkeys(probe_tasks)), recipe["probe"]["per_task"], recipe["probe"]["seed"],
-                              recipe["data"]["max_value"])
+                              recipe["data"]["max_value"], heldout=recipe["probe"]["heldout"], chat=chat)
         callbacks.append(ProbeCallback(probes, recipe["probe"]["steps"]))
     checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
     if not resume and output_dir.is_dir() and get_last_checkpoint(str(output_dir)):
@@ -824,7 +920,8 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
         spec = recipe["eval"]
         rows = evaluate_model(trainer.model, tokenizer, tasks=spec["tasks"], lengths=spec["lengths"],
                               n_per_length=spec["n"], seed=spec["seed"], split=spec["split"],
-                              batch_size=spec["batch_size"], max_new_tokens=spec["max_new_tokens"], max_value=spec["max_value"])
+                              batch_size=spec["batch_size"], max_new_tokens=spec["max_new_tokens"], max_value=spec["max_value"],
+                              chat=spec["chat"])
         paths = write_results(rows, output_dir)
         print(format_table(rows))
         print(f"wrote {paths[0]} and {paths[1]}")

@@ -229,6 +229,48 @@ def test_results_merge_by_task_split_and_length(tmp_path):
     assert [(r["length"], r.get("split", "train"), r["exact_match"]) for r in rows] == [(5, "train", 0.5), (5, "heldout", 0.25), (9, "train", 0.75)]
 
 
+class ChatOracleLM(OracleLM):
+    """The oracle, asked inside a ChatML template: it reads the question from the user's turn and answers right
+    after the assistant's turn starts (no separator), then closes the turn."""
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id, **kwargs):
+        assert kwargs["do_sample"] is False and not self.training
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask):
+            text = self.tokenizer.decode(ids[mask.bool()])
+            assert text.endswith("<|im_end|>\n<|im_start|>assistant\n") and text.count("<|im_start|>assistant") == 1
+            question = re.search(r"<\|im_start\|>user\n(.*)<\|im_end\|>\n<\|im_start\|>assistant\n$", text, re.S).group(1)
+            self.prompts.append(question)
+            new = self.tokenizer(_oracle(question) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            rows.append(new[:max_new_tokens])
+        width = max(map(len, rows))
+        new = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_chat_form_evaluation_asks_in_the_template():
+    from test_chat import chatml_tokenizer
+
+    chat_tok = chatml_tokenizer()
+    model = ChatOracleLM(chat_tok)
+    rows = evaluate_model(model, chat_tok, tasks=["add", "less_than", "sort"], lengths=[3], n_per_length=4, seed=1,
+                          split="heldout", batch_size=3, progress=False, chat=True)
+    assert all(r["exact_match"] == 1.0 and r["form"] == "chat" and r["split"] == "heldout" for r in rows)
+    assert model.prompts == [p for t in ("add", "less_than", "sort")
+                             for p in tasks.make_dataset([t], 4, seed=1, split="heldout", lengths=[3])["prompt"]]
+    plain = [{"task": "add", "length": 3, "split": "heldout", "n": 4, "exact_match": 0.5}]
+    assert format_table(plain + rows[:1]).splitlines()[2:] == ["| add | heldout | 50.0% |", "| add | heldout, chat | 100.0% |"]
+    assert answer_text("85679<|im_end|>") == "85679"
+
+
+def test_chat_rows_merge_beside_plain_ones(tmp_path):
+    write_results([{"task": "add", "length": 5, "split": "train", "exact_match": 0.5}], tmp_path)
+    write_results([{"task": "add", "length": 5, "split": "train", "form": "chat", "exact_match": 1.0}], tmp_path, merge=True)
+    write_results([{"task": "add", "length": 5, "split": "train", "form": "chat", "exact_match": 0.75}], tmp_path, merge=True)
+    rows = json.loads((tmp_path / "eval_results.json").read_text())["rows"]
+    assert [(r.get("form", "plain"), r["exact_match"]) for r in rows] == [("plain", 0.5), ("chat", 0.75)]
+
+
 # ---------------------------------------------------------------------------------------------------- adversarial
 from modeling_nclama.adversarial import adversarial_rows  # noqa: E402
 from modeling_nclama.evaluation import evaluate_adversarial, format_adversarial, write_adversarial_results  # noqa: E402

@@ -433,3 +433,27 @@ def test_sample_draws_one_row():
     assert row["template"] == "sub/sym" and row["length"] == 5 and not row["prompt"].split("-", 1)[1].startswith("-")
     assert tasks.sample("sort", random.Random(0), 0)["prompt"].count("[]") == 1
     assert tasks.sample("sort", random.Random(3), 4) == tasks.sample("sort", random.Random(3), 4)
+
+
+def test_chat_form():
+    """A fraction of the rows in the tokenizer's chat template, seeded: the question in the user's turn, the answer
+    right after the start of the assistant's turn; everything else unchanged."""
+    from test_chat import chatml_tokenizer
+
+    tok = chatml_tokenizer()
+    plain = make_dataset(["add", "less_than", "sort"], 60, seed=4)
+    assert tasks.chat_form(plain, tok, 0.0).to_list() == plain.to_list()
+    every = tasks.chat_form(plain, tok, 1.0).to_list()
+    for before, after in zip(plain.to_list(), every):
+        assert after["prompt"] == tasks.chat_prompt(before["prompt"], tok)
+        assert after["prompt"].endswith(before["prompt"] + "<|im_end|>\n<|im_start|>assistant\n")
+        assert after["text"] == after["prompt"] + before["answer"]
+        assert {k: v for k, v in after.items() if k not in ("prompt", "text")} == \
+            {k: v for k, v in before.items() if k not in ("prompt", "text")}
+    half = tasks.chat_form(plain, tok, 0.5, seed=1)
+    chat = [row["prompt"].startswith("<|im_start|>") for row in half]
+    assert 15 < sum(chat) < 45 and half.to_list() == tasks.chat_form(plain, tok, 0.5, seed=1).to_list()
+    assert tasks.chat_form(plain, tok, 0.5, seed=2).to_list() != half.to_list()
+    with pytest.raises(ValueError, match="fraction"):
+        tasks.chat_form(plain, tok, 1.5)
+
