@@ -214,57 +214,77 @@ BENCH_PROMPTS = ("What is 81273 plus 4406?", "Sort the list [5, 3, 9, 1].", "gcd
 
 
 def _preset_case(name: str):
-    """A preset's (LLaMA, tokenizer, library, reader table, nc settings): random weights, the project's tokenizer."""
+    """A preset's (LLaMA, tokenizer, NCLlama converted from it): random weights, the project's tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from .checkpoints import preset
     from .library import Library
+    from .modeling_nclama import NCLlamaForCausalLM
     from .tokenization import default_tokenizer, reader_tokens
 
     tok = default_tokenizer()
     settings = {k: v for k, v in preset(name).items() if not k.startswith("nc_")}
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**{**settings, **ids})), tok, Library.standard(256), reader_tokens(tok), {}
+    llama = LlamaForCausalLM(LlamaConfig(**{**settings, **ids}))
+    return llama, tok, NCLlamaForCausalLM.from_llama(llama, Library.standard(256), reader_tokens=reader_tokens(tok))
 
 
 def _base_case(folder: str):
-    """A pretrained base folder's (LLaMA, tokenizer, library, reader table, nc settings), converted as the SmolLM2
-    recipe converts it: the standard library at V = 1024, " yes" / " no" as the comparison words, the call head
-    reading the hidden state."""
+    """A pretrained base folder's (LLaMA, tokenizer, NCLlama converted from it) with the standard library at
+    V = 1024, " yes" / " no" as the comparison words and the call head on the hidden state; every other setting
+    at its default."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from .library import Library
+    from .modeling_nclama import NCLlamaForCausalLM
     from .tokenization import reader_tokens
 
     tok = AutoTokenizer.from_pretrained(folder)
     llama = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    table = reader_tokens(tok, words=[" yes", " no"])
-    return llama, tok, Library.standard(1024), table, {"nc_call_reader": "hidden"}
+    model = NCLlamaForCausalLM.from_llama(llama, Library.standard(1024), reader_tokens=reader_tokens(tok, words=[" yes", " no"]),
+                                          nc_call_reader="hidden")
+    return llama, tok, model
+
+
+def _recipe_case(recipe_path: str):
+    """(LLaMA, tokenizer, NCLlama) of a training recipe that converts a LLaMA (``model.from_llama``): the NCLlama
+    exactly as ``nclama train`` builds it before training, the LLaMA its base folder."""
+    from transformers import LlamaForCausalLM
+
+    from .training import build_model, load_recipe
+
+    spec = load_recipe(recipe_path)["model"]
+    if "from_llama" not in spec:
+        raise ValueError(f"{recipe_path}: the model bench needs a recipe whose model converts a LLaMA (model.from_llama)")
+    model, tok, _ = build_model(spec)
+    return LlamaForCausalLM.from_pretrained(spec["from_llama"]["path"], dtype=torch.float32), tok, model.float()
 
 
 def bench_model(presets: Sequence[str] = ("tiny", "llama-3.2-1b"), batch: int = 4, new_tokens: int = 8,
-                repeats: int = 15, num_threads: int | None = None, bases: Sequence[str] = ()) -> list[dict]:
+                repeats: int = 15, num_threads: int | None = None, bases: Sequence[str] = (),
+                recipes: Sequence[str] = ()) -> list[dict]:
     """NCLlama (hard mode, library attached) against ``LlamaForCausalLM`` of the same preset and weights, in this
     process, on the same batch: forward+backward time, greedy generation tokens/s (batch 1), and the memory autograd
     keeps for backward. The NCLlama is converted from that LLaMA with ``from_llama``. The two models are timed in
-    alternation (``repeats`` rounds, medians; the first of each round alternates), so that the machine's load changes
-    hit both alike.
+    alternation (``repeats`` rounds; the first of each round alternates), so that the machine's load changes hit both
+    alike: times are medians over the rounds, the overhead and the generation ratio medians of each round's ratio.
 
     ``bases``: pretrained LLaMA folders (``nclama base smollm2-135m-instruct -o out/smollm2``) benchmarked the same
-    way with their own weights and tokenizer, after the presets."""
+    way with their own weights and tokenizer; ``recipes``: training recipes whose model converts a LLaMA folder, the
+    NCLlama built as ``nclama train`` builds it (its nc_* settings), against that folder's LLaMA."""
     from .analysis import SavedBytes
-    from .modeling_nclama import NCLlamaForCausalLM
 
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     cases = [(name, lambda name=name: _preset_case(name)) for name in presets]
     cases += [(Path(folder).name, lambda folder=folder: _base_case(folder)) for folder in bases]
+    cases += [(Path(recipe).stem, lambda recipe=recipe: _recipe_case(recipe)) for recipe in recipes]
     rows = []
     try:
         for name, build in cases:
-            llama, tok, library, table, nc_settings = build()
+            llama, tok, model = build()
             tok.padding_side = "left"
             prompts = [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(batch)]
             inputs = tok(prompts, return_tensors="pt", padding=True)
@@ -290,7 +310,6 @@ def bench_model(presets: Sequence[str] = ("tiny", "llama-3.2-1b"), batch: int = 
                 model.zero_grad(set_to_none=True)
                 return saved.megabytes
 
-            model = NCLlamaForCausalLM.from_llama(llama, library, reader_tokens=table, **nc_settings)
             models = {"llama": llama, "nclama": model}
             times = {label: {"train": [], "generate": []} for label in models}
             for label, m in models.items():  # warm up: caches, the library's results
@@ -307,11 +326,15 @@ def bench_model(presets: Sequence[str] = ("tiny", "llama-3.2-1b"), batch: int = 
             }
             del llama, model, models
             base, mine = result["llama"], result["nclama"]
+            # The ratios are medians of each round's own ratio: the two models of a round run back to back, so a
+            # change of the machine's load between rounds cancels out (the ratio of the medians would keep it).
+            train_ratios = [n / l for n, l in zip(times["nclama"]["train"], times["llama"]["train"])]
+            generate_ratios = [l / n for n, l in zip(times["nclama"]["generate"], times["llama"]["generate"])]
             rows.append({
                 "preset": name, "batch": batch, "seq": inputs["input_ids"].shape[1], "llama": base, "nclama": mine,
-                "train_overhead": mine["train_ms"] / base["train_ms"] - 1.0,
-                "generate_ratio": mine["tokens_per_s"] / base["tokens_per_s"],
-                "threads": torch.get_num_threads(),
+                "train_overhead": statistics.median(train_ratios) - 1.0,
+                "generate_ratio": statistics.median(generate_ratios),
+                "threads": torch.get_num_threads(), "rounds": repeats,
             })
     finally:
         torch.set_num_threads(previous_threads)

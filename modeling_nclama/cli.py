@@ -23,7 +23,9 @@
   nclama train --recipe RECIPE.yaml --output-dir DIR [--resume] [--max-steps N] [--set KEY=VALUE ...]
                                                      fine-tune with transformers.Trainer (torchrun for DDP)
   nclama bench ops|machine|model                     benchmarks (results belong in BENCHMARKS.md)
-  nclama bench model --base BASE_DIR                 the model bench on a pretrained base (e.g. out/smollm2)
+  nclama bench model --base BASE_DIR | --recipe RECIPE
+                                                     the model bench on a pretrained base (e.g. out/smollm2), or on
+                                                     the NCLlama a recipe converts from one
   nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
   nclama analyze fib-training [--max-depth N] [--steps K] [--out DIR]
                                                      training curves through soft execution by depth (table + PNG)
@@ -125,8 +127,10 @@ def _cmd_bench(args) -> int:
         rows = bench.bench_ops(value_sizes=args.value_sizes or (16, 128, 1000), batch=args.batch or 256)
         print(bench.format_ops_table(rows))
     elif args.what == "model":
-        presets = args.presets if args.presets is not None else ([] if args.base else ["tiny", "llama-3.2-1b"])
-        rows = bench.bench_model(presets=presets, batch=args.batch or 4, bases=args.base or ())
+        chosen = args.base or args.recipe
+        presets = args.presets if args.presets is not None else ([] if chosen else ["tiny", "llama-3.2-1b"])
+        rows = bench.bench_model(presets=presets, batch=args.batch or 4, bases=args.base or (), recipes=args.recipe or (),
+                                 repeats=args.rounds)
         print(bench.format_model_table(rows))
     else:
         report = bench.bench_machine(batch=args.batch or 4096)
@@ -444,7 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for 'model': presets with random weights (default: tiny llama-3.2-1b, none with --base)")
     p.add_argument("--base", nargs="+", default=None, metavar="BASE_DIR",
                    help="for 'model': pretrained LLaMA folders with their own weights and tokenizer (`nclama base "
-                        "smollm2-135m-instruct -o out/smollm2`), converted as the SmolLM2 recipe converts them")
+                        "smollm2-135m-instruct -o out/smollm2`), converted with V = 1024 and the hidden call reader")
+    p.add_argument("--recipe", nargs="+", default=None, metavar="RECIPE",
+                   help="for 'model': training recipes that convert a LLaMA folder (model.from_llama): the NCLlama as "
+                        "`nclama train` builds it, against that folder's LLaMA")
+    p.add_argument("--rounds", type=_positive_int, default=15, help="for 'model': timed rounds per model (default 15)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--value-sizes", type=int, nargs="+", default=None, help="for 'ops'")
     p.set_defaults(func=_cmd_bench)
