@@ -217,3 +217,19 @@ def test_the_pushed_model_loads_offline_in_a_bare_environment_and_answers_as_tra
     assert torch.allclose(remote["logits"], logits, atol=1e-5, rtol=0)
     assert torch.equal(remote["generated"], generated)
     assert (logits - without_library).abs().max() > 0.1  # the library's proposals are part of those answers
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "hub_assets" / "nclama-smollm2-135m"
+
+
+@pytest.mark.skipif(not (SHIPPED / "nclama_additions.json").is_file(),
+                    reason="hub_assets/nclama-smollm2-135m is written after training: nclama export "
+                           "out/nclama-smollm2-135m --additions-only --base out/smollm2 -o hub_assets/nclama-smollm2-135m")
+def test_the_shipped_additions_join_with_the_base_built_here(smollm2_folder, tmp_path):
+    """The committed folder is small, and `nclama base` rebuilds, bit for bit, the weights it was made on."""
+    assert sum(p.stat().st_size for p in SHIPPED.iterdir() if p.is_file()) < 20e6
+    assert not {"model.safetensors", "modeling_nclama.py"} & {p.name for p in SHIPPED.iterdir()}
+    assert main(["export", str(SHIPPED), "--base", str(smollm2_folder), "-o", str(tmp_path / "hub")]) == 0
+    model = NCLlamaForCausalLM.from_pretrained(tmp_path / "hub")
+    assert model.config.nc_base_model == HUB_ID and model.library is not None
+    assert yaml.safe_load((tmp_path / "hub" / "README.md").read_text().split("---")[1])["base_model"] == HUB_ID
