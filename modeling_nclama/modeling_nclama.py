@@ -99,11 +99,9 @@ class InterpreterState:
     last_sites: torch.Tensor  # [B, T] the site the last position answers, over sites
     keywords: torch.Tensor  # [B, P] the keyword call reader's evidence at the last position ([B, 0] without it)
     gates: torch.Tensor  # [B, T] each position's own gate (read by later positions that answer it, nc_gate_at="site")
-    ended: torch.Tensor  # [B] whether the last position is past an answer that was written out (no new call starts)
 
     def select(self, index: torch.Tensor) -> "InterpreterState":
-        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites, self.keywords, self.gates,
-                  self.ended)
+        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites, self.keywords, self.gates)
         return InterpreterState(*(t.index_select(0, index) for t in fields))
 
 
@@ -751,9 +749,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         valid = sites >= 0
         sites = sites.clamp(min=0)
         last_sites = self._continued_sites(continuation, T, state)  # [B, N, T] over sites
-        ended = state.ended if state is not None else torch.zeros(B, dtype=torch.bool)
         if not self.training:
-            last_sites, ended = self._end_answers(ids, start, last_sites, tokens, probs, ended)
+            last_sites = self._end_answers(ids, start, last_sites, tokens, probs,
+                                           state.last_sites if state is not None else None)
         site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
         # A call goes on answering only while the text after its site agrees with its result: a call whose first
@@ -772,7 +770,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         else:
             gate = own_gates
         new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach(), keywords,
-                                     gates.detach(), ended)
+                                     gates.detach())
         return Interpreted(proposal, proposed, weight.sum(-1), gate, new_state, first_tokens, first_probs, site_probs,
                            gate_logits, last_sites if config.nc_gate_at == "site" else None)
 
@@ -793,38 +791,40 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         return tokens
 
     def _end_answers(self, ids: torch.Tensor, start: int, last_sites: torch.Tensor, tokens: torch.Tensor,
-                     probs: torch.Tensor, ended: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """An answer ends (at inference): once the text after a call site holds the whole result of that site's
-        likeliest call, so that its next token would be the end, every later position of the segment continues that
-        answer (past its end, where the library proposes nothing) instead of starting a new call: no second call
-        starts inside an answer that was written out and did not stop. A beginning-of-sequence token starts a new
-        segment. ``ended`` [B]: whether the position before ``start`` is already past a finished answer."""
+                     probs: torch.Tensor, previous: Optional[torch.Tensor]) -> torch.Tensor:
+        """An answer ends (at inference): where the text after the site that the position before answers holds the
+        whole result of that site's likeliest call, so that the next token would be its end, the position goes on
+        answering that site (and proposes the end) instead of starting a new call: no call starts at an answer's
+        last token (" no" read as the site of factorial_tape(15) would append its digits to the answer). Later
+        positions read as usual: what follows an answer's end is new text, a new question, or a prompt that goes
+        on past tokens that happen to equal a call's result ("1+2=": the call at "+" reads 1 + 1). ``previous``
+        [B, T']: the site distribution of the position before ``start`` (none at a sequence's start)."""
         B, N, T = last_sites.shape
         eos = self.config.eos_token_id
         eos = eos[0] if isinstance(eos, list) else eos
         if eos is None:
-            return last_sites, ended
+            return last_sites
         W = tokens.shape[-1]
         rows = ids.tolist()
-        turns = {self.config.bos_token_id, *self.nc_heads.chat_markers}  # a new segment or chat turn
-        site = last_sites.argmax(-1)  # [B, N] each position's likeliest site
-        best = probs.argmax(-1)  # [B, T] each site's likeliest call (and way of writing it)
-        offset = torch.arange(start, T).unsqueeze(0) - site  # [B, N]
-        result = tokens[torch.arange(B).unsqueeze(1), site, best.gather(1, site)]  # [B, N, W]
-        at_end = (offset < W) & (result.gather(2, offset.clamp(max=W - 1).unsqueeze(-1)).squeeze(-1) == eos)
-        out, ended = last_sites.clone(), ended.clone()
+        best = probs.argmax(-1).tolist()  # [B, T] each site's likeliest call (and way of writing it)
+        out = last_sites.clone()
         for b in range(B):
             for n in range(N):
                 t = start + n
-                if rows[b][t] in turns:
-                    ended[b] = False
-                elif ended[b]:
-                    out[b, n] = out[b, n - 1] if n > 0 else last_sites[b, n]
+                if n > 0:
+                    before = out[b, n - 1]
+                elif previous is not None:
+                    before = torch.nn.functional.pad(previous[b], (0, T - previous.shape[1]))
+                else:
                     continue
-                if at_end[b, n]:
-                    s, o = int(site[b, n]), int(offset[b, n])
-                    ended[b] = o > 0 and rows[b][s + 1 : t + 1] == result[b, n, :o].tolist()
-        return out, ended
+                s = int(before.argmax())
+                o = t - s
+                if not 0 < o < W:
+                    continue
+                result = tokens[b, s, best[b][s]].tolist()
+                if result[o] == eos and rows[b][s + 1 : t + 1] == result[:o]:
+                    out[b, n] = before
+        return out
 
     @staticmethod
     def _continued_sites(continuation: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:

@@ -2,6 +2,7 @@
 them, calls the machine cannot take, step budgets that follow the operands, answers that end."""
 import pytest
 import torch
+from transformers import DynamicCache
 
 from modeling_nclama import Library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, _plain, call_budget
@@ -145,33 +146,55 @@ def test_step_budgets_follow_the_operands(lib):
         assert run.status == ["ok"], (name, run.steps)
 
 
-def test_an_answer_that_was_written_out_ends(tok, make_llama, lib):
-    """Once the text after a call site holds that call's whole result, later positions continue the finished answer
-    (the library proposes nothing there) instead of starting a new call; a position before the end is unaffected."""
-    model = open_model(tok, make_llama, lib, nc_programs=["long_add", "long_mul"])
+def _sites(model, ids):
     with torch.no_grad():
-        heads = model.nc_heads
-        heads.site_token.weight.fill_(-30.0)  # every position would start a new answer ...
-        heads.site_previous.weight.fill_(0.0)
-        heads.site_token.weight[-1] = 30.0  # ... but digits continue one
-        heads.call_keywords.weight.fill_(0.0)
-        heads.call_keywords.weight[tok("+", add_special_tokens=False)["input_ids"][0], 0] = 5.0
-    prompt = tok("81273+4406=")["input_ids"]
-    answer = tok("85679", add_special_tokens=False)["input_ids"]
-    extra = tok(" 7", add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt + answer + extra])
+        _, interpreted = model._run_decoder(True, None, input_ids=torch.tensor([ids]), use_cache=False)
+    return interpreted
+
+
+def test_no_call_starts_at_an_answers_last_token(tok, make_llama, lib):
+    """Once the text after a call site holds that call's whole result, the position that wrote its last token goes
+    on answering it and proposes the end, even where its token would start a new answer (" no" read as a new call
+    site would answer again); in one pass or token by token the same. What follows the end reads as usual."""
+    model = open_model(tok, make_llama, lib, nc_programs=["long_cmp", "long_add"],
+                       nc_result_words={"long_cmp": [" yes", " no", " no"]})
     with torch.no_grad():
-        _, interpreted = model._run_decoder(True, None, input_ids=ids, use_cache=False)
-    end = len(prompt) + len(answer) - 1  # the answer's last digit: the calls that wrote it propose the end there
-    assert interpreted.proposal[0, end, tok.eos_token_id] > 0.25
-    assert torch.isclose(interpreted.proposal[0, end, tok.eos_token_id], interpreted.mass[0, end])
-    after = interpreted.proposal[0, end + 1 :]
-    assert float(after.sum()) == 0.0  # " 7" and what follows start no new call
-    assert bool(interpreted.state.ended[0])
+        model.nc_heads.site_token.weight.fill_(-30.0)  # every position would start a new answer
+        model.nc_heads.call_keywords.weight.fill_(0.0)
+        model.nc_heads.call_keywords.weight[tok(" smaller", add_special_tokens=False)["input_ids"][0], 0] = 5.0
+    prompt = tok("Is 15 smaller than 7?")["input_ids"]
+    ids = prompt + tok(" no 7", add_special_tokens=False)["input_ids"]
+    interpreted = _sites(model, ids)
+    last = len(prompt)  # " no", the whole result of the call at "?"
+    assert float(interpreted.site_probs[0, last, 1]) > 0.99  # it goes on answering "?" ...
+    assert float(interpreted.proposal[0, last, tok.eos_token_id]) > 0.25  # ... and proposes the end
+    assert torch.isclose(interpreted.proposal[0, last, tok.eos_token_id], interpreted.mass[0, last])
+    assert float(interpreted.site_probs[0, last + 1, 0]) > 0.99  # the text after the end starts anew
     model.train()  # training reads every position as it is (its answers end with the end of text)
+    assert float(_sites(model, ids).site_probs[0, last, 0]) > 0.99
+    model.eval()
+    stepped = []
+    cache = DynamicCache()
+    for t in range(len(ids)):
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids[t : t + 1]]), cache=cache, use_cache=True)
+        stepped.append(cache.nc_state.last_sites[0])
+    assert int(stepped[last].argmax()) == last - 1 and int(stepped[last + 1].argmax()) == last + 1
+
+
+def test_a_prompt_that_goes_on_past_a_calls_result_is_read_as_usual(tok, make_llama, lib):
+    """"1+2=": the call at "+" reads 1 + 1, whose result "2" the prompt then happens to write; the prompt goes on,
+    and "=" starts the answer that is asked for."""
+    model = open_model(tok, make_llama, lib, nc_programs=["long_add"])
     with torch.no_grad():
-        _, trained = model._run_decoder(True, None, input_ids=ids, use_cache=False)
-    assert float(trained.proposal[0, end + 1 :].sum()) > 0
+        model.nc_heads.site_token.weight.fill_(-30.0)  # every position starts a new answer ...
+        model.nc_heads.site_token.weight[-1] = 30.0  # ... but digits continue one
+    ids = tok("1+2=")["input_ids"]
+    interpreted = _sites(model, ids)
+    plus = ids.index(tok("+", add_special_tokens=False)["input_ids"][0])
+    assert float(interpreted.site_probs[0, plus + 1, 1]) > 0.99  # "2" answers "+"
+    assert float(interpreted.site_probs[0, len(ids) - 1, 0]) > 0.99  # "=" starts a new answer
+    assert int(interpreted.proposal[0, -1].argmax()) == tok("3", add_special_tokens=False)["input_ids"][0]
 
 
 def test_a_call_answers_only_while_the_text_agrees_with_its_result(tok, make_llama, lib):
