@@ -621,6 +621,21 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         _, interpreted = self._run_decoder(True, None, record, input_ids=sequence[None], use_cache=False)
         gate = interpreted.gate[0]
         rows = []
+        done: dict = {}  # each distinct call runs (and is traced) once, however many tokens answer its site
+
+        def run(name: str, args: list, mode: Optional[str] = None, max_steps: Optional[int] = None):
+            """``run_batch`` of one call (``mode`` None), else ``run`` with its trace in ``mode``; remembered."""
+            key = (name, repr(args), mode, max_steps)
+            if key not in done:
+                try:
+                    done[key] = (self.library.run_batch(name, [args], max_steps=max_steps) if mode is None
+                                 else self.library.run(name, *args, mode=mode, trace=True, max_steps=max_steps))
+                except MachineError as error:
+                    done[key] = error
+            if isinstance(done[key], MachineError):
+                raise done[key]
+            return done[key]
+
         for t in range(prompt_length - 1, len(ids) - 1):
             p_site, offset = interpreted.site_probs[0, t].max(-1)
             site = t - int(offset)
@@ -632,13 +647,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 if recorded.problem is not None:
                     result, steps, status = None, 0, recorded.problem
                 elif mode == "hard":
-                    run = self.library.run_batch(name, [args], max_steps=budget)
-                    result, steps, status = run.values[0], run.steps[0], run.status[0]
+                    ran = run(name, args, max_steps=budget)
+                    result, steps, status = ran.values[0], ran.steps[0], ran.status[0]
                     if status == "max_steps":
                         status = f"max_steps: did not finish within its budget of {budget} steps"
                 else:  # what the soft machine's most likely result is, and its (expected) steps
                     try:
-                        result, trace = self.library.run(name, *args, mode="soft", trace=True, max_steps=self.config.nc_max_steps)
+                        result, trace = run(name, args, "soft", self.config.nc_max_steps)
                         steps, status = len(trace.steps), "ok"
                     except MachineError as error:
                         result, steps, status = None, None, str(error)
@@ -668,7 +683,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             if reason is not None:
                 row["no_call_reason"] = reason
             if calls and calls[0]["status"] == "ok":
-                _, trace = self.library.run(calls[0]["program"], *calls[0]["arguments"], mode=mode, trace=True, max_steps=self.config.nc_max_steps)
+                _, trace = run(calls[0]["program"], calls[0]["arguments"], mode, self.config.nc_max_steps)
                 row["machine_trace"] = trace.format(max_rows=max_trace_rows)
             rows.append(row)
         return rows

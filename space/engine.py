@@ -7,7 +7,6 @@ it on as the request's error.
 from __future__ import annotations
 
 import ast
-import functools
 import queue
 import threading
 from typing import Any, Iterator, Optional
@@ -41,9 +40,6 @@ class Engine:
         self.baseline_tokenizer = AutoTokenizer.from_pretrained(baseline)
         self.baseline = AutoModelForCausalLM.from_pretrained(baseline).eval()
         self.library = self.model.library
-        # explain() runs each of a position's top calls again for every token that answers it, improbable ones
-        # too (factorial_tape(734) runs to the step limit, 1.4 s, once per answer token): remember the runs.
-        self.library.run_batch = _memoized(self.library.run_batch)
 
     def info(self) -> dict:
         """What the web process shows without asking again: the programs, the examples, the models."""
@@ -194,27 +190,6 @@ class Engine:
             for p in library.programs
         ]
         return run
-
-
-def _memoized(run_batch):
-    """``run_batch(name, batch, max_steps=...)``, remembered by the batch's contents (lists made tuples)."""
-
-    @functools.lru_cache(maxsize=4096)
-    def cached(name: str, frozen: tuple, max_steps: Optional[int]):
-        return run_batch(name, _thawed(frozen), max_steps=max_steps)
-
-    def run(name: str, batch, *, max_steps: Optional[int] = None):
-        return cached(name, _frozen(batch), max_steps)
-
-    return run
-
-
-def _frozen(value):
-    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def _thawed(value):
-    return [_thawed(v) for v in value] if isinstance(value, tuple) else value
 
 
 class _TokenQueue(BaseStreamer):
