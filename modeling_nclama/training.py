@@ -17,8 +17,10 @@ defaults (errors name the bad key and value); :func:`train` runs it. Sections::
            loss_on: all | answer, max_length: null,
            format: answer | tool_call}                # tool_call: the tool-use baseline writes [[a+b]] (tool_use.py)
     training: {...any TrainingArguments field..., heads_learning_rate: null,   # the interpreter heads' own rate
-               tables_learning_rate: null}   # the token-table heads (keyword calls, token sites, operand contexts);
+               tables_learning_rate: null,   # the token-table heads (keyword calls, token sites, operand contexts);
                                              # default: heads_learning_rate
+               gate_scale_learning_rate: null,   # the gate's scale (one number from 0); default: heads_learning_rate
+               cache_frozen_decoder: false}   # a frozen decoder's output computed once per example (FrozenDecoderCache)
     probe: {steps: 0, per_task: 2, seed: 1234,        # NCLlama only: gate and call accuracy in the log history
             heldout: 0,                               # per task, probes in held-out wordings (probe/heldout/...)
             chat: null}                               # probes in chat form too (probe/chat/...); default: data.chat > 0
@@ -58,7 +60,7 @@ from .tasks import ALL_TASKS, CLRS_TASK, SPLITS, TASKS, TRAINING_RANGES, validat
 __all__ = [
     "RECIPES", "TASK_PROGRAMS", "RecipeError", "load_recipe", "validate_recipe", "apply_overrides", "build_model",
     "apply_trainable", "build_train_dataset", "tokenize", "Collator", "training_arguments", "ProbeCallback",
-    "build_probes", "probe_model", "train", "chat_tokens", "prompt_ids",
+    "build_probes", "probe_model", "train", "chat_tokens", "prompt_ids", "FrozenDecoderCache",
 ]
 
 RECIPES = Path(__file__).resolve().parents[1] / "configuration" / "recipes"
@@ -289,7 +291,8 @@ def _max_value(where: str, value: Any, tasks: Sequence[str]) -> Optional[int]:
     return value
 
 
-_HEADS_RATES = ("heads_learning_rate", "tables_learning_rate")
+_HEADS_RATES = ("heads_learning_rate", "tables_learning_rate", "gate_scale_learning_rate")
+_OURS = (*_HEADS_RATES, "cache_frozen_decoder")  # training keys that are not TrainingArguments fields
 
 
 def _training(where: str, value: Any) -> dict:
@@ -300,6 +303,9 @@ def _training(where: str, value: Any) -> dict:
         raise RecipeError(f"{where}: must be a mapping of TrainingArguments fields, got {value!r}")
     known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     for key in value:
+        if key == "cache_frozen_decoder":
+            _flag(f"{where}.{key}", value[key])
+            continue
         if key in _HEADS_RATES:  # ours: the interpreter heads' own rates (they start from scratch)
             if isinstance(value[key], bool) or not isinstance(value[key], (int, float)) or value[key] <= 0:
                 raise RecipeError(f"{where}.{key}: must be a positive number, got {value[key]!r}")
@@ -311,8 +317,9 @@ def _training(where: str, value: Any) -> dict:
         if key not in known:
             close = [k for k in sorted(known) if key.split("_")[0] in k][:5]
             raise RecipeError(f"{where}: {key!r} is not a TrainingArguments field" + (f" (similar: {', '.join(close)})" if close else ""))
-    if "tables_learning_rate" in value and "heads_learning_rate" not in value:
-        raise RecipeError(f"{where}.tables_learning_rate: needs heads_learning_rate (the other heads' rate)")
+    for key in _HEADS_RATES[1:]:
+        if key in value and "heads_learning_rate" not in value:
+            raise RecipeError(f"{where}.{key}: needs heads_learning_rate (the other heads' rate)")
     # YAML 1.1 reads `save_strategy: no` as false
     return {k: "no" if k.endswith("_strategy") and v is False else v for k, v in value.items()}
 
@@ -577,7 +584,7 @@ def _examples(data: dict):
 def prompt_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of prompts as generation gets them: with the tokenizer's special tokens, except that a prompt that
     already starts with the BOS token's text (a rendered chat template) gets no second BOS."""
-    bos = tokenizer.bos_token
+    bos = getattr(tokenizer, "bos_token", None)
     rendered = [bool(bos) and p.startswith(bos) for p in prompts]
     out: list[Optional[list[int]]] = [None] * len(prompts)
     for flag in (False, True):
@@ -806,19 +813,98 @@ class ProbeCallback(TrainerCallback):
 # the run
 # ----------------------------------------------------------------------------------------------------------------
 
+class _CachedDecoder(torch.nn.Module):
+    """Stands in for a frozen decoder in training steps: the final hidden states of each example (keyed by its
+    tokens), computed by the real decoder (no graph) the first time the example is drawn, read back afterwards."""
+
+    def __init__(self, decoder: torch.nn.Module):
+        super().__init__()
+        self.decoder = decoder
+        self.kept: dict[tuple, torch.Tensor] = {}
+        self.computed = self.reused = 0
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutputWithPast
+
+        if input_ids is None:
+            raise ValueError("the frozen decoder cache reads token ids")
+        lengths = (attention_mask.sum(1) if attention_mask is not None else
+                   torch.full((input_ids.shape[0],), input_ids.shape[1])).tolist()
+        if attention_mask is not None and not all(attention_mask[b, :n].all() for b, n in enumerate(lengths)):
+            raise ValueError("the frozen decoder cache needs right-padded batches (training's Collator pads so)")
+        keys = [tuple(input_ids[b, :n].tolist()) for b, n in enumerate(lengths)]
+        missing = [b for b, key in enumerate(keys) if key not in self.kept]
+        if missing:
+            width = max(lengths[b] for b in missing)
+            with torch.no_grad():
+                hidden = self.decoder(input_ids=input_ids[missing, :width], use_cache=False,
+                                      attention_mask=None if attention_mask is None else attention_mask[missing, :width]
+                                      ).last_hidden_state
+            for row, b in enumerate(missing):
+                self.kept[keys[b]] = hidden[row, : lengths[b]].detach().clone()
+        self.computed += len(missing)
+        self.reused += len(keys) - len(missing)
+        out = input_ids.new_zeros((*input_ids.shape, self.decoder.config.hidden_size), dtype=self.decoder.dtype)
+        for b, key in enumerate(keys):
+            out[b, : lengths[b]] = self.kept[key]
+        return BaseModelOutputWithPast(last_hidden_state=out)
+
+
+class FrozenDecoderCache(TrainerCallback):
+    """``training.cache_frozen_decoder``: an NCLlama whose decoder is frozen and read at its last layer
+    (``nc_layer`` -1, so no residual injection) gets the same final hidden states for an example every time the
+    example is drawn. The first time, the decoder runs (without a graph) and its output is kept (576 floats a token
+    for SmolLM2: about 160 KB an example); every later epoch reads it back, so a step costs the interpreter, the LM
+    head and the heads' backward only. The stand-in replaces the decoder during the optimizer steps only: probes,
+    checkpoints, the saved model and generation see the real one."""
+
+    def __init__(self, model: torch.nn.Module, world_size: int = 1):
+        config = getattr(model, "config", None)
+        if not hasattr(model, "nc_heads"):
+            raise RecipeError("training.cache_frozen_decoder: for an NCLlama (its heads train on a frozen decoder)")
+        layers = config.num_hidden_layers
+        if config.nc_layer % layers != layers - 1 or config.nc_residual_injection:
+            raise RecipeError("training.cache_frozen_decoder: the heads must read the last layer (nc_layer: -1) "
+                              "without residual injection, else the decoder's output depends on the heads")
+        moving = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("nc_heads.")]
+        if moving:
+            raise RecipeError(f"training.cache_frozen_decoder: the decoder must be frozen (trainable: "
+                              f"['nc_heads.*']), but {moving[0]} trains")
+        if world_size > 1:
+            raise RecipeError("training.cache_frozen_decoder: one process only (each would keep its own copy)")
+        self.model, self.decoder = model, model.model
+        self.stand_in = _CachedDecoder(model.model)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.model.model = self.stand_in
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.model.model = self.decoder
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.model.model = self.decoder
+        _say(f"frozen decoder cache: {self.stand_in.computed} examples computed, {self.stand_in.reused} read back")
+
+
 def heads_optimizer(model: torch.nn.Module, args, heads_learning_rate: float,
-                    tables_learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
+                    tables_learning_rate: Optional[float] = None,
+                    gate_scale_learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
     """AdamW (the Trainer's settings) with the interpreter heads at their own learning rate: they start from
     scratch (the gate's scale at 0) while the decoder is pretrained, and at the decoder's rate a closed gate opens
     by only about one learning rate per step. The token-table heads (the ``nn.Embedding`` tables of the keyword
     call, token site and context operand readers) may get another: Adam moves a table's score by about the rate per
-    step, a linear head on a normalized hidden state of width d moves its logit by up to about d times that."""
+    step, a linear head on a normalized hidden state of width d moves its logit by up to about d times that. So may
+    the gate's scale (``nc_heads.gate_scale``): one number from 0 that Adam moves by about its rate per step, so
+    that at a rate fit for linear heads on a wide hidden state (SmolLM2's 576) it takes a thousand steps to open."""
     heads = getattr(model, "nc_heads", torch.nn.Module())
     tables = {id(p) for m in heads.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    scale = {id(heads.gate_scale)} if isinstance(getattr(heads, "gate_scale", None), torch.nn.Parameter) else set()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n.startswith("nc_heads.") and id(p) not in tables], "lr": heads_learning_rate},
+    groups = [{"params": [p for n, p in named if n.startswith("nc_heads.") and id(p) not in tables | scale],
+               "lr": heads_learning_rate},
               {"params": [p for n, p in named if not n.startswith("nc_heads.")], "lr": args.learning_rate},
-              {"params": [p for n, p in named if id(p) in tables], "lr": tables_learning_rate or heads_learning_rate}]
+              {"params": [p for n, p in named if id(p) in tables], "lr": tables_learning_rate or heads_learning_rate},
+              {"params": [p for n, p in named if id(p) in scale], "lr": gate_scale_learning_rate or heads_learning_rate}]
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(args.adam_beta1, args.adam_beta2),
                              eps=args.adam_epsilon, weight_decay=args.weight_decay)
 
@@ -863,10 +949,13 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
     dataset = build_train_dataset(recipe["data"], tokenizer, max_length)
     heads_learning_rate = recipe["training"].get("heads_learning_rate")
     tables_learning_rate = recipe["training"].get("tables_learning_rate")
-    args = training_arguments({k: v for k, v in recipe["training"].items() if k not in _HEADS_RATES}, output_dir, kind)
+    gate_scale_learning_rate = recipe["training"].get("gate_scale_learning_rate")
+    args = training_arguments({k: v for k, v in recipe["training"].items() if k not in _OURS}, output_dir, kind)
     _say(f"data: {len(dataset):,} examples of {', '.join(recipe['data']['tasks'])} (loss on {recipe['data']['loss_on']} tokens)")
     print(f"[rank {args.process_index}/{args.world_size}] training on {args.device}", flush=True)
     callbacks = []
+    if recipe["training"].get("cache_frozen_decoder"):  # first: the real decoder is back before probes and saving
+        callbacks.append(FrozenDecoderCache(model, world_size=args.world_size))
     if recipe["probe"]["steps"]:
         probe_tasks = recipe["data"]["tasks"] + ([CLRS_TASK] if recipe["data"]["clrs_insertion_sort"] else [])
         chat = recipe["probe"]["chat"] if recipe["probe"]["chat"] is not None else recipe["data"]["chat"] > 0
@@ -883,7 +972,8 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
             apply_trainable(model, recipe["trainable"])
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer),
                       processing_class=tokenizer, callbacks=callbacks,
-                      optimizers=(heads_optimizer(model, args, heads_learning_rate, tables_learning_rate), None)
+                      optimizers=(heads_optimizer(model, args, heads_learning_rate, tables_learning_rate,
+                                                  gate_scale_learning_rate), None)
                       if heads_learning_rate else (None, None))
     start = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoint)

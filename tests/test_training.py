@@ -340,3 +340,153 @@ def test_the_token_tables_get_their_own_learning_rate(make_llama, user_lib):
     assert len(rate_of) == len(named)
     default = {group["lr"] for group in heads_optimizer(model, args, 1e-3).param_groups}
     assert default == {1e-3, 1e-4}  # without its own rate the table learns at the heads' rate
+    scale = heads_optimizer(model, args, 1e-3, 1e-2, 2e-2).param_groups
+    assert [g["lr"] for g in scale if any(p is model.nc_heads.gate_scale for p in g["params"])] == [2e-2]
+    assert [len(g["params"]) for g in scale if g["lr"] == 2e-2] == [1]  # the scale alone
+    with pytest.raises(RecipeError, match="gate_scale_learning_rate: needs heads_learning_rate"):
+        validate_recipe({"model": GOOD_MODEL, "training": {"gate_scale_learning_rate": 0.1}})
+
+
+# ---------------------------------------------------------------------------------------------------- chat, frozen decoder
+@pytest.mark.parametrize("section, message", [
+    ({"data": {"chat": 1.5}}, "data.chat: must be a fraction in [0, 1], got 1.5"),
+    ({"data": {"chat": True}}, "data.chat: must be a fraction in [0, 1], got True"),
+    ({"eval": {"chat": "yes"}}, "eval.chat: must be true or false, got 'yes'"),
+    ({"probe": {"chat": 1}}, "probe.chat: must be true or false, got 1"),
+    ({"probe": {"heldout": -1}}, "probe.heldout: must be an int >= 0, got -1"),
+])
+def test_chat_and_probe_settings_are_checked(section, message):
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        validate_recipe({"model": GOOD_MODEL, **section})
+    defaults = validate_recipe({"model": GOOD_MODEL, "eval": {}})
+    assert defaults["data"]["chat"] == 0.0 and defaults["eval"]["chat"] is False
+    assert defaults["probe"]["heldout"] == 0 and defaults["probe"]["chat"] is None
+
+
+def test_the_smollm2_recipe():
+    """nclama-smollm2-135m: SmolLM2 from out/smollm2, nclama-tiny's programs and library, the decoder frozen with the
+    heads on its last layer (no residual injection: nothing needs a backward through it), the call read from the
+    pretrained hidden state, data in plain and chat form with nclama-tiny's signed numbers and context examples."""
+    smol, tiny = load_recipe("nclama-smollm2-135m"), load_recipe("nclama-tiny")
+    spec, nc = smol["model"]["from_llama"], smol["model"]["from_llama"]["nc"]
+    assert spec["path"] == "out/smollm2" and spec["library"] == tiny["model"]["from_llama"]["library"] == {"value_size": 1024}
+    assert nc["nc_programs"] == tiny["model"]["from_llama"]["nc"]["nc_programs"] and len(nc["nc_programs"]) == 11
+    assert smol["trainable"] == ["nc_heads.*"] and nc["nc_call_reader"] == "hidden"
+    assert nc["nc_layer"] == -1 and not nc.get("nc_residual_injection", False)
+    assert 0 < smol["data"]["chat"] < 1 and smol["data"]["context"] > 0 and smol["data"]["tasks"] == list(TASKS)
+    assert smol["data"]["lengths"] == {t: list(TRAINING_RANGES[t]["length"]) for t in TASKS}
+    assert smol["probe"]["heldout"] > 0 and smol["data"]["loss_on"] == "answer"
+
+
+def test_a_frozen_decoder_needs_no_backward(make_llama, user_lib):
+    """With only the heads trainable and the heads on the last layer, no decoder layer's output requires a gradient
+    (the step's backward runs through the heads alone); residual injection at a middle layer would put every later
+    layer in the backward."""
+    from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+    from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+
+    tok = default_tokenizer()
+    batch = tok(["12+34=46", "What is 5 plus 3? 8"], return_tensors="pt", padding=True)
+
+    def layers_in_backward(**nc):
+        model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),
+                                              nc_operand_reader="context", nc_gate_learning_floor=0.1, **nc)
+        apply_trainable(model, ["nc_heads.*"])
+        model.train()
+        needs = []
+        hooks = [layer.register_forward_hook(lambda m, a, out, i=i: needs.append((i, (out[0] if isinstance(out, tuple) else out).requires_grad)))
+                 for i, layer in enumerate(model.model.layers)]
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        for hook in hooks:
+            hook.remove()
+        loss.backward()
+        assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("nc_heads."))
+        assert any(p.grad is not None for p in model.nc_heads.parameters())
+        return [i for i, needed in needs if needed]
+
+    assert layers_in_backward(nc_layer=-1) == []
+    assert layers_in_backward(nc_layer=0, nc_residual_injection=True) == [1]  # injected after layer 0: layer 1 on
+
+
+def test_chat_form_training_data_and_probes():
+    from test_chat import chatml_tokenizer
+
+    from modeling_nclama.training import build_train_dataset
+
+    tok = chatml_tokenizer()
+    data = validate_recipe({"model": GOOD_MODEL, "data": {"tasks": ["add", "less_than"], "n": 40, "seed": 2,
+                                                          "context": 6, "chat": 0.5, "loss_on": "answer"}})["data"]
+    dataset = build_train_dataset(data, tok)
+    start, end = (tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>"))
+    chat = [row for row in dataset if start in row["input_ids"]]
+    assert 10 < len(chat) < 36 and len(dataset) == 46
+    for row in chat:  # the loss is on the answer in the assistant's turn and the end of the turn (eos) only
+        answer = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
+        assert tok.decode(row["input_ids"][: len(row["input_ids"]) - len(answer)]).endswith("<|im_start|>assistant\n")
+        assert answer[-1] == tok.eos_token_id and start not in answer and end not in answer
+    probes = build_probes(tok, ["add", "sort"], per_task=1, seed=0, heldout=1, chat=True)
+    groups = [p["group"] for p in probes]
+    assert groups == ["add", "heldout", "sort", "heldout"] + ["chat", "chat_heldout"] * 2
+    for probe in probes[4:]:  # the prefix ends with the assistant's turn: the next token is the answer's first
+        assert tok.decode(probe["ids"][: probe["prefix_length"]]).endswith("<|im_start|>assistant\n")
+
+
+def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib):
+    """The stand-in returns what the decoder computes (right-padded batches, each example keyed by its tokens), runs
+    the decoder only for examples it has not kept, and the step's loss and gradients are those of the real decoder."""
+    from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+    from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+    from modeling_nclama.training import FrozenDecoderCache
+
+    tok = default_tokenizer()
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),
+                                          nc_operand_reader="context", nc_gate_learning_floor=0.1)
+    apply_trainable(model, ["nc_heads.*"])
+    model.train()
+    rows = tokenize(make_dataset(["add", "max"], 4, seed=0), tok, loss_on="answer")
+    batch = Collator(tok)([rows[i] for i in range(4)])
+
+    def step():
+        model.zero_grad()
+        loss = model(**batch)["loss"]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.nc_heads.named_parameters() if p.grad is not None}
+
+    real_loss, real_grads = step()
+    cache = FrozenDecoderCache(model)
+    for _ in range(2):  # computed, then read back
+        cache.on_step_begin(None, None, None)
+        loss, grads = step()
+        cache.on_step_end(None, None, None)
+        assert model.model is cache.decoder
+        assert torch.allclose(loss, real_loss, atol=1e-5) and grads.keys() == real_grads.keys()
+        assert all(torch.allclose(grads[n], real_grads[n], atol=1e-5) for n in grads)
+    assert (cache.stand_in.computed, cache.stand_in.reused) == (4, 4)
+    assert not any(k.startswith("model.decoder.") for k in model.state_dict())  # names unchanged outside the steps
+    apply_trainable(model, ["nc_heads.*", "lm_head"])
+    with pytest.raises(RecipeError, match="the decoder must be frozen"):
+        FrozenDecoderCache(model)
+    mid = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok), nc_layer=0,
+                                        nc_residual_injection=True)
+    apply_trainable(mid, ["nc_heads.*"])
+    with pytest.raises(RecipeError, match="nc_layer: -1"):
+        FrozenDecoderCache(mid)
+
+
+def test_a_recipe_trains_with_the_frozen_decoder_cache(baseline, tmp_path, capsys):
+    recipe = write(tmp_path / "cached.yaml", {
+        "model": {"from_llama": {"path": str(baseline), "library": {"value_size": 256}}},
+        "trainable": ["nc_heads.*"],
+        "data": {"tasks": ["add"], "n": 8, "lengths": [2], "loss_on": "answer"},
+        "training": {"max_steps": 4, "per_device_train_batch_size": 4, "heads_learning_rate": 1e-2,
+                     "cache_frozen_decoder": True, "save_steps": 2, "logging_steps": 1, "disable_tqdm": True},
+        "probe": {"steps": 2, "per_task": 1},
+    })
+    assert main(["train", "--recipe", str(recipe), "--output-dir", str(tmp_path / "out")]) == 0
+    assert "frozen decoder cache: 8 examples computed, 8 read back" in capsys.readouterr().out
+    from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+
+    for folder in (tmp_path / "out", tmp_path / "out" / "checkpoint-2"):  # saved with the real decoder's names
+        NCLlamaForCausalLM.from_pretrained(folder)
+    with pytest.raises(RecipeError, match="cache_frozen_decoder: must be true or false"):
+        validate_recipe({"model": GOOD_MODEL, "training": {"cache_frozen_decoder": "yes"}})
