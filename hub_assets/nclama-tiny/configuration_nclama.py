@@ -13,6 +13,7 @@ NC_OPERAND_READERS = ("pointer", "context", "projection")
 NC_CALL_READERS = ("hidden", "keywords")
 NC_SITE_READERS = ("hidden", "tokens")
 NC_GATE_POSITIONS = ("position", "site")
+NC_CHAT_ROLES = ("marker", "header", "break")
 
 
 @strict
@@ -41,14 +42,11 @@ class NCLlamaConfig(LlamaConfig):
     nc_value_size, nc_memory_size, nc_stack_depth:
         The machine the library was compiled for (`nc_memory_size` at most `nc_value_size - 1`).
     nc_max_steps (`int`, defaults to 20000):
-        Step budget of one call made by the model; a call that exceeds it proposes only the end of text.
+        The most steps one call made by the model may run. Each call's own budget scales with its operands (see
+        ``modeling_nclama.call_budget``: a 5-digit sum gets about a thousand steps, a 64-item sort about fifty
+        thousand), capped here; a call that runs out proposes nothing and its trace says so.
     nc_programs (`list[str]`):
         The library programs the call head chooses among, in order.
-    nc_tape_arguments (`list[str]`):
-        Programs whose list parameters are digit tapes (numbers, least significant digit first): a number operand
-        is passed to them as a tape (``long_add`` reads "81273" as [3, 7, 2, 1, 8]).
-    nc_tape_results (`list[str]`):
-        Programs whose list result is a digit tape, written as a number.
     nc_library_fingerprint (`str`, optional):
         sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
     nc_operand_reader (`str`, defaults to `"pointer"`):
@@ -91,6 +89,20 @@ class NCLlamaConfig(LlamaConfig):
         Programs whose int result is written as a word: program -> the word (one token's text, in
         `nc_reader_tokens`) of each result value; `{"long_cmp": [" yes", " no", " no"]}` answers "Is a less than
         b?" (`long_cmp` returns 0, 1, 2 for a < b, a = b, a > b). A value without a word proposes only the end.
+        With `nc_answer_lead`, a word whose text without its leading space is a token of `nc_reader_tokens` too
+        ("no" beside " no") is written without the space where the call site's lead says so: the assistant's turn
+        of a chat template starts its answer "no" on a new line.
+    nc_chat_tokens (`dict[str, str]`, optional):
+        The tokens a chat template writes around the messages (token id as a string -> its role), built from the
+        tokenizer by ``training.chat_tokens``: `"marker"`, the special tokens that open and close a turn
+        (`<|im_start|>`, `<|im_end|>`); `"header"`, the other text of a turn's header (role names: "user", "ass"
+        "istant"); `"break"`, the whitespace that ends a header ("\n"). From a marker up to the first token that is
+        not one of these, the positions are the template's: the keyword call reader reads no words there and a
+        sentence neither ends nor starts there (the content after a template starts a new one, and the call at the
+        assistant's turn reads the user's last sentence); markers and headers make no calls (a break does: the
+        "\n" that opens the assistant's turn is where its answer's call is made); a marker, like the
+        beginning-of-sequence token, lets a new answer start after one that was written out. Empty (the default):
+        no template.
     nc_decimal_places (`int`, defaults to 0):
         With 1-3, the reader reads a decimal like "0.549" as one number in fixed point (549 thousandths with 3
         places; needs the "." token in `nc_reader_tokens`) and writes results read from decimals back as decimals.
@@ -103,6 +115,11 @@ class NCLlamaConfig(LlamaConfig):
         The same for the opening bracket: the library proposes that a list starts, the language model chooses which
         opening token starts it ("[" or " ["). After a prompt ending in "]." the answer's " [" carries its space, so
         the whole answer, bracket included, comes from the call made at the prompt's last token.
+    nc_answer_lead (`bool`, defaults to `False`):
+        A result may be written with the space before it, as the tokenizer merges it ("? -76867" is "?" " -" ...,
+        "? 85679" is "?" " " ...): each call proposes its result with and without that space, weighted by a learned
+        probability per call-site token, so the call made at the prompt's last token writes the whole answer, sign
+        and separator included. Without it a negative result cannot follow a space.
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
     nc_gate_learning_floor (`float`, defaults to 0.0):
@@ -139,8 +156,6 @@ class NCLlamaConfig(LlamaConfig):
     nc_stack_depth: int = 32
     nc_max_steps: int = 20_000
     nc_programs: list | None = None
-    nc_tape_arguments: list | None = None
-    nc_tape_results: list | None = None
     nc_library_fingerprint: str | None = None
     nc_operand_reader: str = "pointer"
     nc_call_reader: str = "hidden"
@@ -151,9 +166,11 @@ class NCLlamaConfig(LlamaConfig):
     nc_pointer_dim: int = 64
     nc_reader_tokens: dict | None = None
     nc_result_words: dict | None = None
+    nc_chat_tokens: dict | None = None
     nc_decimal_places: int = 0
     nc_closers_from_lm: bool = False
     nc_openers_from_lm: bool = False
+    nc_answer_lead: bool = False
     nc_answer_window: int = 64
     nc_min_call_probability: float = 0.0
     nc_program_sharpness: float = 20.0
@@ -168,14 +185,12 @@ class NCLlamaConfig(LlamaConfig):
             self.nc_memory_size = self.nc_value_size - 1
         if self.nc_programs is None:
             self.nc_programs = []
-        if self.nc_tape_arguments is None:
-            self.nc_tape_arguments = []
-        if self.nc_tape_results is None:
-            self.nc_tape_results = []
         if self.nc_reader_tokens is None:
             self.nc_reader_tokens = {}
         if self.nc_result_words is None:
             self.nc_result_words = {}
+        if self.nc_chat_tokens is None:
+            self.nc_chat_tokens = {}
         if not getattr(self, "auto_map", None):
             self.auto_map = {
                 "AutoConfig": "configuration_nclama.NCLlamaConfig",
@@ -230,10 +245,13 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_memory_size must be in [2, nc_value_size - 1 = {self.nc_value_size - 1}], got {self.nc_memory_size}")
         if len(set(self.nc_programs)) != len(self.nc_programs) or not all(isinstance(p, str) for p in self.nc_programs):
             raise ValueError(f"nc_programs must be distinct program names, got {self.nc_programs!r}")
-        for name in ("nc_tape_arguments", "nc_tape_results"):
-            unknown = set(getattr(self, name)) - set(self.nc_programs)
-            if unknown:
-                raise ValueError(f"{name} names programs that are not in nc_programs: {sorted(unknown)}")
+        if self.nc_answer_lead and self.nc_operand_reader == "projection":
+            raise ValueError("nc_answer_lead needs the pointer or context operand reader (the projection reader writes values only)")
+        for token, role in self.nc_chat_tokens.items():
+            if not str(token).isdigit() or int(token) >= self.vocab_size:
+                raise ValueError(f"nc_chat_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")
+            if role not in NC_CHAT_ROLES:
+                raise ValueError(f"nc_chat_tokens: token {token} has role {role!r}, not one of {NC_CHAT_ROLES}")
         for token, text in self.nc_reader_tokens.items():
             if not str(token).isdigit() or int(token) >= self.vocab_size:
                 raise ValueError(f"nc_reader_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")

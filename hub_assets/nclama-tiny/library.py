@@ -24,14 +24,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .machine import STATUS_MEMORY_FAULT, STATUS_NAMES, STATUS_OK, HardRun, Machine, MachineError, SoftRun
+from .machine import STATUS_MEMORY_FAULT, STATUS_OK, HardRun, Machine, MachineError, SoftRun
+from .machine import STATUS_NAMES as MACHINE_STATUS_NAMES
 from .ops import PRIMITIVES, hard_table
-from .program import DEFAULT_SHARPNESS, OPS, WEIGHT_NAMES, Program, format_assembly
+from .program import DEFAULT_SHARPNESS, KINDS, OPS, WEIGHT_NAMES, Program, format_assembly
 
 FORMAT_VERSION = 2  # 1: op tables stored as tensors in library.safetensors; 2: only their sha256, in library.json
 LIBRARY_JSON = "library.json"
 LIBRARY_TENSORS = "library.safetensors"
 ListOrInt = Union[int, Sequence[int]]
+# The machine's statuses, plus one the library's decoding sets: the program halted, but its result is no valid
+# number of its declared kind (a "tape" without digits, a sign or digit cell out of range), e.g. max of [].
+STATUS_BAD_RESULT = len(MACHINE_STATUS_NAMES)
+STATUS_NAMES = (*MACHINE_STATUS_NAMES, "bad_result")
 
 
 class LibraryError(ValueError):
@@ -74,7 +79,7 @@ class Trace:
 class BatchResult:
     values: list  # decoded results (None where the machine failed)
     steps: list[int]
-    status: list[str]  # "ok", "max_steps", "stack_overflow", "memory_fault"
+    status: list[str]  # "ok", "max_steps", "stack_overflow", "memory_fault", "bad_result" (see STATUS_NAMES)
 
 
 class Library:
@@ -152,7 +157,10 @@ class Library:
         return steps
 
     def run(self, name: str, *args: ListOrInt, mode: str = "hard", trace: bool = False, max_steps: Optional[int] = None):
-        """Run program ``name`` on ints and lists of ints; returns its result (and the ``Trace`` if ``trace``)."""
+        """Run program ``name`` on ints and lists of ints; returns its result (and the ``Trace`` if ``trace``).
+
+        A ``tape`` parameter takes a Python int of any sign and size and a ``numbers`` parameter a list of them; such
+        results come back as an int and a list of ints (``lib.run("long_sub", 4406, 81273)`` is -76867)."""
         if mode == "hard":
             limit = self._steps(max_steps)
             run, values = self._run_hard(name, [args], trace, limit)
@@ -172,7 +180,9 @@ class Library:
             if run.halted[0] < 0.5:
                 raise MachineError(f"{name} did not halt within {self._steps(max_steps)} steps (max_steps), soft mode")
             value = self.decode_soft(program, run)[0]
-            value = value.argmax(-1).item() if program.returns == "int" else value.argmax(-1).tolist()
+            value = value.argmax(-1).item() if program.returns == "int" else self.from_cells(program.returns, value.argmax(-1).tolist())
+            if program.returns in ("tape", "numbers") and value is None:
+                raise MachineError(f"{name}: its result is not a valid {program.returns}, soft mode")
             return (value, self._soft_trace(run, 0)) if trace else value
         raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
 
@@ -226,8 +236,58 @@ class Library:
             raise TypeError(f"{program.name} takes {program.arity} arguments ({_signature(program)}), got {len(args)}")
         for (pname, ptype), value in zip(program.params, args):
             not_int = isinstance(value, bool) or not isinstance(value, int)
-            if ptype == "list" and not isinstance(value, (list, tuple)) or ptype == "int" and not_int:
-                raise TypeError(f"argument {pname} of {program.name} must be {'a list' if ptype == 'list' else 'an int'}")
+            is_list = isinstance(value, (list, tuple))
+            wrong = {"int": not_int, "list": not is_list, "tape": not_int and not is_list, "numbers": not is_list}[ptype]
+            if wrong:
+                what = {"int": "an int", "list": "a list", "tape": "an int (a number of any length)",
+                        "numbers": "a list of ints"}[ptype]
+                raise TypeError(f"argument {pname} of {program.name} must be {what}")
+
+    def call_problem(self, name: str, args: Sequence[Any]) -> Optional[str]:
+        """Why ``run_calls`` cannot take this call (a wrong arity or type, a value outside [0, V), arguments that do
+        not fit in memory), or None if it can."""
+        if name not in self:
+            return f"no program {name!r}"
+        try:
+            self.encode(self[name], [args])
+        except (TypeError, ValueError) as error:
+            return str(error)
+        return None
+
+    @staticmethod
+    def to_cells(kind: str, value: Any) -> Any:
+        """An argument as the machine holds it: a ``tape`` int as [sign, digits least significant first], a
+        ``numbers`` list packed as [w, then per item its sign and w digits]; other kinds (and tapes given as lists)
+        unchanged."""
+        if kind == "tape" and not isinstance(value, (list, tuple)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                return value  # _check_args names the problem
+            return [int(value < 0)] + [int(d) for d in reversed(str(abs(value)))]
+        if kind == "numbers" and isinstance(value, (list, tuple)):
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+                raise TypeError(f"a numbers argument holds ints only, got {list(value)!r}")
+            width = max((len(str(abs(v))) for v in value), default=1)
+            cells = [width]
+            for v in value:
+                cells += [int(v < 0)] + [int(d) for d in reversed(str(abs(v)).rjust(width, "0"))]
+            return cells
+        return value
+
+    @staticmethod
+    def from_cells(kind: str, cells: Sequence[int]) -> Any:
+        """A result as Python sees it (the inverse of ``to_cells``): an int for a ``tape``, a list of ints for
+        ``numbers``, the list itself otherwise; None for cells that are no valid number (no digit, a sign other
+        than 0 or 1, a digit above 9, a ragged list)."""
+        cells = list(cells)
+        if kind == "tape":
+            return _tape_value(cells)
+        if kind == "numbers":
+            if not cells or cells[0] < 1 or (len(cells) - 1) % (cells[0] + 1):
+                return None
+            r = cells[0] + 1
+            items = [_tape_value(cells[i : i + r]) for i in range(1, len(cells), r)]
+            return None if any(v is None for v in items) else items
+        return cells
 
     def _check_value(self, program: Program, pname: str, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -242,6 +302,7 @@ class Library:
         memory = torch.zeros(len(batch), M, dtype=torch.long)
         for b, example in enumerate(batch):
             self._check_args(program, example)
+            example = [self.to_cells(kind, value) for (_, kind), value in zip(program.params, example)]
             heap, cells = 1, [0]
             for i, ((pname, ptype), value) in enumerate(zip(program.params, example)):
                 if ptype == "int":
@@ -251,7 +312,7 @@ class Library:
                 for v in value:
                     self._check_value(program, pname, v)
                 if len(value) >= self.value_size:
-                    raise ValueError(f"argument {pname} of {program.name}: a list of {len(value)} items does not fit (at most {self.value_size - 1})")
+                    raise ValueError(f"argument {pname} of {program.name}: a list of {len(value)} cells does not fit (at most {self.value_size - 1})")
                 args[b, i] = heap
                 cells += [len(value), *value]
                 heap += len(value) + 1
@@ -295,7 +356,11 @@ class Library:
                 run.status[b] = STATUS_MEMORY_FAULT
                 out.append(None)
                 continue
-            out.append(run.memory[b, value + 1 : value + 1 + n].tolist())
+            cells = run.memory[b, value + 1 : value + 1 + n].tolist()
+            result = self.from_cells(program.returns, cells)
+            if result is None:
+                run.status[b] = STATUS_BAD_RESULT
+            out.append(result)
         return out
 
     def decode_soft(self, program: Program, run: SoftRun) -> list[torch.Tensor]:
@@ -320,6 +385,7 @@ class Library:
             "max_steps": f"did not halt within {max_steps} steps (max_steps)",
             "stack_overflow": f"overflowed the call stack (depth {self.machine.stack_depth}) at step {steps}",
             "memory_fault": f"accessed memory beyond memory_size {self.machine.memory_size} at step {steps}",
+            "bad_result": f"returned no valid {self[name].returns} (an empty list has no maximum, for one)",
         }[STATUS_NAMES[status]]
         raise MachineError(f"{name} {reason}")
 
@@ -429,6 +495,9 @@ class Library:
                     weights, entry["source"], dict(entry["meta"]),
                 )
                 _check_shapes(program)
+                kinds = [kind for _, kind in program.params] + [program.returns]
+                if any(kind not in KINDS for kind in kinds):
+                    raise LibraryError(f"{program.name}: unknown parameter or result kind in {kinds} (known: {KINDS})")
                 if format_assembly(program) != entry["assembly"]:
                     raise LibraryError(f"program {program.name}: its tensors do not match its recorded assembly")
                 programs.append(program)
@@ -489,6 +558,14 @@ def _as_runtime_program(p: Any) -> Program:
     if isinstance(p, Program):
         return p
     return Program(p.name, list(p.params), p.returns, list(p.callees), p.num_registers, p.num_args, p.value_size, dict(p.weights), p.source, dict(p.meta))
+
+
+def _tape_value(cells: list[int]) -> Optional[int]:
+    """[sign, digits least significant first] -> the int, or None if that is no number."""
+    if len(cells) < 2 or cells[0] not in (0, 1) or any(not 0 <= d <= 9 for d in cells[1:]):
+        return None
+    value = int("".join(str(d) for d in reversed(cells[1:])))
+    return -value if cells[0] else value
 
 
 def _signature(program: Program) -> str:

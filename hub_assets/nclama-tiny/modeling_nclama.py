@@ -48,17 +48,36 @@ from .reader import Operand, OperandReader, Style
 _RESULT_CACHE_SIZE = 100_000  # executed calls kept (their result tokens)
 _MENU_CACHE_SIZE = 20_000  # operand sets whose fitting calls are kept in tensor form
 _LM_FLOOR = 1e-6  # the least mass the language model keeps in the output mixture
+_UNLIKELY = "not run: its proposal would weigh less than nc_min_call_probability"
+_CONTINUES = 1e4  # a continuation logit whose sigmoid is 1.0 in float32: the position is never a call site
+
+
+def call_budget(kinds: Sequence[str], arguments: Sequence, max_steps: int) -> int:
+    """The step budget of one call: ``1000 + 64 s^2`` steps for operands of size ``s`` (an int parameter counts its
+    value, a list or a number of any length its machine cells), at most ``max_steps``. The standard library's
+    programs are at most quadratic in that size (the costliest per cell, long_gcd, takes about 23 s^2: 15,000 steps
+    for two 12-digit numbers), so a call that runs out was not going to answer, and a wrong call on small operands
+    stops early instead of running to ``max_steps``."""
+    size = 0
+    for kind, argument in zip(kinds, arguments):
+        if kind == "int":
+            size += argument
+        elif kind == "tape":
+            size += len(str(abs(argument))) + 1
+        elif kind == "numbers":
+            size += 1 + len(argument) * (1 + max((len(str(abs(v))) for v in argument), default=1))
+        else:
+            size += 1 + len(argument)
+    return int(min(max_steps, 1000 + 64 * size * size))
 
 
 def library_settings(library: Library, reader_tokens: dict, **nc_settings) -> dict:
-    """The ``nc_*`` configuration of a model that calls ``library``: its programs (by the standard library's naming:
-    ``long_*`` programs take and return digit tapes, ``*_tape`` programs return one), machine, fingerprint and
-    operand slots, plus the reader's table; ``nc_settings`` override or add to them."""
+    """The ``nc_*`` configuration of a model that calls ``library``: its programs, machine, fingerprint and operand
+    slots, plus the reader's table; ``nc_settings`` override or add to them. What each program takes and returns
+    (an int, a list of values, a number of any length, a list of such numbers) is read from its compiled signature."""
     programs = nc_settings.pop("nc_programs", library.names)
     settings = {
         "nc_programs": programs,
-        "nc_tape_arguments": [p for p in programs if p.startswith("long_")],
-        "nc_tape_results": [p for p in programs if p.startswith("long_") or p.endswith("_tape")],
         "nc_value_size": library.value_size,
         "nc_memory_size": library.machine.memory_size,
         "nc_stack_depth": library.machine.stack_depth,
@@ -103,6 +122,18 @@ class NCInterpreterHeads(nn.Module):
         else:
             self.call_keywords = nn.Embedding(config.vocab_size, programs)
         self.bos_token_id = config.bos_token_id
+        # the tokens that end a sentence ("?", "].", "."): the words a call reads are those of its own sentence
+        reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
+        self.sentence_ends = sorted(reader.sentence_ends)
+        # minus tokens ("-", " -", "[-"): a sign is the first token of the number it writes, so no answer starts at
+        # one (else an answer "-76867" could be the LM's "-" followed by a call for 76867 with its operands reversed)
+        self.sign_tokens = sorted(reader.signs)
+        # the chat template's own tokens (nc_chat_tokens): no words, sentence ends or call sites, except that a break
+        # ("\n" after "<|im_start|>assistant") is where the assistant's answer is called
+        chat = {int(token): role for token, role in config.nc_chat_tokens.items()}
+        self.chat_tokens = sorted(chat)
+        self.chat_markers = sorted(token for token, role in chat.items() if role == "marker")
+        self.chat_breaks = sorted(token for token, role in chat.items() if role == "break")
         if config.nc_operand_reader == "pointer":
             self.operand_query = nn.Linear(hidden, self.slots * dim)
             self.operand_key = nn.Linear(hidden, dim)
@@ -122,6 +153,13 @@ class NCInterpreterHeads(nn.Module):
                                        if text.isascii() and text.isdigit())
         if config.nc_residual_injection:
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
+        if config.nc_answer_lead:  # per call-site token: the result is written with the space before it
+            self.answer_lead = nn.Embedding(config.vocab_size, 1)  # zero at init: either way alike
+
+    def lead_probability(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, N] probability that a call made at each position of ``ids`` writes its result with the space before
+        it (``nc_answer_lead``)."""
+        return torch.sigmoid(self.answer_lead(ids).float().squeeze(-1))
 
     def gate_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[B, T] logit of each position's own gate opening (before the scale)."""
@@ -140,25 +178,88 @@ class NCInterpreterHeads(nn.Module):
             gate = gate + (opening - opening.detach()) * lift
         return gate
 
-    def keyword_evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Keyword call reader: per position of ``ids`` [B, N] and program, the best score of the tokens since the
-        last beginning-of-sequence token [B, N, P] (``carried`` [B, P]: that of the position before ``ids``).
-        A running max restarted at each BOS: a later segment's scores are lifted above every earlier one's before
-        the cumulative max, which then never reaches back past its segment. The max's own gradient would reach one
-        token per program and position, so that a keyword learns only once it already wins; in training the gradient
-        is instead that of the softmax-weighted mean of the segment's scores (the value stays the max): every token
-        of the prompt learns at once, the likeliest winners most."""
+    def template_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] whether each position of ``ids`` is the chat template's: a marker of ``nc_chat_tokens`` and the
+        template tokens after it, up to the first break ("\n") or the first token that is not the template's (a
+        position's own and earlier tokens decide, as for everything a position reads; the message after a header
+        is content even where it starts with a token the header also has)."""
+        if not self.chat_markers:
+            return torch.zeros_like(ids, dtype=torch.bool)
+        index = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        marker = torch.isin(ids, torch.tensor(self.chat_markers, dtype=torch.long, device=ids.device))
+        other = ~torch.isin(ids, torch.tensor(self.chat_tokens, dtype=torch.long, device=ids.device))
+        after_break = torch.nn.functional.pad(torch.isin(ids, torch.tensor(self.chat_breaks, dtype=torch.long,
+                                                                           device=ids.device))[:, :-1], (1, 0))
+        last_marker = torch.where(marker, index, -1).cummax(1).values
+        last_end = torch.where((other | after_break) & ~marker, index, -1).cummax(1).values
+        return last_marker > last_end
+
+    def silent_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] the positions that make no call: the chat template's markers and headers (a break, the "\n" that
+        opens a turn's content, may: the assistant's answer is called there)."""
+        breaks = torch.tensor(self.chat_breaks, dtype=torch.long, device=ids.device)
+        return self.template_positions(ids) & ~torch.isin(ids, breaks)
+
+    def segments(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None,
+                 history: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[B, N] the index of the sentence each position of ``ids`` is in: a new one starts at a beginning-of-sequence
+        token, after a token that ends a sentence and after the chat template (``after_end`` [B]: the token before
+        ``ids`` ended one; ``history`` [B, S]: the tokens before ``ids``, read instead). The template's positions
+        start and end none: they stay in the sentence before them, so that the assistant's turn reads the user's
+        question."""
+        return self._sentences(ids, after_end, history)[0]
+
+    def _sentences(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None,
+                   history: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``segments`` and the template positions of ``ids`` [B, N]."""
+        full = ids if history is None else torch.cat([history, ids], 1)
+        template = self.template_positions(full)
+        ends = torch.isin(full, torch.tensor(self.sentence_ends, dtype=torch.long, device=ids.device)) & ~template
+        starts = torch.nn.functional.pad(ends[:, :-1] | template[:, :-1], (1, 0))
+        if after_end is not None and history is None:
+            starts[:, 0] |= after_end
+        if self.bos_token_id is not None:
+            starts |= full == self.bos_token_id
+        starts &= ~template
+        counts = torch.cumsum(starts.long(), 1)
+        if history is not None and history.shape[1]:  # numbered from the sentence of the token before ids
+            counts = counts[:, history.shape[1]:] - counts[:, history.shape[1] - 1 : history.shape[1]]
+        return counts, template[:, full.shape[1] - ids.shape[1]:]
+
+    def keyword_evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None,
+                         after_end: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Keyword call reader: per position of ``ids`` [B, N] and program, the best score of the tokens of its
+        sentence so far [B, N, P] (``segments``; ``carried`` [B, P]: that of the position before ``ids``, whose
+        sentence ended if ``after_end``; ``history``: the tokens before ``ids``, from which that is read instead). A
+        running max restarted at each sentence: a later segment's scores are lifted above every earlier one's before
+        the cumulative max, which then never reaches back past its segment. The chat template's tokens are no words:
+        they score 0 and sort below every word of their sentence, so they carry the evidence of the words before
+        them. The max's own gradient would reach one token per program and position, so that a keyword learns only
+        once it already wins; in training the gradient is instead that of the softmax-weighted mean of the
+        segment's scores (the value stays the max): every token of the prompt learns at once, the likeliest winners
+        most."""
         scores = self.call_keywords(ids).float()
-        segment = torch.zeros_like(ids) if self.bos_token_id is None else torch.cumsum(ids == self.bos_token_id, 1)
-        if carried is not None:  # the carried evidence counts as a token of the segment before the first BOS here
+        segment, template = self._sentences(ids, after_end, history)
+        if carried is not None:  # the carried evidence counts as a token of the segment before the first one here
             scores = torch.cat([carried.unsqueeze(1).float(), scores], 1)
             segment = torch.cat([segment.new_zeros(ids.shape[0], 1), segment], 1)
-        lift = (scores.detach().abs().amax() * 2 + 1) * segment.unsqueeze(-1)
-        where = torch.cummax(scores.detach() + lift, dim=1).indices
+            template = torch.cat([template.new_zeros(ids.shape[0], 1), template], 1)
+        templated = bool(template.any())
+        if templated:
+            scores = scores.masked_fill(template.unsqueeze(-1), 0.0)
+        bound = scores.detach().abs().amax()
+        lift = (bound * 2 + 1) * segment.unsqueeze(-1)
+        keys = scores.detach() + lift
+        if templated:  # below every word of the segment, above every earlier segment
+            keys = torch.where(template.unsqueeze(-1), lift - bound - 0.5, keys)
+        where = torch.cummax(keys, dim=1).indices
         best = scores.gather(1, where)
         if torch.is_grad_enabled() and scores.requires_grad:
             N = scores.shape[1]
             same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & torch.ones(N, N, dtype=torch.bool).tril()  # [B, t, j]
+            if templated:  # the words only; a position with none before it in its sentence weighs itself (score 0)
+                same = same & ~template.unsqueeze(1)
+                same = same | (~same.any(2, keepdim=True) & torch.eye(N, dtype=torch.bool))
             weights = torch.softmax(scores.unsqueeze(1).masked_fill(~same.unsqueeze(-1), float("-inf")), dim=2)
             mean = (weights * scores.unsqueeze(1)).sum(2)  # [B, N, P]
             best = best.detach() + (mean - mean.detach())
@@ -167,7 +268,11 @@ class NCInterpreterHeads(nn.Module):
     def continuation_logits(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
         """[B, N] logit that each new position (``ids[:, start:]``, hidden states ``hidden``) continues the answer of
         the position before it: from the hidden state, or from the position's token and its predecessor (all digit
-        tokens alike)."""
+        tokens alike); a minus sign always continues."""
+        signs = torch.isin(ids[:, start:], torch.tensor(self.sign_tokens, dtype=torch.long, device=ids.device))
+        return self._read_continuation(hidden, ids, start).masked_fill(signs, _CONTINUES)
+
+    def _read_continuation(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
         if hasattr(self, "site_continue"):
             return self.site_continue(hidden).float().squeeze(-1)
         previous = torch.nn.functional.pad(ids, (1, 0), value=self.bos_token_id or 0)[:, start:-1]
@@ -191,8 +296,10 @@ class NCInterpreterHeads(nn.Module):
         """What residual injection adds to the hidden state: the expected embedding of the first result token of the
         call made at the position itself, through a learned map. Neither gated nor sent through the site recurrence:
         later layers may use a result that the output does not copy (a comparison's 0, 1 or 2 read as "yes" or
-        "no"), and the call at a position gets gradient from the injection alone."""
-        tokens, probs = interpreted.own_tokens, interpreted.own_probs
+        "no"). The calls' probabilities are held fixed here: a call is chosen for giving the answer, not for what its
+        result tells the LM (with signed results the LM learned to answer "Is a less than b?" from the sign of
+        a - b, and the call head to call long_sub for it)."""
+        tokens, probs = interpreted.own_tokens, interpreted.own_probs.detach()
         weights = (probs * (tokens >= 0)).to(embeddings.dtype)  # [B, N, K]
         return self.inject(torch.einsum("bnk,bnkh->bnh", weights, embeddings[tokens.clamp(min=0)]))
 
@@ -207,6 +314,8 @@ class NCLlamaPreTrainedModel(LlamaPreTrainedModel):
             init.zeros_(module.gate_scale)
             if hasattr(module, "inject"):
                 init.zeros_(module.inject.weight)
+            if hasattr(module, "answer_lead"):
+                init.zeros_(module.answer_lead.weight)
 
 
 class NCLlamaModel(NCLlamaPreTrainedModel, LlamaModel):
@@ -512,18 +621,39 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         _, interpreted = self._run_decoder(True, None, record, input_ids=sequence[None], use_cache=False)
         gate = interpreted.gate[0]
         rows = []
+        done: dict = {}  # each distinct call runs (and is traced) once, however many tokens answer its site
+
+        def run(name: str, args: list, mode: Optional[str] = None, max_steps: Optional[int] = None):
+            """``run_batch`` of one call (``mode`` None), else ``run`` with its trace in ``mode``; remembered."""
+            key = (name, repr(args), mode, max_steps)
+            if key not in done:
+                try:
+                    done[key] = (self.library.run_batch(name, [args], max_steps=max_steps) if mode is None
+                                 else self.library.run(name, *args, mode=mode, trace=True, max_steps=max_steps))
+                except MachineError as error:
+                    done[key] = error
+            if isinstance(done[key], MachineError):
+                raise done[key]
+            return done[key]
+
         for t in range(prompt_length - 1, len(ids) - 1):
             p_site, offset = interpreted.site_probs[0, t].max(-1)
             site = t - int(offset)
             calls = []
             for recorded in record.get((0, site), []):
                 name, args = self.config.nc_programs[recorded.call.program], _plain(recorded.call.arguments)
-                if mode == "hard":
-                    run = self.library.run_batch(name, [args], max_steps=self.config.nc_max_steps)
-                    result, steps, status = run.values[0], run.steps[0], run.status[0]
+                kinds = [kind for _, kind in self.library[name].params]
+                budget = call_budget(kinds, recorded.call.arguments, self.config.nc_max_steps)
+                if recorded.problem is not None:
+                    result, steps, status = None, 0, recorded.problem
+                elif mode == "hard":
+                    ran = run(name, args, max_steps=budget)
+                    result, steps, status = ran.values[0], ran.steps[0], ran.status[0]
+                    if status == "max_steps":
+                        status = f"max_steps: did not finish within its budget of {budget} steps"
                 else:  # what the soft machine's most likely result is, and its (expected) steps
                     try:
-                        result, trace = self.library.run(name, *args, mode="soft", trace=True, max_steps=self.config.nc_max_steps)
+                        result, trace = run(name, args, "soft", self.config.nc_max_steps)
                         steps, status = len(trace.steps), "ok"
                     except MachineError as error:
                         result, steps, status = None, None, str(error)
@@ -549,11 +679,29 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 "offset": t - site,
                 "calls": calls,
             }
+            reason = self._no_call_reason(ids[: site + 1], calls)
+            if reason is not None:
+                row["no_call_reason"] = reason
             if calls and calls[0]["status"] == "ok":
-                _, trace = self.library.run(calls[0]["program"], *calls[0]["arguments"], mode=mode, trace=True, max_steps=self.config.nc_max_steps)
+                _, trace = run(calls[0]["program"], calls[0]["arguments"], mode, self.config.nc_max_steps)
                 row["machine_trace"] = trace.format(max_rows=max_trace_rows)
             rows.append(row)
         return rows
+
+    def _no_call_reason(self, prefix: list[int], calls: list[dict]) -> Optional[str]:
+        """Why the library does not answer at a call site whose prefix holds operands, or None where it answers (or
+        where there is nothing to read): no program takes operands of these kinds, or the likeliest call could not
+        run or failed."""
+        operands = self._operands(prefix)
+        if not operands:
+            return None
+        if not calls:
+            described = ", ".join(_describe(o) for o in operands[-3:])
+            return f"no library program takes these operands ({described}): the language model answered alone"
+        top = calls[0]
+        if top["status"] == "ok":
+            return None
+        return f"the library could not answer ({top['program']}: {top['status']}): the language model answered alone"
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         """Beam search: reorder the KV cache and the interpreter's state together."""
@@ -585,18 +733,27 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         if config.nc_call_reader == "hidden":
             calls, keywords = heads.call(hidden).float(), hidden.new_zeros(B, 0)  # [B, N, P] logits
         else:
-            calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None)
+            calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None,
+                                           history=state.ids if state is not None else None)
             keywords = calls[:, -1].detach()
+        continuation = heads.continuation_logits(hidden, ids, start)  # [B, N]
+        # A call's proposal weighs at most its probability times 1 - c, its own site's share wherever it is answered
+        # (a position that continues an answer makes calls that hardly matter): that product is what
+        # nc_min_call_probability is compared with.
+        own_site = 1.0 - torch.sigmoid(continuation.detach())
         operand_keys = hidden.new_zeros(B, T, 0)  # only the pointer reader keys operands by hidden states
         if config.nc_operand_reader == "pointer":
             operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
             if state is not None:
                 operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
-            tokens, probs = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys, record)
+            tokens, probs = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys, record,
+                                                own_site)
         elif config.nc_operand_reader == "context":
-            tokens, probs = self._pointer_calls(ids, start, calls, None, None, record)
+            tokens, probs = self._pointer_calls(ids, start, calls, None, None, record, own_site)
         else:
             tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
+        if heads.chat_markers:  # the chat template's markers and headers make no call
+            probs = probs.masked_fill(heads.silent_positions(ids)[:, start:, None], 0.0)
         first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
         if state is not None:
             tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
@@ -606,10 +763,17 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         sites = torch.arange(start, T).unsqueeze(1) - offsets  # [N, W]
         valid = sites >= 0
         sites = sites.clamp(min=0)
-        last_sites = self._continued_sites(heads.continuation_logits(hidden, ids, start), T, state)  # [B, N, T] over sites
+        last_sites = self._continued_sites(continuation, T, state)  # [B, N, T] over sites
+        if not self.training:
+            last_sites = self._end_answers(ids, start, last_sites, tokens, probs,
+                                           state.last_sites if state is not None else None)
         site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
-        weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * valid.unsqueeze(-1)
+        # A call goes on answering only while the text after its site agrees with its result: a call whose first
+        # tokens fall where the text says something else (inside the prompt, where nothing is scored) cannot be
+        # continued into the answer, so every call pays for each token it proposes.
+        agreed = self._agreement(ids, tokens)[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)
+        weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * agreed * valid.unsqueeze(-1)
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
@@ -624,6 +788,58 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                                      gates.detach())
         return Interpreted(proposal, proposed, weight.sum(-1), gate, new_state, first_tokens, first_probs, site_probs,
                            gate_logits, last_sites if config.nc_gate_at == "site" else None)
+
+    def _agreement(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, T, K, W] whether the text after each site agrees with tokens 0 .. j - 1 of each of its calls' results
+        (always at j = 0, and where the text does not reach yet); a bracket of a group the LM shares out agrees with
+        any bracket of its group."""
+        B, T, K, W = tokens.shape
+        following = torch.nn.functional.pad(ids[:, 1:], (0, W), value=-2).unfold(1, W, 1)[:, :T]  # [B, T, W]
+        same = self._canonical(tokens) == self._canonical(following).unsqueeze(2)
+        same = same | (following == -2).unsqueeze(2)
+        return torch.cat([same.new_ones(B, T, K, 1), same[..., :-1].cummin(-1).values], -1)
+
+    def _canonical(self, tokens: torch.Tensor) -> torch.Tensor:
+        for group in self._shared:
+            members = torch.tensor(group, dtype=tokens.dtype, device=tokens.device)
+            tokens = torch.where(torch.isin(tokens, members), members[0], tokens)
+        return tokens
+
+    def _end_answers(self, ids: torch.Tensor, start: int, last_sites: torch.Tensor, tokens: torch.Tensor,
+                     probs: torch.Tensor, previous: Optional[torch.Tensor]) -> torch.Tensor:
+        """An answer ends (at inference): where the text after the site that the position before answers holds the
+        whole result of that site's likeliest call, so that the next token would be its end, the position goes on
+        answering that site (and proposes the end) instead of starting a new call: no call starts at an answer's
+        last token (" no" read as the site of factorial_tape(15) would append its digits to the answer). Later
+        positions read as usual: what follows an answer's end is new text, a new question, or a prompt that goes
+        on past tokens that happen to equal a call's result ("1+2=": the call at "+" reads 1 + 1). ``previous``
+        [B, T']: the site distribution of the position before ``start`` (none at a sequence's start)."""
+        B, N, T = last_sites.shape
+        eos = self.config.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+        if eos is None:
+            return last_sites
+        W = tokens.shape[-1]
+        rows = ids.tolist()
+        best = probs.argmax(-1).tolist()  # [B, T] each site's likeliest call (and way of writing it)
+        out = last_sites.clone()
+        for b in range(B):
+            for n in range(N):
+                t = start + n
+                if n > 0:
+                    before = out[b, n - 1]
+                elif previous is not None:
+                    before = torch.nn.functional.pad(previous[b], (0, T - previous.shape[1]))
+                else:
+                    continue
+                s = int(before.argmax())
+                o = t - s
+                if not 0 < o < W:
+                    continue
+                result = tokens[b, s, best[b][s]].tolist()
+                if result[o] == eos and rows[b][s + 1 : t + 1] == result[:o]:
+                    out[b, n] = before
+        return out
 
     @staticmethod
     def _continued_sites(continuation: torch.Tensor, T: int, state: Optional[InterpreterState]) -> torch.Tensor:
@@ -651,7 +867,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
 
     def _pointer_calls(
         self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: Optional[torch.Tensor],
-        operand_keys: Optional[torch.Tensor], record: Optional[dict]
+        operand_keys: Optional[torch.Tensor], record: Optional[dict], own_site: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Result tokens [B, N, K, W] and probabilities [B, N, K] of the top-k calls at positions ``start`` onward,
         operands chosen by pointer attention over the numbers and lists the reader found in each position's prefix
@@ -661,6 +877,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         heads, config = self.nc_heads, self.config
         B, N, _ = calls.shape
         K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
+        variants = self._variants
+        silent = heads.silent_positions(ids).tolist() if heads.chat_markers else None
         site_b, site_n, site_operands, site_menu, menus, menu_index = [], [], [], [], [], {}
         for b in range(B):
             row = ids[b].tolist()
@@ -669,14 +887,14 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 if s == start or row[s] in self.reader.triggers:  # other tokens never change what the prefix holds
                     operands = self._operands(row[: s + 1])
                     menu = self._menu(operands)
-                if menu is None:
+                if menu is None or silent is not None and silent[b][s]:
                     continue
                 if id(menu) not in menu_index:
                     menu_index[id(menu)] = len(menus)
                     menus.append(menu)
                 site_b.append(b), site_n.append(s - start), site_operands.append(operands), site_menu.append(menu_index[id(menu)])
-        tokens = torch.full((B, N, K, W), -1, dtype=torch.long)
-        probs = calls.new_zeros(B, N, K)
+        tokens = torch.full((B, N, K * variants, W), -1, dtype=torch.long)
+        probs = calls.new_zeros(B, N, K * variants)
         if not site_b:
             return tokens, probs
         bi, ni, mi = torch.tensor(site_b), torch.tensor(site_n), torch.tensor(site_menu)
@@ -704,29 +922,35 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             p = p * torch.where(chosen >= 0, at, (chosen == -1).to(p.dtype))
         top = p.detach().topk(min(K, p.shape[1]), dim=-1).indices  # [G, k]; padding combos have p = 0
         chosen_p = p.gather(1, top)
+        worth = chosen_p.detach() if own_site is None else chosen_p.detach() * own_site[bi, ni].unsqueeze(1)
+        run = (worth >= config.nc_min_call_probability).tolist()  # the calls whose proposal can weigh that much
         if config.nc_mode == "hard":
-            self._fill_menus(menus, site_menu, top.tolist(), (chosen_p.detach() >= config.nc_min_call_probability).tolist())
+            self._fill_menus(menus, site_menu, top.tolist(), run)
             if len(menus) == 1:
-                chosen_tokens = menus[0].tokens[top]  # [G, k, W]
+                chosen_tokens = menus[0].tokens[top]  # [G, k, variants, W]
             else:
-                table = pad_sequence([m.tokens for m in menus], batch_first=True, padding_value=-1)  # [E, C, W]
+                table = pad_sequence([m.tokens for m in menus], batch_first=True, padding_value=-1)  # [E, C, variants, W]
                 chosen_tokens = table[mi.unsqueeze(1), top]
         if config.nc_mode == "soft" or record is not None:
             picked = [[menus[e].choices[c] if c < len(menus[e].choices) else None for c in cs] for e, cs in zip(site_menu, top.tolist())]
         if config.nc_mode == "soft":
-            run = (chosen_p.detach() >= config.nc_min_call_probability).tolist()
             chosen_tokens, factor = self._soft_results([[c.call if c and go else None for c, go in zip(row, ok)] for row, ok in zip(picked, run)])
             chosen_p = chosen_p * factor
         if record is not None:
             for g, row in enumerate(picked):
                 operands = site_operands[g]
                 record[(site_b[g], start + site_n[g])] = [
-                    RecordedCall(c.call, [operands[i] for i in c.operands], float(chosen_p[g, k]), _real(chosen_tokens[g, k]))
+                    RecordedCall(c.call, [operands[i] for i in c.operands], float(chosen_p[g, k]), _real(chosen_tokens[g, k, 0]),
+                                 c.problem or (None if run[g][k] else _UNLIKELY))
                     for k, c in enumerate(row) if c is not None
                 ]
         k = top.shape[1]
-        tokens[bi, ni, :k] = chosen_tokens
-        probs = probs.index_put((bi, ni), torch.cat([chosen_p, chosen_p.new_zeros(len(site_b), K - k)], 1))
+        if variants == 2:  # each call with and without the space before its result, as the call site's token says
+            lead = heads.lead_probability(ids[bi, start + ni]).unsqueeze(1)  # [G, 1]
+            chosen_p = torch.stack([chosen_p * (1 - lead), chosen_p * lead], -1)  # [G, k, 2]
+        tokens[bi, ni, : k * variants] = chosen_tokens.reshape(len(site_b), k * variants, W)
+        chosen_p = chosen_p.reshape(len(site_b), k * variants)
+        probs = probs.index_put((bi, ni), torch.cat([chosen_p, chosen_p.new_zeros(len(site_b), (K - k) * variants)], 1))
         return tokens, probs
 
     def _operand_contexts(self, ids: torch.Tensor, start: int, site_b: list, site_n: list, site_operands: list,
@@ -788,7 +1012,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             flat_p = chosen_p.reshape(B * N, k)
             for g, row in enumerate(picked):
                 record[divmod(g, N)] = [
-                    RecordedCall(c, [None] * len(c.arguments), float(flat_p[g, j]), _real(chosen_tokens[g, j])) for j, c in enumerate(row)
+                    RecordedCall(c, [None] * len(c.arguments), float(flat_p[g, j]), _real(chosen_tokens[g, j, 0]),
+                                 None if run[g][j] else _UNLIKELY) for j, c in enumerate(row)
                 ]
         return tokens, torch.cat([chosen_p, chosen_p.new_zeros(B, N, K - k)], -1)
 
@@ -801,6 +1026,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         found = [o for o in found if o.kind == "list" or not any(a <= o.start < b for a, b in lists)]
         return found[-self.config.nc_max_candidates:]
 
+    @property
+    def _variants(self) -> int:
+        """How many ways each call's result is written: with and without the space before it (``nc_answer_lead``)."""
+        return 2 if self.config.nc_answer_lead else 1
+
     def _menu(self, operands: list[Operand]) -> Optional["_Menu"]:
         """Every call that fits these operands, in tensor form (memoized by the operands' contents: consecutive
         positions mostly see the same operands), or None if there is none."""
@@ -809,31 +1039,34 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             if len(self._menus) >= _MENU_CACHE_SIZE:
                 self._menus.clear()
             choices = self._enumerate(operands)
-            self._menus[key] = _Menu(choices, self.nc_heads.slots, self.config.nc_answer_window, len(self.config.nc_programs)) if choices else None
+            self._menus[key] = (_Menu(choices, self.nc_heads.slots, self.config.nc_answer_window, len(self.config.nc_programs),
+                                      self._variants) if choices else None)
         return self._menus[key]
 
     def _enumerate(self, operands: list[Operand]) -> list["_Choice"]:
-        V, library, config = self.config.nc_value_size, self.library, self.config
+        """The calls whose parameters' kinds these operands have: an int or number (``tape``) parameter takes a
+        number, a list or ``numbers`` parameter a list, and a number that is the only operand is also a one-item
+        list ("sort: 55 ->"; among several numbers, one of them is not read as a list).
+        A call of the right kinds that the machine cannot take (a value outside [0, V) for an int, operands that
+        need more memory than the machine has) stays on the menu with its problem: it takes its share of the call
+        head's probability and proposes nothing, so that its mass does not go to a call that fits but computes
+        something else ("gcd(2000, 3000)=" on a machine of values below 1024 is not answered with gcd(3000, 3000))."""
+        library, config = self.library, self.config
+        alone = len(operands) == 1
         out = []
         for program_index, name in enumerate(config.nc_programs):
             program = library[name]
             if program.arity > config.nc_max_operands:
                 continue
-            fits_per_param = []
-            for _, ptype in program.params:
-                fits = []
-                for i, o in enumerate(operands):
-                    if ptype == "int" and o.kind == "number" and o.number < V:
-                        fits.append((i, o.number))
-                    elif ptype == "list" and name in config.nc_tape_arguments and o.kind == "number":
-                        fits.append((i, tuple(int(d) for d in reversed(o.items[0]))))
-                    elif ptype == "list" and name not in config.nc_tape_arguments and o.kind == "list" and max(o.values) < V:
-                        fits.append((i, tuple(o.values)))
-                fits_per_param.append(fits)
+            fits_per_param = [[(i, value) for i, o in enumerate(operands)
+                               if (value := _argument(kind, o, alone)) is not None] for _, kind in program.params]
             for picked in itertools.product(*fits_per_param):
                 # a result is written the way its operands were (a list operand's way first)
                 style = max((operands[i].style for i, _ in picked), key=lambda s: s.bracketed, default=Style())
-                out.append(_Choice(LibraryCall(program_index, tuple(v for _, v in picked), style), tuple(i for i, _ in picked)))
+                arguments = tuple(v for _, v in picked)
+                problem = library.call_problem(name, _plain(arguments))
+                out.append(_Choice(LibraryCall(program_index, arguments, style), tuple(i for i, _ in picked),
+                                   None if problem is None else f"not run: {problem}"))
         return out
 
     def _fill_menus(self, menus: list["_Menu"], site_menu: list[int], top: list[list[int]], run: list[list[bool]]) -> None:
@@ -842,36 +1075,46 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         for e, chosen, go in zip(site_menu, top, run):
             menu = menus[e]
             for c, ok in zip(chosen, go):
-                if ok and c < len(menu.choices) and not menu.done[c]:
+                if ok and c < len(menu.choices) and not menu.done[c] and menu.choices[c].problem is None:
                     missing[(e, c)] = menu.choices[c].call
         if missing:
-            for (e, c), tokens in zip(missing, self._token_lists(list(missing.values()))):
-                menus[e].tokens[c, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            for (e, c), variants in zip(missing, self._token_lists(list(missing.values()))):
+                for v, tokens in enumerate(variants):
+                    menus[e].tokens[c, v, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
                 menus[e].done[c] = True
 
-    def _token_lists(self, calls: list["LibraryCall"]) -> list[list[int]]:
-        """Result tokens (at most the answer window) of hard calls: cached, the rest run as one vectorized batch."""
+    def _token_lists(self, calls: list["LibraryCall"]) -> list[tuple[list[int], ...]]:
+        """Result tokens (at most the answer window; one list per way of writing it) of hard calls: cached, the
+        rest run as vectorized batches, one per step budget (``call_budget``)."""
         names = self.config.nc_programs
         todo = [call for call in dict.fromkeys(calls) if call not in self._results]
         if len(self._results) + len(todo) > _RESULT_CACHE_SIZE:  # full: start over (these calls all run again)
             self._results.clear()
             todo = list(dict.fromkeys(calls))
-        if todo:
-            result = self.library.run_calls([(names[c.program], _plain(c.arguments)) for c in todo], max_steps=self.config.nc_max_steps)
-            for call, value in zip(todo, result.values):  # a failed call proposes only the end
-                self._results[call] = self._text_tokens(names[call.program], value, call.style)[: self.config.nc_answer_window]
+        by_budget: dict[int, list] = {}
+        for call in todo:
+            kinds = [kind for _, kind in self.library[names[call.program]].params]
+            by_budget.setdefault(call_budget(kinds, call.arguments, self.config.nc_max_steps), []).append(call)
+        for budget, group in by_budget.items():
+            result = self.library.run_calls([(names[c.program], _plain(c.arguments)) for c in group], max_steps=budget)
+            for call, value in zip(group, result.values):  # a failed call (value None) proposes nothing
+                written = self._text_tokens(names[call.program], value, call.style)
+                self._results[call] = tuple(tokens[: self.config.nc_answer_window] for tokens in written)
         return [self._results[call] for call in calls]
 
     def _hard_tokens(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, None]:
-        """Result tokens [G, k, W] of hard calls (none for None), and no probability factor."""
+        """Result tokens [G, k, variants, W] of hard calls (none for None), and no probability factor."""
         flat = [call for row in picked for call in row]
         results = iter(self._token_lists([call for call in flat if call is not None]))
-        rows = _token_tensor([next(results) if call is not None else [] for call in flat], self.config.nc_answer_window)
-        return rows.view(len(picked), -1, rows.shape[-1]), None
+        empty = ((),) * self._variants
+        rows = [next(results) if call is not None else empty for call in flat]
+        W = self.config.nc_answer_window
+        out = torch.stack([_token_tensor(list(variants), W) for variants in rows]) if rows else torch.full((0, self._variants, W), -1)
+        return out.view(len(picked), -1, self._variants, W), None
 
     def _soft_results(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft execution of the chosen calls (each distinct call once, one batched soft run per program): the
-        tokens of each call's most likely result [G, k, W] and that result's probability [G, k] under the
+        tokens of each call's most likely result [G, k, variants, W] and that result's probability [G, k] under the
         differentiable machine (its cells' probabilities times the probability of halting), through which gradients
         reach the program weights."""
         W, R, M = self.config.nc_answer_window, self.library.machine.num_registers, self.library.machine.memory_size
@@ -888,39 +1131,71 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             p_result, results = run.cells[:, R].max(-1)
             for i, call in enumerate(calls):
                 value, p = int(results[i]), run.halted[i] * p_result[i]
-                if program.returns == "list":  # the list the result points at, read at its most likely length
+                if program.returns != "int":  # the list the result points at, read at its most likely length
                     p_length, length = run.memory[i, min(value, M - 1)].max(-1)
                     if value + 1 + int(length) > M:
                         value, p = None, p * 0.0
                     else:
                         p_items, items = run.memory[i, value + 1 : value + 1 + int(length)].max(-1)
-                        value, p = items.tolist(), p * p_length * p_items.prod()
-                token_lists[call] = self._text_tokens(name, value, call.style)[:W]
+                        value, p = self.library.from_cells(program.returns, items.tolist()), p * p_length * p_items.prod()
+                written = self._text_tokens(name, value, call.style)
+                token_lists[call] = tuple(tokens[:W] for tokens in written)
                 probability[call] = p
         flat = [call for row in picked for call in row]
-        tokens = _token_tensor([token_lists[c] if c is not None else [] for c in flat], W)
+        empty = ((),) * self._variants
+        tokens = torch.stack([_token_tensor(list(token_lists[c] if c is not None else empty), W) for c in flat])
         factor = torch.stack([probability[c] if c is not None else torch.zeros(()) for c in flat])
-        return tokens.view(len(picked), -1, W), factor.view(len(picked), -1)
+        return tokens.view(len(picked), -1, self._variants, W), factor.view(len(picked), -1)
 
-    def _text_tokens(self, name: str, value, style: Style) -> list[int]:
+    def _text_tokens(self, name: str, value, style: Style) -> tuple[list[int], ...]:
+        """The tokens of a result, then the end of text, as the tokenizer writes its text: without the space before
+        it, and with it (``nc_answer_lead``). A failed call (None), or an int result of a program with result words
+        that has no word, proposes nothing."""
         eos = self.config.eos_token_id
         eos = [eos[0] if isinstance(eos, list) else eos] if eos is not None else []
         if value is None:
-            return eos
-        if name in self.config.nc_result_words:  # a word per value; a value without one proposes only the end
+            return ([],) * self._variants
+        if name in self.config.nc_result_words:  # a word per value (the word carries its own space)
             words = self.config.nc_result_words[name]
-            return ([self.reader.token_of_text[words[value]]] if isinstance(value, int) and 0 <= value < len(words) else []) + eos
+            if not (isinstance(value, int) and 0 <= value < len(words)):
+                return ([],) * self._variants
+            spaced = words[value]
+            # without the lead, the word without its space where the table has it ("no" beside " no": a chat answer
+            # starts on a new line); else the word as given, either way
+            bare = spaced.lstrip(" ") if spaced.lstrip(" ") in self.reader.token_of_text else spaced
+            written = [self.reader.token_of_text[spaced]] + eos
+            return (written,) if self._variants == 1 else ([self.reader.token_of_text[bare]] + eos, written)
         if isinstance(value, int):
-            return self.reader.value_tokens(value, style.decimal) + eos
-        if name in self.config.nc_tape_results:
-            return self.reader.value_tokens(int("".join(str(d) for d in reversed(value)) or "0"), style.decimal) + eos
-        return self.reader.list_tokens(value, style) + eos
+            text = self.reader.value_text(value, style.decimal)
+        else:
+            text = self.reader.list_text(value, style)
+        return tuple(self.reader.text_tokens(lead + text) + eos for lead in ("", " ")[: self._variants])
+
+
+def _describe(operand: Operand) -> str:
+    """An operand in a sentence: "a 12-digit number", "a list of 3 numbers"."""
+    if operand.kind == "list":
+        return f"a list of {len(operand.items)} number{'s' if len(operand.items) != 1 else ''}"
+    digits = len(operand.items[0].lstrip("-"))
+    return f"a {'negative ' if operand.items[0].startswith('-') else ''}{digits}-digit number"
+
+
+def _argument(kind: str, operand: Operand, alone: bool):
+    """What a parameter of ``kind`` receives from ``operand`` (an int or a number parameter a number, a list or
+    numbers parameter a list, or the number when it is ``alone``, the only operand: a one-item list), or None if
+    the operand is not of that kind. Whether the machine can hold it (an int parameter takes values in [0, V)) is
+    ``Library.call_problem``'s to say."""
+    if kind in ("int", "tape"):
+        return operand.number if operand.kind == "number" else None
+    if operand.kind == "list":
+        return tuple(operand.values)
+    return (operand.number,) if alone else None
 
 
 @dataclass(frozen=True)
 class LibraryCall:
     """A call the interpreter can make: a program (index in ``nc_programs``) on arguments (ints, and tuples of ints
-    for lists and digit tapes); a result is written the way its operands were written."""
+    for lists); a result is written the way its operands were written."""
 
     program: int
     arguments: tuple
@@ -931,18 +1206,20 @@ class LibraryCall:
 class _Choice:
     call: LibraryCall
     operands: tuple[int, ...]  # per parameter: the index of the operand it reads
+    problem: Optional[str] = None  # why the machine cannot take this call (it is then never run)
 
 
 class _Menu:
     """The calls that fit one set of operands: programs [C], operand slots [C, S] (-1: unused slot) and the programs
-    among all P that have a call here [P] for scoring, and the result tokens [C, W] of those executed so far."""
+    among all P that have a call here [P] for scoring, and the result tokens [C, variants, W] of those executed so
+    far."""
 
-    def __init__(self, choices: list[_Choice], slots: int, window: int, num_programs: int):
+    def __init__(self, choices: list[_Choice], slots: int, window: int, num_programs: int, variants: int = 1):
         self.choices = choices
         self.programs = torch.tensor([c.call.program for c in choices])
         self.fits = torch.zeros(num_programs, dtype=torch.bool).index_fill(0, self.programs, True)
         self.slots = torch.tensor([list(c.operands) + [-1] * (slots - len(c.operands)) for c in choices]).view(len(choices), slots)
-        self.tokens = torch.full((len(choices), window), -1, dtype=torch.long)
+        self.tokens = torch.full((len(choices), variants, window), -1, dtype=torch.long)
         self.done = [False] * len(choices)
 
 
@@ -954,6 +1231,7 @@ class RecordedCall:
     operands: list  # the Operand each parameter read (None with the projection reader)
     probability: float
     tokens: list[int]
+    problem: Optional[str] = None  # why it was not run, if the machine cannot take it
 
 
 @dataclass

@@ -54,6 +54,9 @@ WEIGHT_NAMES: tuple[str, ...] = ("op", "dst", "a", "b", "c", "branch", "target",
 # Compiled programs are exactly one-hot (chosen logit 0, others -inf), so soft execution equals hard execution.
 # ``Program.soften`` gives them finite logits, so that gradients can adapt them.
 DEFAULT_SHARPNESS = float("inf")
+#: What a parameter or a result is: an int, a list of ints, a signed number of any length ("tape": [sign, digits
+#: least significant first]) or a list of such numbers ("numbers": [w, then a sign and w digits per item]).
+KINDS = ("int", "list", "tape", "numbers")
 
 
 class ProgramError(ValueError):
@@ -90,8 +93,8 @@ class Program:
     """One compiled function: its signature and source, and its tensor form (``weights``, logits per field)."""
 
     name: str
-    params: list[tuple[str, str]]  # (name, "int" | "list")
-    returns: str  # "int" | "list"
+    params: list[tuple[str, str]]  # (name, kind): one of KINDS
+    returns: str  # one of KINDS
     callees: list[str]
     num_registers: int
     num_args: int
@@ -268,7 +271,7 @@ def format_assembly(program: Program) -> str:
     return "\n".join(lines)
 
 
-_HEADER = re.compile(r"^def\s+(\w+)\((.*)\)\s*->\s*(int|list)\s*$")
+_HEADER = re.compile(r"^def\s+(\w+)\((.*)\)\s*->\s*(int|list|tape|numbers)\s*$")
 _BRANCH = re.compile(r"^(.*?)\s*\b(jz|jnz|jmp)\s+(\d+)\s*$")
 _MEM = re.compile(r"^\[\s*(\S+)\s*\+\s*(\S+)\s*\]$")
 
@@ -280,11 +283,13 @@ def parse_assembly(
     rows = [ln.rstrip() for ln in text.strip().splitlines() if ln.strip()]
     header = _HEADER.match(rows[0]) if rows else None
     if not header:
-        raise ProgramError(f"line 1: expected 'def name(params) -> int|list', got {rows[0] if rows else ''!r}")
+        raise ProgramError(f"line 1: expected 'def name(params) -> int|list|tape|numbers', got {rows[0] if rows else ''!r}")
     name, params_text, returns = header.groups()
     params = []
     for p in filter(None, (s.strip() for s in params_text.split(","))):
         pname, _, ptype = (s.strip() for s in p.partition(":"))
+        if ptype not in KINDS:
+            raise ProgramError(f"line 1: parameter {pname!r} has kind {ptype!r}, not one of {', '.join(KINDS)}")
         params.append((pname, ptype))
     body = rows[1:]
     consts: list[int] = []
