@@ -144,3 +144,19 @@ def smollm2_folder(tmp_path_factory):
     finally:
         torch.set_num_threads(previous)
     return folder
+
+
+@pytest.fixture
+def isolated_hf_home(tmp_path, monkeypatch):
+    """A fresh HF_HOME (Hub cache, token) for a push and download, with no token or offline flag from outside."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf_home"
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return home

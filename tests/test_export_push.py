@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 import yaml
-from huggingface_hub import constants
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hub_double import HubDouble, pointed_at
@@ -39,15 +38,7 @@ def test_the_folder_is_a_complete_hub_repo(exported):
     assert 'from_pretrained("org/nclama-tiny", trust_remote_code=True)' in card
 
 
-def test_push_then_load_from_the_hub(exported, tmp_path, monkeypatch, capsys):
-    home = tmp_path / "hf_home"
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+def test_push_then_load_from_the_hub(exported, tmp_path, monkeypatch, capsys, isolated_hf_home):
     with HubDouble() as hub, pointed_at(hub.endpoint):
         assert main(["push", str(exported), "--repo-id", "org/nclama-tiny", "--token", "wrong"]) == 2
         assert "token" in capsys.readouterr().err.lower()

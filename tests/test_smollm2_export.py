@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from huggingface_hub import constants, snapshot_download
+from huggingface_hub import snapshot_download
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
@@ -174,15 +174,8 @@ def bare_environment(path: Path) -> Path:
 
 @pytest.mark.timeout(900)
 def test_the_pushed_model_loads_offline_in_a_bare_environment_and_answers_as_trained(exports, trained, tmp_path,
-                                                                                    monkeypatch, capsys):
-    home = tmp_path / "hf_home"
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+                                                                                    monkeypatch, capsys, isolated_hf_home):
+    home = isolated_hf_home
     with HubDouble() as hub, pointed_at(hub.endpoint):
         assert main(["push", str(exports / "joined"), "--repo-id", REPO, "--token", hub.token]) == 0
         assert "pushed" in capsys.readouterr().out
