@@ -33,6 +33,7 @@ MODEL_CARD = Path(__file__).resolve().parents[1] / "hub_assets" / "templates" / 
 BASELINE_CARD = MODEL_CARD.with_name("baseline_card.md")
 EVAL_RESULTS = "eval_results.json"  # written by evaluation: {"rows": [{"task": ..., "length": ..., "exact_match": ...}]}
 ADVERSARIAL_RESULTS = "adversarial_results.json"  # written by evaluation.evaluate_adversarial, beside EVAL_RESULTS
+ADVERSARIAL_CHAT_RESULTS = "adversarial_chat_results.json"  # the same, asked in the chat template
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map from tensor name to file
 ADDITIONS_RECORD = "nclama_additions.json"  # an additions folder's record of its base and of the full weights
@@ -172,7 +173,7 @@ def export_model(model_dir: Union[str, Path], output: Union[str, Path], *, repo_
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     tok.save_pretrained(output)
-    for results in (EVAL_RESULTS, ADVERSARIAL_RESULTS):
+    for results in (EVAL_RESULTS, ADVERSARIAL_RESULTS, ADVERSARIAL_CHAT_RESULTS):
         if (model_dir / results).is_file():
             (output / results).write_bytes((model_dir / results).read_bytes())
     if base_info and (base_info["path"] / BASE_LICENSE).is_file():  # Apache-2.0 asks that copies carry it
@@ -301,24 +302,31 @@ def join_additions(additions_dir: Union[str, Path], base: Union[str, Path], outp
 
 
 def evaluation_table(eval_results: Path) -> str:
-    """The model card's evaluation section: exact match per task, split and length (``nclama eval`` results), and the
-    adversarial set's summary when ``adversarial_results.json`` lies beside them."""
+    """The model card's evaluation section: exact match per task, split, form (plain or chat) and length (``nclama
+    eval`` results), and the adversarial set's summary per form when its results lie beside them."""
     if not eval_results.is_file():
         return "No evaluation results recorded for this checkpoint yet (`nclama eval` writes them)."
     rows = json.loads(eval_results.read_text())["rows"]
-    lines = ["| task | templates | length | examples | exact match |", "| --- | --- | ---: | ---: | ---: |"]
-    lines += [f"| {r['task']} | {r.get('split', 'train')} | {r['length']} | {r.get('n', '')} | {100 * r['exact_match']:.1f}% |" for r in rows]
-    adversarial = eval_results.parent / ADVERSARIAL_RESULTS
-    if adversarial.is_file():
+    lines = ["| task | templates | form | length | examples | exact match |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['task']} | {r.get('split', 'train')} | {r.get('form', 'plain')} | {r['length']} | {r.get('n', '')} "
+              f"| {100 * r['exact_match']:.1f}% |" for r in rows]
+    for name, form in ((ADVERSARIAL_RESULTS, ""), (ADVERSARIAL_CHAT_RESULTS, ", asked in the chat template")):
+        adversarial = eval_results.parent / name
+        if not adversarial.is_file():
+            continue
         result = json.loads(adversarial.read_text())
         computable = sum(case["computable"] for case in result["cases"].values())
-        lines += ["", f"Adversarial set (`configuration/adversarial.jsonl`, {result['n']} prompts): exact match "
+        lines += ["", f"Adversarial set (`configuration/adversarial.jsonl`, {result['n']} prompts{form}): exact match "
                   f"{100 * result['computable_exact_match']:.1f}% on the {computable} the library can compute; "
-                  f"**{result['wrong_with_gate_open']}** wrong answers given with the library's gate open.", "",
-                  "| case | prompts | computable | exact match | wrong with gate open |", "| --- | ---: | ---: | ---: | ---: |"]
-        for name, case in result["cases"].items():
+                  f"**{result['wrong_with_gate_open']}** wrong answers given by the library (its weight in a token, "
+                  "the gate times its calls' mass, at least 0.5).", "",
+                  "| case | prompts | computable | exact match | wrong from the library |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for case_name, case in result["cases"].items():
             exact = "" if case["exact_match"] is None else f"{100 * case['exact_match']:.1f}%"
-            lines.append(f"| {name} | {case['n']} | {case['computable']} | {exact} | {case['wrong_with_gate_open']} |")
+            lines.append(f"| {case_name} | {case['n']} | {case['computable']} | {exact} | "
+                         f"{case['wrong_with_gate_open']} |")
     return "\n".join(lines)
 
 

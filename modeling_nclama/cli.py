@@ -15,10 +15,10 @@
   nclama export MODEL_DIR --additions-only --base BASE_DIR -o DIR [--repo-id ORG/NAME]
                                                      only what NCLlama adds to its base (a few MB to commit)
   nclama push HUB_DIR --repo-id ORG/NAME [--private] [--revision B]   upload it to the Hub
-  nclama eval MODEL [--tasks T...] [--lengths L...] [--n N] [--split train|heldout] [--seed S]
+  nclama eval MODEL [--tasks T...] [--lengths L...] [--n N] [--split train|heldout] [--seed S] [--chat]
                     [--output-dir DIR] [--batch-size B] [--max-new-tokens M]
                                                      exact match per task and length (table + files)
-  nclama eval MODEL --adversarial [FILE.jsonl] [--n N] [--output-dir DIR]
+  nclama eval MODEL --adversarial [FILE.jsonl] [--n N] [--chat] [--output-dir DIR]
                                                      the adversarial set, per case (adversarial_results.json/.md)
   nclama train --recipe RECIPE.yaml --output-dir DIR [--resume] [--max-steps N] [--set KEY=VALUE ...]
                                                      fine-tune with transformers.Trainer (torchrun for DDP)
@@ -253,8 +253,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _eval_tokenizer(args):
+    """The model's tokenizer; with ``--chat`` it must have a chat template (checked before the model loads)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"--chat: the tokenizer of {args.model} has no chat template: chat-form prompts need an "
+                         "instruct model's tokenizer")
+    return tokenizer
+
+
 def _cmd_eval_adversarial(args) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .adversarial import load_adversarial
     from .evaluation import evaluate_adversarial, format_adversarial, write_adversarial_results
@@ -268,10 +279,10 @@ def _cmd_eval_adversarial(args) -> int:
             if seen[row["case"]] <= args.n:
                 kept.append(row)
         rows = kept
+    tokenizer = _eval_tokenizer(args)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     result = evaluate_adversarial(model, tokenizer, rows, max_new_tokens=args.max_new_tokens,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, chat=args.chat)
     print(format_adversarial(result).split("\n\n## ", 1)[0])  # the summary table (the file has every row)
     paths = write_adversarial_results(result, args.output_dir or args.model)
     print(f"\nwrote {paths[0]} and {paths[1]}")
@@ -279,7 +290,7 @@ def _cmd_eval_adversarial(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .evaluation import evaluate_model, format_table, write_results
     from .tasks import validate
@@ -287,11 +298,12 @@ def _cmd_eval(args) -> int:
     if args.adversarial is not None:
         return _cmd_eval_adversarial(args)
     validate(args.tasks, args.lengths, args.split, args.max_value)  # a bad request fails before the model loads
+    tokenizer = _eval_tokenizer(args)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     rows = evaluate_model(model, tokenizer, tasks=args.tasks, lengths=args.lengths, n_per_length=args.n or 50,
                           seed=args.seed, split=args.split, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens, tool_calls=args.tool_calls, max_value=args.max_value)
+                          max_new_tokens=args.max_new_tokens, tool_calls=args.tool_calls, max_value=args.max_value,
+                          chat=args.chat)
     print(format_table(rows))
     paths = write_results(rows, args.output_dir or args.model, merge=args.merge)
     print(f"\nwrote {paths[0]} and {paths[1]}")
@@ -412,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=None,
                    help="examples per (task, length), default 50; with --adversarial: at most N rows per case (default all)")
     p.add_argument("--split", choices=SPLITS, default="train", help="heldout: the evaluation-only templates")
+    p.add_argument("--chat", action="store_true",
+                   help="ask in the tokenizer's chat template (the rows say form: chat; the adversarial set's files "
+                        "are adversarial_chat_results.*)")
     p.add_argument("--tool-calls", action="store_true", help="the model writes a call ([[a+b]]) that Python answers (the tool-use baseline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default=None, help="where eval_results.json/.md go (default: the model folder)")

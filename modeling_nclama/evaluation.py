@@ -21,11 +21,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .checkpoints import ADVERSARIAL_RESULTS, EVAL_RESULTS
+from .checkpoints import ADVERSARIAL_CHAT_RESULTS, ADVERSARIAL_RESULTS, EVAL_RESULTS
 from .tasks import EVAL_LENGTHS, TASKS, chat_example, make_dataset, validate
 from .tool_use import answer_call, tool_text
 
-__all__ = ["END_MARKERS", "RESULTS_JSON", "RESULTS_MD", "ADVERSARIAL_JSON", "ADVERSARIAL_MD", "GATE_OPEN",
+__all__ = ["END_MARKERS", "RESULTS_JSON", "RESULTS_MD", "ADVERSARIAL_JSON", "ADVERSARIAL_MD", "ADVERSARIAL_CHAT_JSON",
+           "ADVERSARIAL_CHAT_MD", "GATE_OPEN",
            "answer_text", "exact_match", "evaluate_model", "format_table", "write_results", "evaluate_adversarial",
            "format_adversarial", "write_adversarial_results"]
 
@@ -36,6 +37,7 @@ RESULTS_JSON = EVAL_RESULTS  # the model card's table (checkpoints.model_card) r
 RESULTS_MD = "eval_results.md"
 ADVERSARIAL_JSON = ADVERSARIAL_RESULTS  # the model card reads it too
 ADVERSARIAL_MD = "adversarial_results.md"
+ADVERSARIAL_CHAT_JSON, ADVERSARIAL_CHAT_MD = ADVERSARIAL_CHAT_RESULTS, "adversarial_chat_results.md"
 #: A token's gate at or above this, with a library call proposed there, is the library answering.
 GATE_OPEN = 0.5
 
@@ -198,9 +200,9 @@ def _row_budget(tokenizer, row: dict) -> int:
 
 
 def _gate_open_rows(trace: Sequence[dict]) -> list[dict]:
-    """The trace rows (one per generated token) where the library answered: the gate at least :data:`GATE_OPEN`
-    and a call proposed."""
-    return [row for row in trace if float(row.get("gate", 0.0)) >= GATE_OPEN and row.get("calls")]
+    """The trace rows (one per generated token) where the library answered: its weight in the token's mixture (the
+    gate times the mass its calls' results propose; a failed call proposes nothing) at least :data:`GATE_OPEN`."""
+    return [row for row in trace if float(row.get("library_weight", 0.0)) >= GATE_OPEN and row.get("calls")]
 
 
 def _traces(model) -> bool:
@@ -215,7 +217,9 @@ def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_toke
     defaults to what the row's right answer needs, :data:`NOTHING_BUDGET` where there is none). A model with
     ``generate_with_trace`` (an NCLlama with a library) generates one row at a time with its trace, whose rows (one
     per generated token) carry ``gate`` and ``calls``; other models generate in batches of ``batch_size`` and have
-    no gate. A row's ``gate_open``: some generated token has gate >= :data:`GATE_OPEN` and a non-empty ``calls``.
+    no gate. A row's ``gate_open``: the library answered some generated token (``library_weight``, the gate as the
+    mixture applies it, >= :data:`GATE_OPEN`; a raw gate that is open while the calls failed leaves the token to the
+    language model, and the trace's ``no_call_reason`` says so).
     ``wrong_with_gate_open``: the answer is wrong (a computable row not matched exactly, or a row with nothing to
     compute answered at all) and the gate was open. With ``chat`` every prompt is asked in the tokenizer's chat
     template (``tasks.chat_prompt``); the rows keep their plain prompt.
@@ -298,7 +302,7 @@ def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_toke
     return {"cases": cases, "n": len(scored),
             "computable_exact_match": sum(c["exact"] for c in cases.values()) / computable if computable else None,
             "wrong_with_gate_open": sum(c["wrong_with_gate_open"] for c in cases.values()), "traced": traced,
-            "rows": scored}
+            "form": "chat" if chat else "plain", "rows": scored}
 
 
 def _cell(value) -> str:
@@ -336,10 +340,13 @@ def format_adversarial(result: dict) -> str:
 
 
 def write_adversarial_results(result: dict, out_dir: Union[str, Path]) -> tuple[Path, Path]:
-    """``adversarial_results.json`` (the result of :func:`evaluate_adversarial`) and ``adversarial_results.md``."""
+    """``adversarial_results.json`` (the result of :func:`evaluate_adversarial`) and ``adversarial_results.md``;
+    ``adversarial_chat_results.*`` for a result of chat prompts, so that both forms' results stay side by side."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / ADVERSARIAL_JSON, out_dir / ADVERSARIAL_MD
+    names = (ADVERSARIAL_CHAT_JSON, ADVERSARIAL_CHAT_MD) if result.get("form") == "chat" else (ADVERSARIAL_JSON,
+                                                                                               ADVERSARIAL_MD)
+    json_path, md_path = out_dir / names[0], out_dir / names[1]
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     md_path.write_text(format_adversarial(result) + "\n")
     return json_path, md_path

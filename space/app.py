@@ -55,10 +55,10 @@ def token_summary(trace: dict, index: int) -> str:
     """What happened at one generated token, in words."""
     row = trace["tokens"][index]
     sequence = trace["sequence"]
-    source = "the library" if row["gate"] >= 0.5 else "the language model"
+    source = "the library" if row["library_weight"] >= 0.5 else "the language model"
     lines = [
-        f"**Token {index + 1} of {len(trace['tokens'])}: `{row['text']!r}`**, gate **{row['gate']:.3f}** "
-        f"(mostly {source}).",
+        f"**Token {index + 1} of {len(trace['tokens'])}: `{row['text']!r}`**, gate **{row['gate']:.3f}**, the "
+        f"library's weight in this token **{row['library_weight']:.3f}** (mostly {source}).",
         f"It answers the call made at position {row['site']} (`{sequence[row['site']]!r}`, probability "
         f"{row['site_probability']:.3f}): token {row['offset'] + 1} of that call's result.",
     ]

@@ -182,6 +182,25 @@ def test_no_call_starts_at_an_answers_last_token(tok, make_llama, lib):
     assert int(stepped[last].argmax()) == last - 1 and int(stepped[last + 1].argmax()) == last + 1
 
 
+def test_positions_whose_calls_do_not_run_start_no_answer(tok, make_llama, lib):
+    """Inside a long answer every separator keeps a little new-site mass; its calls weigh too little to run, so it
+    starts no answer and the answer's site keeps its whole mass (else it would drain by that little at every item)."""
+    arrow = tok(" ->", add_special_tokens=False)["input_ids"][-1]
+    model = open_model(tok, make_llama, lib, nc_programs=["sort_numbers"], nc_min_call_probability=0.05)
+    with torch.no_grad():
+        model.nc_heads.site_token.weight.fill_(4.6)  # every position continues the answer before it with c = 0.99,
+        model.nc_heads.site_token.weight[arrow] = -30.0  # but the arrow starts one
+    prompt = tok("sort: 5 3 9 1 ->")["input_ids"]
+    assert prompt[-1] == arrow
+    ids = prompt + tok(" 1 3 5 9", add_special_tokens=False)["input_ids"]
+    site = len(prompt) - 1
+    answered = [float(_sites(model, ids).site_probs[0, t, t - site]) for t in range(len(prompt), len(ids))]
+    assert min(answered) > 0.999
+    model.config.nc_min_call_probability = 0.0  # every call runs: each position starts an answer with 1 - c
+    drained = [float(_sites(model, ids).site_probs[0, t, t - site]) for t in range(len(prompt), len(ids))]
+    assert drained[-1] == pytest.approx(0.99 ** len(drained), rel=1e-2) and drained[-1] < 0.95
+
+
 def test_a_prompt_that_goes_on_past_a_calls_result_is_read_as_usual(tok, make_llama, lib):
     """"1+2=": the call at "+" reads 1 + 1, whose result "2" the prompt then happens to write; the prompt goes on,
     and "=" starts the answer that is asked for."""

@@ -200,6 +200,33 @@ def test_nclama_eval_writes_where_asked(nclama_folder, tmp_path, capsys):
     assert [(r["task"], r["length"], r["split"]) for r in rows] == [("fib", 0, "heldout"), ("fib", 1, "heldout")]
 
 
+def test_nclama_eval_chat(nclama_folder, tmp_path, capsys):
+    """--chat asks in the tokenizer's chat template: the rows say so, and the adversarial set's files are apart."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "chat-model"
+    shutil.copytree(nclama_folder, folder, ignore=shutil.ignore_patterns("eval_results.*", "adversarial_*"))
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+    tok.save_pretrained(folder)
+    assert main(["eval", str(folder), "--tasks", "add", "--lengths", "1", "--n", "2", "--chat"]) == 0
+    assert main(["eval", str(folder), "--tasks", "add", "--lengths", "1", "--n", "2", "--merge"]) == 0
+    rows = json.loads((folder / "eval_results.json").read_text())["rows"]
+    assert sorted(r.get("form", "plain") for r in rows) == ["chat", "plain"]  # both kept, side by side
+    assert "| add | train, chat |" in (folder / "eval_results.md").read_text()
+    assert main(["eval", str(folder), "--adversarial", "--n", "1", "--chat"]) == 0
+    chat = json.loads((folder / "adversarial_chat_results.json").read_text())
+    assert chat["form"] == "chat" and chat["n"] == 8 and not (folder / "adversarial_results.json").exists()
+    assert not any("assistant:" in row["prompt"] for row in chat["rows"])  # the rows keep the plain prompts
+    capsys.readouterr()
+    assert main(["eval", str(nclama_folder), "--tasks", "add", "--lengths", "1", "--n", "1", "--chat",
+                 "--output-dir", str(tmp_path / "none")]) == 2
+    assert "has no chat template: chat-form prompts" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "add", "divide"], "unknown task 'divide'"),
     (["--lengths", "0"], "length 0 is not valid for add"),
@@ -297,8 +324,12 @@ class TraceStub(torch.nn.Module):
         new = (self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_token_id])[:max_new_tokens]
         trace = []
         for i, token in enumerate(new):
-            row = {"position": input_ids.shape[1] + i, "token": token, "gate": gates[min(i, len(gates) - 1)],
-                   "calls": [{"program": p, "probability": q, "status": "ok", "result": 1} for p, q in calls]}
+            gate = gates[min(i, len(gates) - 1)]
+            ok = [(p, q) for p, q, *status in calls if not status]
+            row = {"position": input_ids.shape[1] + i, "token": token, "gate": gate,
+                   "library_weight": gate * sum(q for _, q in ok),
+                   "calls": [{"program": p, "probability": q, "status": status[0] if status else "ok",
+                              "result": None if status else 1} for p, q, *status in calls]}
             if reason:
                 row["no_call_reason"] = reason
             trace.append(row)
@@ -306,6 +337,7 @@ class TraceStub(torch.nn.Module):
 
 
 ADDER = [("long_add", 0.2), ("long_sub", 0.8)]
+FAILED = [("max_number", 0.98, "bad_result")]
 
 
 def _rows():
@@ -317,6 +349,8 @@ def _rows():
         {"prompt": "sorted([])=", "answer": "[]", "case": "empty_lists", "computable": True, "task": "sort"},
         {"prompt": "max([])=", "answer": None, "case": "empty_lists", "computable": False, "task": "max"},
         {"prompt": "min([])=", "answer": None, "case": "empty_lists", "computable": False, "task": "min"},
+        {"prompt": "What is the largest number in []?", "answer": None, "case": "empty_lists", "computable": False,
+         "task": "max"},
         {"prompt": "The meeting is at 10 in room 204.", "answer": None, "case": "nothing_to_compute",
          "computable": False, "task": None},
         {"prompt": "In 1969, 3 astronauts flew to the moon.", "answer": None, "case": "nothing_to_compute",
@@ -332,6 +366,7 @@ SCRIPT = {  # prompt: generated text, gates per token, calls at every token, no_
     "sorted([])=": ("[]\n", [0.0], [], None),                           # right, gate closed
     "max([])=": ("0\n", [0.8], [("max_number", 0.9)], None),            # an answer to nothing, gate open
     "min([])=": ("\n", [0.99], [("min_number", 0.9)], None),            # no answer: right to write nothing
+    "What is the largest number in []?": (" 0\n", [0.99], FAILED, "the library could not answer"),  # the LM's
     "The meeting is at 10 in room 204.": (" 214\n", [0.2], ADDER, None),  # an answer, gate closed
     "In 1969, 3 astronauts flew to the moon.": (" They landed.\n", [0.6], ADDER, None),  # words, gate open
 }
@@ -342,13 +377,13 @@ def test_adversarial_counts_exactly(tok):
     model.train()
     result = evaluate_adversarial(model, tok, _rows(), progress=False)
     assert model.training  # restored
-    assert result["traced"] and result["n"] == 9
+    assert result["traced"] and result["n"] == 10
     assert result["cases"] == {
         "negative_results": {"n": 1, "computable": 1, "exact": 1, "exact_match": 1.0, "answered": 0,
                              "gate_open": 1, "wrong_with_gate_open": 0},
         "negative_operands": {"n": 3, "computable": 3, "exact": 0, "exact_match": 0.0, "answered": 0,
                               "gate_open": 1, "wrong_with_gate_open": 1},
-        "empty_lists": {"n": 3, "computable": 1, "exact": 1, "exact_match": 1.0, "answered": 1,
+        "empty_lists": {"n": 4, "computable": 1, "exact": 1, "exact_match": 1.0, "answered": 2,
                         "gate_open": 2, "wrong_with_gate_open": 1},
         "nothing_to_compute": {"n": 2, "computable": 0, "exact": 0, "exact_match": None, "answered": 2,
                                "gate_open": 1, "wrong_with_gate_open": 1},
@@ -366,6 +401,10 @@ def test_adversarial_counts_exactly(tok):
     assert rows["max([])="]["exact"] is None and rows["max([])="]["wrong_with_gate_open"]
     assert rows["min([])="]["generated"] == "" and not rows["min([])="]["wrong_with_gate_open"]
     assert rows["In 1969, 3 astronauts flew to the moon."]["wrong_with_gate_open"]
+    # the gate open, but the call failed: the language model's answer, said so, is not the library's
+    failed = rows["What is the largest number in []?"]
+    assert failed["generated"] == "0" and failed["max_gate"] == 0.99 and not failed["gate_open"]
+    assert failed["no_call_reason"] == "the library could not answer"
     # the budget: what the right answer needs (separator, answer, stop, +1), 16 tokens where there is nothing
     budgets = dict(model.calls)
     assert budgets["max([])="] == evaluation.NOTHING_BUDGET
@@ -386,7 +425,7 @@ def test_adversarial_files(tok, tmp_path):
     assert md == format_adversarial(result) + "\n"
     assert "| negative_operands | 3 | 3 | 0.0% | 0 | 1 | 1 |" in md
     assert "| nothing_to_compute | 2 | 0 |  | 2 | 1 | 1 |" in md
-    assert "| all | 9 | 5 | 40.0% | 3 | 5 | 3 |" in md
+    assert "| all | 10 | 5 | 40.0% | 4 | 5 | 3 |" in md
     assert "## empty_lists" in md and "| max([])= |  | 0 |  | yes | 0.80 | max_number |" in md
 
 

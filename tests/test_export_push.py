@@ -19,8 +19,12 @@ RUNTIME = {"configuration_nclama.py", "modeling_nclama.py", "library.py", "machi
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     assert main(["init", "--preset", "tiny", "-o", str(root / "model")]) == 0
-    rows = [{"task": "add", "length": 10, "exact_match": 0.995, "n": 200}, {"task": "add", "split": "heldout", "length": 3, "exact_match": 0.98}]
+    rows = [{"task": "add", "length": 10, "exact_match": 0.995, "n": 200}, {"task": "add", "split": "heldout", "length": 3, "exact_match": 0.98},
+            {"task": "add", "length": 3, "exact_match": 0.9, "n": 50, "form": "chat"}]
     (root / "model" / "eval_results.json").write_text(json.dumps({"rows": rows}))
+    chat = {"n": 2, "computable_exact_match": 0.5, "wrong_with_gate_open": 1, "form": "chat",
+            "cases": {"negative_results": {"n": 2, "computable": 2, "exact_match": 0.5, "wrong_with_gate_open": 1}}}
+    (root / "model" / "adversarial_chat_results.json").write_text(json.dumps(chat))
     assert main(["export", str(root / "model"), "-o", str(root / "hub"), "--repo-id", "org/nclama-tiny"]) == 0
     return root / "hub"
 
@@ -34,7 +38,10 @@ def test_the_folder_is_a_complete_hub_repo(exported):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     assert "nclama" in meta["tags"] and meta["license"] == "apache-2.0"
-    assert "| add | train | 10 | 200 | 99.5% |" in card and "| add | heldout | 3 |  | 98.0% |" in card
+    assert "| add | train | plain | 10 | 200 | 99.5% |" in card and "| add | heldout | plain | 3 |  | 98.0% |" in card
+    assert "| add | train | chat | 3 | 50 | 90.0% |" in card  # the chat-template rows apart from the plain ones
+    assert "(`configuration/adversarial.jsonl`, 2 prompts, asked in the chat template): exact match 50.0%" in card
+    assert "| negative_results | 2 | 2 | 50.0% | 1 |" in card and "adversarial_chat_results.json" in files
     assert 'from_pretrained("org/nclama-tiny", trust_remote_code=True)' in card
 
 
@@ -67,7 +74,7 @@ def test_a_plain_llama_baseline_exports_with_its_own_card(tmp_path, make_llama):
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "eval_results.json"} <= files
     assert not RUNTIME & files  # a plain LLaMA needs no remote code
     card = (tmp_path / "hub" / "README.md").read_text()
-    assert "| add | train | 40 |  | 0.0% |" in card and "trust_remote_code" not in card
+    assert "| add | train | plain | 40 |  | 0.0% |" in card and "trust_remote_code" not in card
 
 
 def test_additions_only_then_join_gives_the_full_export(tmp_path, make_llama, std, capsys):

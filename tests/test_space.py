@@ -82,9 +82,9 @@ def test_generate_answers_every_example(client):
         answer, trace = client.predict(prompt, 24, api_name="/generate")
         if answer != expected or not all("calls" in token and "gate" in token for token in trace["tokens"]):
             wrong[prompt] = answer
-        called += any(token["calls"] and token["gate"] > 0.5 for token in trace["tokens"])
+        called += any(token["calls"] and token["library_weight"] > 0.5 for token in trace["tokens"])
     assert not wrong
-    # every answer but one comes from a library call with the gate open (the first token after "?" is the LM's
+    # every answer but one comes from a library call that answered (the first token after "?" is the LM's
     # space): the shipped model answers 7! from what it memorized (no call is made on "7!=")
     assert called >= len(CANONICAL) - 1
 
@@ -263,8 +263,8 @@ def test_a_browser_asks_and_sees_the_answer_and_its_trace(space, browser):
         # the trace of the first answer token: the gate, the call, the operands highlighted, the machine
         page.wait_for_selector("#heatmap img", timeout=60_000)
         summary = page.locator("#token-summary").inner_text()
-        gate = re.search(r"gate ([0-9.]+) \(mostly the library\)", summary)
-        assert "Token 1 of" in summary and gate and float(gate.group(1)) > 0.9 and "long_add(" in summary
+        weight = re.search(r"library's weight in this token ([0-9.]+) \(mostly the library\)", summary)
+        assert "Token 1 of" in summary and weight and float(weight.group(1)) > 0.9 and "long_add(" in summary
         highlighted = page.locator("#operands .token.highlighted .text").all_inner_texts()
         assert {"812", "73", "440", "6", "=", "856"} <= set(highlighted) and "+" not in highlighted
         legend = page.locator("#operands .legend-item").all_inner_texts()
