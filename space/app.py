@@ -1,9 +1,10 @@
 """NCLlama's Gradio Space: watch a language model call compiled programs, step by step.
 
-Generate: the answer streams token by token; for each token, the gate, the library calls with their probabilities,
-the operands (the prompt tokens they point at), and the machine's execution; beside it the answers of the plain
-baseline and of the same model with its library switched off. Library: every program's source and assembly, and a
-form to run it. Compile: Python functions compiled (AST only) and run.
+Generate: pick a model (``settings.py`` lists those offered; one not built yet says how to build it) and ask, as
+typed or in the model's chat template; the answer streams token by token; for each token, the gate, the library
+calls with their probabilities, the operands (the prompt tokens they point at), and the machine's execution; beside
+it the answers of the model's plain baseline and of the same model with its library switched off. Library: every
+program's source and assembly, and a form to run it. Compile: Python functions compiled (AST only) and run.
 
 The models run in worker processes (``workers.py``) under a per-request time limit; this process serves the UI and
 the API and draws the plots. Settings: ``settings.py`` (``NCLAMA_MODEL`` and friends). Run: ``python app.py``.
@@ -22,7 +23,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from settings import LIMITS, Settings  # noqa: E402
+from settings import DEFAULT_MODEL, LIMITS, OfferedModel, Settings  # noqa: E402
 from workers import Pool, RequestError  # noqa: E402
 
 TITLE = "NCLlama: a language model that runs compiled algorithms"
@@ -140,12 +141,34 @@ def heatmap(machine: Optional[dict]) -> Optional[Figure]:
     return figure
 
 
+def model_note(name: str, served: Optional[dict], model: OfferedModel) -> str:
+    """What the chosen model is and what it is compared with (``served``: what the workers report of it); for a model
+    not built yet, the commands that build it."""
+    if served is None:
+        return model.not_built(name)
+    note = (f"`{served['model']}` ({served['mode']} execution, values below {served['value_size']}), compared "
+            f"with its plain baseline `{served['baseline']}`.")
+    if served["chat"]:
+        note += " Its tokenizer has a chat template: *ask in the chat template* puts the prompt in the user's turn."
+    return note
+
+
+def baseline_label(served: Optional[dict]) -> str:
+    return f"Plain baseline ({served['baseline'].rstrip('/').split('/')[-1]})" if served else "Plain baseline"
+
+
 # ---------------------------------------------------------------------- the app
-def build_demo(pool: Pool) -> gr.Blocks:
-    """The UI and its API endpoints, on a pool whose workers serve ``engine.Engine``."""
+def build_demo(pool: Pool, models: dict[str, OfferedModel]) -> gr.Blocks:
+    """The UI and its API endpoints, on a pool whose workers serve ``engine.Engine`` with the built ones of
+    ``models`` (every model is listed; one not built says how to build it)."""
     info = pool.info()
+    served = info["models"]
     programs = {p["name"]: p for p in info["programs"]}
     worker = {"concurrency_id": "worker", "concurrency_limit": pool.size}
+
+    def check_built(model: str) -> None:
+        if model not in served:
+            raise gr.Error(models[model].not_built(model), title="Model not built")  # the radio refuses other names
 
     def ask(method: str, *args: Any) -> Any:
         try:
@@ -153,18 +176,29 @@ def build_demo(pool: Pool) -> gr.Blocks:
         except RequestError as error:
             raise gr.Error(str(error), title="Request refused") from None
 
-    def generate(prompt: str, max_new_tokens: float) -> Iterator[tuple[str, dict]]:
-        """Stream the answer of NCLlama to ``prompt``, then its per-token trace (JSON)."""
+    def generate(prompt: str, max_new_tokens: float, model: str = DEFAULT_MODEL,
+                 chat: bool = False) -> Iterator[tuple[str, dict]]:
+        """Stream the answer of the NCLlama ``model`` to ``prompt`` (put in its chat template if ``chat``), then its
+        per-token trace (JSON)."""
+        check_built(model)
         try:
-            for update in pool.stream("generate", prompt, max_new_tokens):
+            for update in pool.stream("generate", prompt, max_new_tokens, model, chat):
                 yield update["answer"], update
         except RequestError as error:
             raise gr.Error(str(error), title="Request refused") from None
 
-    def compare(prompt: str, max_new_tokens: float) -> tuple[str, str]:
-        """The answers of the plain baseline and of NCLlama with its library switched off."""
-        answers = ask("compare", prompt, max_new_tokens)
+    def compare(prompt: str, max_new_tokens: float, model: str = DEFAULT_MODEL, chat: bool = False) -> tuple[str, str]:
+        """The answers of ``model``'s plain baseline and of ``model`` with its library switched off."""
+        check_built(model)
+        answers = ask("compare", prompt, max_new_tokens, model, chat)
         return answers["baseline"], answers["library_off"]
+
+    def choose_model(name: str):
+        chosen = served.get(name)
+        chat_offered = bool(chosen and chosen["chat"])
+        return (model_note(name, chosen, models[name]), False, gr.Column(visible=chat_offered),
+                gr.Column(visible=chat_offered), gr.Textbox(label=baseline_label(chosen)),
+                gr.Button(interactive=chosen is not None))
 
     def show_trace(trace: dict):
         choices = token_choices(trace)
@@ -214,24 +248,34 @@ def build_demo(pool: Pool) -> gr.Blocks:
     private = {"api_visibility": "private", "concurrency_limit": 4}
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(
-            f"# {TITLE}\n`{info['model']}` calls programs compiled from Python inside its forward pass ({info['mode']} "
-            f"execution, values below {info['value_size']}); here you can see what it called, on which operands, how "
-            "the machine ran, and how each answer token came out."
+            f"# {TITLE}\nAn NCLlama model calls programs compiled from Python inside its forward pass; here you can "
+            "see what it called, on which operands, how the machine ran, and how each answer token came out."
         )
+        default = served[DEFAULT_MODEL]
         with gr.Tab("Generate"):
+            with gr.Row():
+                model = gr.Radio(list(models), value=DEFAULT_MODEL, label="Model", elem_id="model", scale=1)
+                note = gr.Markdown(model_note(DEFAULT_MODEL, default, models[DEFAULT_MODEL]), elem_id="model-note")
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt", value=info["examples"][0], elem_id="prompt", scale=4,
                                     max_length=LIMITS.prompt_chars)
                 max_new = gr.Slider(1, LIMITS.new_tokens, value=24, step=1, label="Max new tokens", scale=1)
+            # The chat option shows and hides with its column: a checkbox hidden itself would be hidden again by
+            # every example that sets it (an example restores its inputs as they were built).
+            with gr.Column(visible=default["chat"]) as chat_option:
+                chat = gr.Checkbox(False, label="Ask in the chat template", elem_id="chat")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             gr.Examples([[e] for e in info["examples"]], inputs=[prompt], label="Examples of every task",
                         examples_per_page=len(info["examples"]))
+            with gr.Column(visible=default["chat"]) as chat_examples:
+                gr.Examples([[e, True] for e in info["chat_examples"]], inputs=[prompt, chat],
+                            label="Chat-style questions (asked in the chat template)",
+                            examples_per_page=len(info["chat_examples"]))
             with gr.Row():
                 answer = gr.Textbox(label="NCLlama", elem_id="answer", interactive=False)
                 library_off = gr.Textbox(label="Same model, library switched off", elem_id="library-off",
                                          interactive=False)
-                baseline = gr.Textbox(label=f"Plain baseline ({info['baseline'].rstrip('/').split('/')[-1]})",
-                                      elem_id="baseline", interactive=False)
+                baseline = gr.Textbox(label=baseline_label(default), elem_id="baseline", interactive=False)
             tokens = gr.Radio(label="Generated tokens: pick one to see how it came out", elem_id="tokens",
                               choices=[])
             summary = gr.Markdown(elem_id="token-summary")
@@ -246,6 +290,7 @@ def build_demo(pool: Pool) -> gr.Blocks:
             with gr.Accordion("Trace (JSON, as the /generate endpoint returns it)", open=False):
                 trace = gr.JSON(elem_id="trace")
         with gr.Tab("Library"):
+            gr.Markdown(f"The library of `{default['model']}`.")
             first = next(iter(programs))
             signature0, source0, assembly0, args0 = program(first)
             with gr.Row():
@@ -281,10 +326,12 @@ def build_demo(pool: Pool) -> gr.Blocks:
             cc_assembly = gr.Code(label="Assembly", interactive=False)
             cc_table, cc_plot, cc_json = _run_view()
 
-        generated = gr.on([button.click, prompt.submit], generate, [prompt, max_new], [answer, trace],
+        model.change(choose_model, [model], [note, chat, chat_option, chat_examples, baseline, button], **private)
+        generated = gr.on([button.click, prompt.submit], generate, [prompt, max_new, model, chat], [answer, trace],
                           api_name="generate", **worker)
         generated.success(show_trace, [trace], [tokens, summary, sequence, calls, steps, plot], **private)
-        generated.success(compare, [prompt, max_new], [baseline, library_off], api_name="compare", **worker)
+        generated.success(compare, [prompt, max_new, model, chat], [baseline, library_off], api_name="compare",
+                          **worker)
         tokens.input(show_token, [trace, tokens], [summary, sequence, calls, steps, plot], **private)
 
         name.change(program, [name], [signature, source, assembly, arguments], api_name="program",
@@ -316,10 +363,10 @@ def _run_text(run: dict) -> str:
 
 def main() -> None:
     settings = Settings.from_env()
-    pool = Pool("engine:Engine", {"model": settings.model, "baseline": settings.baseline}, size=settings.workers,
-                time_limit=settings.time_limit)
+    built = {name: {"model": m.model, "baseline": m.baseline} for name, m in settings.built.items()}
+    pool = Pool("engine:Engine", {"models": built}, size=settings.workers, time_limit=settings.time_limit)
     atexit.register(pool.close)
-    demo = build_demo(pool)
+    demo = build_demo(pool, settings.models)
     demo.queue(max_size=settings.queue_size)
     demo.launch()  # host and port: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Space sets them)
 

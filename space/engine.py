@@ -1,5 +1,6 @@
-"""What the Space computes, inside a worker process: generation with its trace, the two comparison answers, library
-runs and compilation. Everything here returns plain JSON-able data.
+"""What the Space computes, inside a worker process: each offered model's generation with its trace (the prompt as
+typed, or in the model's chat template) and its two comparison answers, library runs and compilation. Everything
+here returns plain JSON-able data.
 
 Bad input raises ``ValueError`` with a message meant for the person (or API client) who sent it; the worker passes
 it on as the request's error.
@@ -7,48 +8,56 @@ it on as the request's error.
 from __future__ import annotations
 
 import ast
+import functools
 import queue
 import threading
 from typing import Any, Iterator, Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from modeling_nclama import Library
 from modeling_nclama.evaluation import answer_text
-from modeling_nclama.tasks import CANONICAL
+from modeling_nclama.tasks import CANONICAL, chat_prompt
+from modeling_nclama.training import prompt_ids
 from settings import LIMITS
 
 MODES = ("hard", "soft")
 
+#: Questions as a person would type them to a chat model (one of them in a held-out wording): the examples of a
+#: model that can be asked in its chat template.
+CHAT_EXAMPLES = [
+    "What is 81273 plus 4406?",
+    "What is 734 times 58?",
+    "Is 81273 less than 4406?",
+    "Put [5, 3, 9, 1] in increasing order.",
+    "What is the largest number in [5, 3, 9, 1, 1200]?",
+    "What is the sum of [5, 3, 9, 1]?",
+]
+
 
 class Engine:
-    """The NCLlama model, the same model with its library switched off, the plain baseline, and the library."""
+    """The offered NCLlama models (by name, the default first) and the default model's library (the Library tab).
 
-    def __init__(self, model: str, baseline: str):
-        torch.set_num_threads(1)  # tiny models: intra-op threads cost more than they give
-        self.model_name, self.baseline_name = model, baseline
-        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
-        self.model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
-        if getattr(self.model, "library", None) is None:
-            raise ValueError(f"{model} is not an NCLlama model with a library")
-        # The runtime calls the library only while one is attached: a second copy without it is the same trained
-        # network with the gate shut (no interpreter, no residual injection), its language model answering alone.
-        self.library_off = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
-        self.library_off.library = None
-        self.baseline_tokenizer = AutoTokenizer.from_pretrained(baseline)
-        self.baseline = AutoModelForCausalLM.from_pretrained(baseline).eval()
-        self.library = self.model.library
+    The default model loads at start (its library serves the Library tab); every other network, the first time a
+    request needs it."""
+
+    def __init__(self, models: dict[str, dict]):
+        torch.set_num_threads(1)  # small models: intra-op threads cost more than they give
+        if not models:
+            raise ValueError("no model to serve")
+        self.models = {name: ServedModel(name, **folders) for name, folders in models.items()}
+        self.default = next(iter(self.models.values()))
+        self.library = self.default.model.library
 
     def info(self) -> dict:
-        """What the web process shows without asking again: the programs, the examples, the models."""
+        """What the web process shows without asking again: the models, the examples, the default's programs."""
+        called = self.default.model.config.nc_programs
         return {
-            "model": self.model_name,
-            "baseline": self.baseline_name,
-            "mode": self.model.config.nc_mode,
-            "value_size": self.library.value_size,
+            "models": {name: model.info() for name, model in self.models.items()},
             "examples": [prompt for prompt, _ in CANONICAL],
+            "chat_examples": CHAT_EXAMPLES,
             "programs": [
                 {
                     "name": p.name,
@@ -56,115 +65,28 @@ class Engine:
                     "returns": p.returns,
                     "source": p.source,
                     "assembly": p.assembly(),
-                    "called_by_model": p.name in self.model.config.nc_programs,
+                    "called_by_model": p.name in called,
                 }
                 for p in self.library.programs
             ],
         }
 
-    # ------------------------------------------------------------------ generation
-    def generate(self, prompt: str, max_new_tokens: int) -> Iterator[dict]:
-        """The answer as it grows, one update per generated token, then the whole trace (``done``)."""
-        ids, max_new_tokens = self._prompt_ids(self.tokenizer, prompt, max_new_tokens)
-        streamer = _TokenQueue()
-        outcome: dict = {}
+    def generate(self, prompt: str, max_new_tokens: int, model: str, chat: bool) -> Iterator[dict]:
+        """The answer of ``model`` as it grows, one update per generated token, then the whole trace (``done``)."""
+        yield from self._model(model).generate(prompt, max_new_tokens, chat)
 
-        def work() -> None:
-            try:
-                outcome["sequence"] = self.model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                    do_sample=False, streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
-                )
-            except BaseException as error:  # handed to the caller below
-                outcome["error"] = error
-                streamer.end()
+    def compare(self, prompt: str, max_new_tokens: int, model: str, chat: bool) -> dict:
+        """The answers of ``model``'s plain baseline and of ``model`` with its library switched off."""
+        return self._model(model).compare(prompt, max_new_tokens, chat)
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        new: list[int] = []
-        while (token := streamer.tokens.get()) is not None:
-            new.append(token)
-            yield self._partial(prompt, ids[0].tolist(), new)
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        yield self._traced(prompt, outcome["sequence"][0], ids.shape[1])
-
-    def compare(self, prompt: str, max_new_tokens: int) -> dict:
-        """The answers of the plain baseline and of this model with its library switched off."""
-        return {
-            "baseline": self._answer(self.baseline, self.baseline_tokenizer, prompt, max_new_tokens),
-            "library_off": self._answer(self.library_off, self.tokenizer, prompt, max_new_tokens),
-        }
-
-    def _answer(self, model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-        ids, max_new_tokens = self._prompt_ids(tokenizer, prompt, max_new_tokens)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        return answer_text(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-
-    @staticmethod
-    def _prompt_ids(tokenizer, prompt: Any, max_new_tokens: Any) -> tuple[torch.Tensor, int]:
-        check_prompt(prompt)
-        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, LIMITS.new_tokens)
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        if ids.shape[1] > LIMITS.prompt_tokens:
-            raise ValueError(f"the prompt is {ids.shape[1]} tokens long; at most {LIMITS.prompt_tokens} are allowed")
-        return ids, max_new_tokens
-
-    def _texts(self, ids: list[int]) -> list[str]:
-        return [self.tokenizer.decode([i]) for i in ids]
-
-    def _partial(self, prompt: str, prompt_ids: list[int], new: list[int]) -> dict:
-        return {
-            "prompt": prompt,
-            "answer": answer_text(self.tokenizer.decode(new, skip_special_tokens=True)),
-            "prompt_length": len(prompt_ids),
-            "sequence": self._texts(prompt_ids + new),
-            "tokens": [{"position": len(prompt_ids) + i, "token": t, "text": text}
-                       for i, (t, text) in enumerate(zip(new, self._texts(new)))],
-            "machines": {},
-            "done": False,
-        }
-
-    def _traced(self, prompt: str, sequence: torch.Tensor, prompt_length: int) -> dict:
-        """Per generated token, what ``explain`` reports (less its text step table), with token texts, the calls'
-        results as text, each operand's parameter name, and the key of the top call's machine trace in
-        ``machines`` (one traced run per distinct call)."""
-        ids = sequence.tolist()
-        out = self._partial(prompt, ids[:prompt_length], ids[prompt_length:])
-        rows = self.model.explain(sequence, prompt_length, max_trace_rows=1)
-        for row, token in zip(rows, out["tokens"]):
-            row.pop("machine_trace", None)
-            row["text"] = token["text"]
-            for call in row["calls"]:
-                params = [name for name, _ in self.library[call["program"]].params]
-                for param, operand in zip(params, call["operands"]):
-                    operand["param"] = param
-                call["result_text"] = self.tokenizer.decode(call.pop("result_tokens"), skip_special_tokens=True)
-            row["machine"] = self._machine_for(row["calls"][0], out["machines"]) if row["calls"] else None
-        out["tokens"], out["done"] = rows, True
-        return out
-
-    def _machine_for(self, call: dict, machines: dict) -> Optional[str]:
-        if call["status"] != "ok":
-            return None
-        key = f"{call['program']}{call['arguments']}"
-        if key not in machines:
-            mode = self.model.config.nc_mode
-            steps = self.model.config.nc_max_steps if mode == "hard" else LIMITS.soft_steps
-            try:
-                _, trace = self.library.run(call["program"], *call["arguments"], mode=mode, trace=True, max_steps=steps)
-            except RuntimeError as error:  # the soft machine may not halt within the Space's cap
-                machines[key] = {"error": str(error)}
-            else:
-                machines[key] = trace_json(trace, call["program"], call["arguments"], call["result"])
-        return key
+    def _model(self, name: Any) -> "ServedModel":
+        if not isinstance(name, str) or name not in self.models:
+            raise ValueError(f"no model {name!r} here; the models offered are: {', '.join(self.models)}")
+        return self.models[name]
 
     # ------------------------------------------------------------------ library and compiler
     def run_program(self, name: Any, arguments: Any, mode: Any, max_steps: Any) -> dict:
-        """Run a program of the model's library on arguments written as Python literals (``84, 36``)."""
+        """Run a program of the default model's library on arguments written as Python literals (``84, 36``)."""
         if not isinstance(name, str) or name not in self.library:
             raise ValueError(f"no program {name!r} in the library; it has: {', '.join(self.library.names)}")
         return _run(self.library, name, parse_arguments(arguments), mode, max_steps)
@@ -190,6 +112,170 @@ class Engine:
             for p in library.programs
         ]
         return run
+
+
+class ServedModel:
+    """One NCLlama model, the same model with its library switched off, and its plain baseline.
+
+    The tokenizer and the configuration load at once (they are small, and say whether the model has a chat
+    template); the weights load when a request first needs them."""
+
+    def __init__(self, name: str, model: str, baseline: str):
+        self.name, self.source, self.baseline_source = name, model, baseline
+        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
+        self.config = AutoConfig.from_pretrained(model, trust_remote_code=True)
+        if not hasattr(self.config, "nc_mode"):
+            raise ValueError(f"{model} is not an NCLlama model")
+
+    @property
+    def chat(self) -> bool:
+        """Whether prompts can be asked in the tokenizer's chat template."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def info(self) -> dict:
+        return {"model": self.source, "baseline": self.baseline_source, "chat": self.chat,
+                "mode": self.config.nc_mode, "value_size": self.config.nc_value_size}
+
+    @functools.cached_property
+    def model(self):
+        model = AutoModelForCausalLM.from_pretrained(self.source, trust_remote_code=True).eval()
+        if getattr(model, "library", None) is None:
+            raise ValueError(f"{self.source} is not an NCLlama model with a library")
+        return model
+
+    @functools.cached_property
+    def library_off(self):
+        # The runtime calls the library only while one is attached: a second copy without it is the same trained
+        # network with the gate shut (no interpreter, no residual injection), its language model answering alone.
+        model = AutoModelForCausalLM.from_pretrained(self.source, trust_remote_code=True).eval()
+        model.library = None
+        return model
+
+    @functools.cached_property
+    def baseline(self) -> tuple:
+        """The plain baseline and its tokenizer."""
+        return (AutoModelForCausalLM.from_pretrained(self.baseline_source).eval(),
+                AutoTokenizer.from_pretrained(self.baseline_source))
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt: str, max_new_tokens: int, chat: bool) -> Iterator[dict]:
+        """The answer as it grows, one update per generated token, then the whole trace (``done``)."""
+        ids, max_new_tokens = _prompt_ids(self.tokenizer, prompt, max_new_tokens, chat, self.name)
+        model = self.model
+        streamer = _TokenQueue()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["sequence"] = model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                    do_sample=False, streamer=streamer, pad_token_id=_pad_id(self.tokenizer),
+                )
+            except BaseException as error:  # handed to the caller below
+                outcome["error"] = error
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        new: list[int] = []
+        while (token := streamer.tokens.get()) is not None:
+            new.append(token)
+            yield self._partial(prompt, chat, ids[0].tolist(), new)
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield self._traced(prompt, chat, outcome["sequence"][0], ids.shape[1])
+
+    def compare(self, prompt: str, max_new_tokens: int, chat: bool) -> dict:
+        """The answers of the plain baseline and of this model with its library switched off."""
+        library_off = _answer(self.library_off, self.tokenizer, prompt, max_new_tokens, chat, self.name)
+        baseline, baseline_tokenizer = self.baseline
+        return {"baseline": _answer(baseline, baseline_tokenizer, prompt, max_new_tokens, chat,
+                                    f"the baseline {self.baseline_source}"),
+                "library_off": library_off}
+
+    def _texts(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def _partial(self, prompt: str, chat: bool, asked_ids: list[int], new: list[int]) -> dict:
+        return {
+            "model": self.name,
+            "prompt": prompt,
+            "chat": chat,
+            "answer": answer_text(self.tokenizer.decode(new, skip_special_tokens=True)),
+            "prompt_length": len(asked_ids),
+            "sequence": self._texts(asked_ids + new),
+            "tokens": [{"position": len(asked_ids) + i, "token": t, "text": text}
+                       for i, (t, text) in enumerate(zip(new, self._texts(new)))],
+            "machines": {},
+            "done": False,
+        }
+
+    def _traced(self, prompt: str, chat: bool, sequence: torch.Tensor, prompt_length: int) -> dict:
+        """Per generated token, what ``explain`` reports (less its text step table), with token texts, the calls'
+        results as text, each operand's parameter name, and the key of the top call's machine trace in
+        ``machines`` (one traced run per distinct call)."""
+        ids = sequence.tolist()
+        out = self._partial(prompt, chat, ids[:prompt_length], ids[prompt_length:])
+        rows = self.model.explain(sequence, prompt_length, max_trace_rows=1)
+        library = self.model.library
+        for row, token in zip(rows, out["tokens"]):
+            row.pop("machine_trace", None)
+            row["text"] = token["text"]
+            for call in row["calls"]:
+                params = [name for name, _ in library[call["program"]].params]
+                for param, operand in zip(params, call["operands"]):
+                    operand["param"] = param
+                call["result_text"] = self.tokenizer.decode(call.pop("result_tokens"), skip_special_tokens=True)
+            row["machine"] = self._machine_for(row["calls"][0], out["machines"]) if row["calls"] else None
+        out["tokens"], out["done"] = rows, True
+        return out
+
+    def _machine_for(self, call: dict, machines: dict) -> Optional[str]:
+        if call["status"] != "ok":
+            return None
+        key = f"{call['program']}{call['arguments']}"
+        if key not in machines:
+            mode = self.model.config.nc_mode
+            steps = self.model.config.nc_max_steps if mode == "hard" else LIMITS.soft_steps
+            try:
+                _, trace = self.model.library.run(call["program"], *call["arguments"], mode=mode, trace=True,
+                                                  max_steps=steps)
+            except RuntimeError as error:  # the soft machine may not halt within the Space's cap
+                machines[key] = {"error": str(error)}
+            else:
+                machines[key] = trace_json(trace, call["program"], call["arguments"], call["result"])
+        return key
+
+
+def _answer(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool, asked: str) -> str:
+    ids, max_new_tokens = _prompt_ids(tokenizer, prompt, max_new_tokens, chat, asked)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=_pad_id(tokenizer))
+    return answer_text(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+def _prompt_ids(tokenizer, prompt: Any, max_new_tokens: Any, chat: Any, asked: str) -> tuple[torch.Tensor, int]:
+    """The prompt's token ids as the model was trained on them (in the chat template if ``chat``), checked against
+    the limits; ``asked`` names the model for a refusal."""
+    check_prompt(prompt)
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, LIMITS.new_tokens)
+    if not isinstance(chat, bool):
+        raise ValueError(f"chat must be true or false, got {chat!r}")
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{asked} has no chat template: ask without it")
+    ids = torch.tensor(prompt_ids(tokenizer, [chat_prompt(prompt, tokenizer) if chat else prompt]))
+    if ids.shape[1] > LIMITS.prompt_tokens:
+        form = " in the chat template" if chat else ""
+        raise ValueError(
+            f"the prompt is {ids.shape[1]} tokens long{form}; at most {LIMITS.prompt_tokens} are allowed")
+    return ids, max_new_tokens
+
+
+def _pad_id(tokenizer) -> Optional[int]:
+    """The padding token, or the end of sequence for a tokenizer without one (as generation would take it)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 class _TokenQueue(BaseStreamer):

@@ -1,6 +1,8 @@
 """The Gradio Space (space/app.py), served on a local port with the shipped model: every API endpoint through
 gradio_client, good and bad input, streaming and queueing; then a real browser (Debian's chromium driven by
-Playwright) that asks a question and reads the answer and its trace."""
+Playwright) that asks a question and reads the answer and its trace. Then the second model, with a stand-in for the
+SmolLM2 one (not built in tests): asked as typed and in its chat template, loaded by the worker only when asked for;
+and the same model not built, listed with the commands that build it."""
 import os
 import re
 import shutil
@@ -10,21 +12,30 @@ from pathlib import Path
 
 import gradio_client
 import pytest
-from space_server import serve, stop
+from space_server import serve, space_module, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "hub_assets" / "nclama-tiny"
 BASELINE = ROOT / "hub_assets" / "llama-tiny-baseline"
 ARTIFACTS = ROOT / "out" / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
+SMOLLM2 = "nclama-smollm2-135m"
+BUILD_SMOLLM2 = ["nclama base smollm2-135m-instruct -o out/smollm2",
+                 "nclama export hub_assets/nclama-smollm2-135m --base out/smollm2 -o out/nclama-smollm2-135m-hub"]
+
+
+def serve_space(folder: Path, **settings: str) -> tuple[subprocess.Popen, str]:
+    """The Space served from the checkout as `make demo` does, with only ``settings`` among the NCLAMA_ variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NCLAMA_")}
+    return serve([sys.executable, "space/app.py"], ROOT, {**env, **settings}, folder / "space.log")
 
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
-    """The Space as `make demo` serves it: from the checkout, on the shipped models (no model setting)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NCLAMA_")}
-    log = tmp_path_factory.mktemp("space") / "space.log"
-    process, url = serve([sys.executable, "space/app.py"], ROOT, env, log)
+    """The Space as `make demo` serves it: from the checkout, on the shipped models; the SmolLM2 model's folder is
+    one that does not exist, so that it is the model not built here whatever this checkout holds."""
+    folder = tmp_path_factory.mktemp("space")
+    process, url = serve_space(folder, NCLAMA_SMOLLM2_MODEL=str(folder / "not-built"))
     yield url
     stop(process)
 
@@ -45,12 +56,19 @@ def refused(client, *args, api_name: str) -> str:
 def test_the_api_has_the_named_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/generate", "/compare", "/program", "/run_program", "/compile"} <= set(endpoints)
+    # the model and the chat form come last, with defaults, so that a call may leave them out
+    for name in ("/generate", "/compare"):
+        parameters = {p["parameter_name"]: p for p in endpoints[name]["parameters"]}
+        assert list(parameters) == ["prompt", "max_new_tokens", "model", "chat"]
+        assert parameters["model"]["parameter_default"] == "nclama-tiny"
+        assert parameters["chat"]["parameter_has_default"] and parameters["chat"]["parameter_default"] is False
 
 
 def test_generate_answers_the_canonical_addition_and_traces_it(client):
     answer, trace = client.predict("81273+4406=", 24, api_name="/generate")
     assert answer == "85679"
     assert trace["done"] and trace["answer"] == "85679"
+    assert trace["model"] == "nclama-tiny" and trace["chat"] is False
     sequence = trace["sequence"]
     assert "".join(sequence[trace["prompt_length"]:]).startswith("85679")
     first = trace["tokens"][0]
@@ -177,7 +195,10 @@ SPIN = "def spin(n):\n    while n < 255:\n        n = n + 0\n    return n\n"
     ("/generate", ("81273+4406=", 0), "less than minimum value 1"),
     ("/generate", ("81273+4406=", 65), "greater than maximum value 64"),
     ("/generate", ("81273+4406=", 2.5), "max_new_tokens must be a whole number from 1 to 64"),
+    ("/generate", ("81273+4406=", 24, "nclama-tiny", True), "nclama-tiny has no chat template: ask without it"),
+    ("/generate", ("81273+4406=", 24, "llama-7b"), "not in the list of choices"),
     ("/compare", ("", 24), "the prompt is empty"),
+    ("/compare", ("81273+4406=", 24, "nclama-tiny", True), "nclama-tiny has no chat template"),
     ("/program", ("no_such_program",), "not in the list of choices"),
     ("/run_program", ("gcd", "84", "hard", 100), "gcd takes 2 arguments"),
     ("/run_program", ("gcd", "84, x", "hard", 100), "unsupported argument 'x'"),
@@ -203,6 +224,13 @@ SPIN = "def spin(n):\n    while n < 255:\n        n = n + 0\n    return n\n"
 ])
 def test_bad_input_is_refused_with_a_clear_message(client, api_name, args, message):
     assert message in refused(client, *args, api_name=api_name)
+
+
+@pytest.mark.parametrize("api_name", ["/generate", "/compare"])
+def test_a_model_not_built_is_refused_with_the_commands_that_build_it(client, space, api_name):
+    message = refused(client, "What is 81273 plus 4406?", 24, SMOLLM2, True, api_name=api_name)
+    assert message.startswith(f"{SMOLLM2} is not built here") and "not-built` holds no config.json" in message
+    assert all(command in message for command in BUILD_SMOLLM2)
 
 
 def test_the_space_still_serves_after_bad_input(client):
@@ -287,6 +315,14 @@ def test_a_browser_asks_and_sees_the_answer_and_its_trace(space, browser):
         toast = page.locator("[data-testid=toast-body]").filter(has_text="the prompt is empty")
         toast.wait_for(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "space_error.png"))
+        # the model not built: its commands instead of a Generate button, and no chat option
+        page.locator("#model label").filter(has_text=SMOLLM2).click()
+        page.wait_for_function("document.querySelector('#model-note').innerText.includes('is not built here')")
+        note = page.locator("#model-note").inner_text()
+        assert all(command in note for command in BUILD_SMOLLM2)
+        page.wait_for_function("document.querySelector('#generate').disabled")
+        assert not page.locator("#chat").is_visible()
+        page.screenshot(path=str(ARTIFACTS / "space_not_built.png"))
     finally:
         page.close()
     assert (ARTIFACTS / "space_generate.png").stat().st_size > 10_000
@@ -301,3 +337,183 @@ def test_the_readme_api_examples_run_as_written(space, readme, after):
     exec(compile(block.replace("http://127.0.0.1:7860/", space), str(readme), "exec"), namespace)
     assert namespace["answer"] == "85679" and namespace["trace"]["tokens"][0]["calls"][0]["program"] == "long_add"
     assert namespace["signature"].startswith("`gcd(") and namespace["run"]["result"] is not None
+    assert namespace["trace"]["model"] == "nclama-tiny" and not namespace["trace"]["chat"]
+
+
+# ---------------------------------------------------------------------- two models: a stand-in for the SmolLM2 one
+# A chat template as simple as a chat model's, so that the tests can write out what it renders.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+
+
+def with_chat_template(folder: Path, copy: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    shutil.copytree(folder, copy)
+    tokenizer = AutoTokenizer.from_pretrained(copy, trust_remote_code=True)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def chat_models(tmp_path_factory) -> tuple[Path, Path]:
+    """Stand-ins for the SmolLM2 model and its plain base: the shipped nclama-tiny and its baseline, their tokenizers
+    given a chat template. The model carries the project's runtime, as an export made now does."""
+    folder = tmp_path_factory.mktemp("chat-models")
+    model = with_chat_template(SHIPPED, folder / "model")
+    for runtime in SHIPPED.glob("*.py"):
+        shutil.copyfile(ROOT / "modeling_nclama" / runtime.name, model / runtime.name)
+    return model, with_chat_template(BASELINE, folder / "baseline")
+
+
+@pytest.fixture(scope="module")
+def chat_space(tmp_path_factory, chat_models):
+    """The Space with both models: the shipped one (the default) and the stand-in as the SmolLM2 model."""
+    model, baseline = chat_models
+    process, url = serve_space(tmp_path_factory.mktemp("chat-space"), NCLAMA_SMOLLM2_MODEL=str(model),
+                               NCLAMA_SMOLLM2_BASELINE=str(baseline))
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def chat_client(chat_space):
+    return gradio_client.Client(chat_space, verbose=False)
+
+
+def test_the_settings_offer_the_smollm2_model_once_its_folder_is_built(monkeypatch, tmp_path):
+    settings = space_module("settings")
+    for variable in ("NCLAMA_MODEL", "NCLAMA_BASELINE", "NCLAMA_SMOLLM2_MODEL", "NCLAMA_SMOLLM2_BASELINE"):
+        monkeypatch.delenv(variable, raising=False)
+    models = settings.Settings.from_env().models
+    assert list(models) == ["nclama-tiny", SMOLLM2] and settings.DEFAULT_MODEL == "nclama-tiny"
+    assert models["nclama-tiny"].model == str(SHIPPED) and models["nclama-tiny"].baseline == str(BASELINE)
+    assert models["nclama-tiny"].built and models["nclama-tiny"].build == ()
+    assert models[SMOLLM2].model == str(ROOT / "out" / "nclama-smollm2-135m-hub")
+    assert models[SMOLLM2].baseline == str(ROOT / "out" / "smollm2") and list(models[SMOLLM2].build) == BUILD_SMOLLM2
+
+    monkeypatch.setenv("NCLAMA_SMOLLM2_MODEL", str(tmp_path / "model"))
+    monkeypatch.setenv("NCLAMA_SMOLLM2_BASELINE", str(tmp_path / "base"))
+    chosen = settings.Settings.from_env()
+    smollm2 = chosen.models[SMOLLM2]
+    assert (smollm2.model, smollm2.baseline) == (str(tmp_path / "model"), str(tmp_path / "base"))
+    assert not smollm2.built and list(chosen.built) == ["nclama-tiny"]
+    assert smollm2.not_built(SMOLLM2) == (
+        f"{SMOLLM2} is not built here: `{tmp_path / 'model'}` holds no config.json; build it from the project's root "
+        f"with `{BUILD_SMOLLM2[0]}`, then `{BUILD_SMOLLM2[1]}`")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert list(settings.Settings.from_env().built) == ["nclama-tiny", SMOLLM2]
+
+
+def test_a_worker_loads_a_model_the_first_time_a_request_names_it(chat_models, monkeypatch):
+    model, baseline = chat_models
+    monkeypatch.setitem(sys.modules, "settings", space_module("settings"))  # what engine.py imports, in a worker
+    engine = space_module("engine").Engine({
+        "nclama-tiny": {"model": str(SHIPPED), "baseline": str(BASELINE)},
+        SMOLLM2: {"model": str(model), "baseline": str(baseline)},
+    })
+    served = engine.models[SMOLLM2]
+    models = engine.info()["models"]
+    assert models[SMOLLM2]["chat"] and not models["nclama-tiny"]["chat"] and models[SMOLLM2]["model"] == str(model)
+    assert not {"model", "library_off", "baseline"} & set(vars(served))  # its tokenizer and configuration only
+    *_, trace = engine.generate("81273+4406=", 24, SMOLLM2, True)
+    assert trace["answer"] == "85679" and "model" in vars(served)
+    assert not {"library_off", "baseline"} & set(vars(served))  # what /compare needs waits for /compare
+
+
+def test_the_default_model_still_answers_beside_a_second_one(chat_client):
+    answer, trace = chat_client.predict("81273+4406=", 24, api_name="/generate")
+    assert answer == "85679" and trace["model"] == "nclama-tiny" and not trace["chat"]
+    assert "".join(trace["sequence"][:trace["prompt_length"]]) == "<|begin_of_text|>81273+4406="
+
+
+def test_a_chat_model_is_asked_in_its_chat_template_and_traced(chat_client):
+    answer, trace = chat_client.predict("81273+4406=", 24, SMOLLM2, True, api_name="/generate")
+    assert answer == "85679" and trace["model"] == SMOLLM2 and trace["chat"] and trace["prompt"] == "81273+4406="
+    sequence, prompt_length = trace["sequence"], trace["prompt_length"]
+    # the prompt tokens are the rendered template: the question in the user's turn, the assistant's turn begun
+    assert "".join(sequence[:prompt_length]) == "<|begin_of_text|>user: 81273+4406=\nassistant:"
+    first = trace["tokens"][0]
+    assert first["position"] == prompt_length and first["library_weight"] > 0.5
+    assert first["site"] == prompt_length - 1 and sequence[first["site"]] == ":"  # the end of "assistant:"
+    top = first["calls"][0]
+    assert top["program"] == "long_add" and top["status"] == "ok" and top["result_text"] == "85679"
+    # the operands point at the numbers inside the user's turn
+    pointed = sorted("".join(sequence[o["start"]:o["end"]]) for o in top["operands"])
+    user_turn = "".join(sequence[:min(o["start"] for o in top["operands"])])
+    assert pointed == ["4406", "81273"] and user_turn == "<|begin_of_text|>user: "
+    assert trace["machines"][first["machine"]]["program"] == "long_add"
+
+    # as typed, the same model's prompt is the question alone
+    answer, plain = chat_client.predict("81273+4406=", 24, SMOLLM2, False, api_name="/generate")
+    assert answer == "85679" and not plain["chat"]
+    assert "".join(plain["sequence"][:plain["prompt_length"]]) == "<|begin_of_text|>81273+4406="
+
+
+def _chat_answer(folder: Path, prompt: str, library: bool = True) -> str:
+    """What the model in ``folder`` answers to ``prompt`` in its chat template, computed here."""
+    import torch
+    from modeling_nclama.evaluation import answer_text
+    from modeling_nclama.tasks import chat_prompt
+    from modeling_nclama.training import prompt_ids
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    if not library:
+        model.library = None  # the runtime calls the library only while one is attached
+    ids = torch.tensor(prompt_ids(tokenizer, [chat_prompt(prompt, tokenizer)]))
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return answer_text(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+@pytest.mark.parametrize("question", ["What is 81273 plus 4406?", "Put [5, 3, 9, 1] in increasing order."])
+def test_chat_questions_get_the_answers_the_models_give_in_their_template(chat_client, chat_models, question):
+    model, baseline = chat_models
+    answer, trace = chat_client.predict(question, 24, SMOLLM2, True, api_name="/generate")
+    assert answer == _chat_answer(model, question)
+    assert "".join(trace["sequence"][:trace["prompt_length"]]) == f"<|begin_of_text|>user: {question}\nassistant:"
+    assert all(token["calls"] and "library_weight" in token for token in trace["tokens"])
+    plain_baseline, library_off = chat_client.predict(question, 24, SMOLLM2, True, api_name="/compare")
+    assert plain_baseline == _chat_answer(baseline, question)
+    assert library_off == _chat_answer(model, question, library=False)
+
+
+@pytest.mark.timeout(300)
+def test_a_browser_asks_a_chat_example_of_the_second_model(chat_space, chat_client, browser):
+    question = "Put [5, 3, 9, 1] in increasing order."
+    expected, _ = chat_client.predict(question, 24, SMOLLM2, True, api_name="/generate")
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    try:
+        page.goto(chat_space)
+        page.wait_for_selector("#model")
+        assert not page.locator("#chat").is_visible()  # the default model has no chat template
+        page.locator("#model label").filter(has_text=SMOLLM2).click()
+        page.locator("#chat").wait_for(state="visible")
+        assert "chat template" in page.locator("#model-note").inner_text()
+        assert not page.locator("#chat input").is_checked()
+        page.get_by_text(question).click()  # a chat-style example: the question, and the chat option ticked
+        page.wait_for_function("document.querySelector('#chat input').checked")
+        assert page.locator("#prompt textarea").input_value() == question
+        page.locator("#generate").click()
+        page.wait_for_selector("#heatmap img", timeout=120_000)
+        assert page.locator("#answer textarea").input_value() == expected
+        assert "Token 1 of" in page.locator("#token-summary").inner_text()
+        highlighted = page.locator("#operands .token .text").all_inner_texts()
+        assert "".join(highlighted).startswith("<|begin_of_text|>user: Put [5, 3, 9, 1]")  # the template's tokens
+        page.wait_for_function("document.querySelector('#baseline textarea').value !== ''", timeout=60_000)
+        assert "Plain baseline (baseline)" in page.locator("#baseline").inner_text()
+        page.wait_for_function("document.querySelectorAll('.pending').length === 0")
+        page.screenshot(path=str(ARTIFACTS / "space_chat.png"), full_page=True)
+        # back to the default model the chat option goes; it comes back unticked
+        page.locator("#model label").filter(has_text="nclama-tiny").click()
+        page.locator("#chat").wait_for(state="hidden")
+        page.locator("#model label").filter(has_text=SMOLLM2).click()
+        page.locator("#chat").wait_for(state="visible")
+        assert not page.locator("#chat input").is_checked()
+    finally:
+        page.close()
