@@ -20,6 +20,8 @@
                                                      exact match per task and length (table + files)
   nclama eval MODEL --adversarial [FILE.jsonl] [--n N] [--chat] [--output-dir DIR]
                                                      the adversarial set, per case (adversarial_results.json/.md)
+  nclama eval MODEL --against-base BASE_DIR [--output-dir DIR]
+                                                     prose continuations and perplexity against the base model
   nclama train --recipe RECIPE.yaml --output-dir DIR [--resume] [--max-steps N] [--set KEY=VALUE ...]
                                                      fine-tune with transformers.Trainer (torchrun for DDP)
   nclama bench ops|machine|model                     benchmarks (results belong in BENCHMARKS.md)
@@ -289,6 +291,30 @@ def _cmd_eval_adversarial(args) -> int:
     return 0
 
 
+def _cmd_eval_against_base(args) -> int:
+    from transformers import AutoModelForCausalLM
+
+    from .evaluation import BASE_RESULTS, evaluate_against_base, load_prose
+
+    prose = load_prose()
+    tokenizer = _eval_tokenizer(args)
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
+    base = AutoModelForCausalLM.from_pretrained(args.against_base)
+    result = evaluate_against_base(model, base, tokenizer, prose=prose, batch_size=args.batch_size)
+    perplexity = result["perplexity"]
+    print(f"greedy continuations ({result['max_new_tokens']} tokens) identical to the base's: "
+          f"{result['identical']} of {result['prompts']}")
+    print(f"perplexity of the prose passage: {perplexity['model']:.4f} (model), {perplexity['base']:.4f} (base), "
+          f"ratio {perplexity['ratio']:.4f}")
+    for row in result["differing"]:
+        print(f"  differs: {row['prompt']!r}: {row['model']!r} against {row['base']!r}")
+    out = Path(args.output_dir or args.model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BASE_RESULTS).write_text(json.dumps({"base": str(args.against_base), **result}, indent=1) + "\n")
+    print(f"\nwrote {out / BASE_RESULTS}")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from transformers import AutoModelForCausalLM
 
@@ -297,6 +323,8 @@ def _cmd_eval(args) -> int:
 
     if args.adversarial is not None:
         return _cmd_eval_adversarial(args)
+    if args.against_base is not None:
+        return _cmd_eval_against_base(args)
     validate(args.tasks, args.lengths, args.split, args.max_value)  # a bad request fails before the model loads
     tokenizer = _eval_tokenizer(args)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
@@ -424,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=None,
                    help="examples per (task, length), default 50; with --adversarial: at most N rows per case (default all)")
     p.add_argument("--split", choices=SPLITS, default="train", help="heldout: the evaluation-only templates")
+    p.add_argument("--against-base", default=None, metavar="BASE_DIR",
+                   help="is the model its base on prose? greedy continuations of configuration/prose.json's prompts "
+                        "and its passage's perplexity, against BASE_DIR (base_results.json)")
     p.add_argument("--chat", action="store_true",
                    help="ask in the tokenizer's chat template (the rows say form: chat; the adversarial set's files "
                         "are adversarial_chat_results.*)")

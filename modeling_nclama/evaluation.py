@@ -10,6 +10,7 @@ reference's.
 
 :func:`evaluate_adversarial` scores the adversarial set (:mod:`modeling_nclama.adversarial`) per case, and, for a model
 with ``generate_with_trace``, counts the wrong answers written while the library's gate was open.
+:func:`evaluate_against_base` checks that a converted model is its base on prose (``configuration/prose.json``).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from .tool_use import answer_call, tool_text
 __all__ = ["END_MARKERS", "RESULTS_JSON", "RESULTS_MD", "ADVERSARIAL_JSON", "ADVERSARIAL_MD", "ADVERSARIAL_CHAT_JSON",
            "ADVERSARIAL_CHAT_MD", "GATE_OPEN",
            "answer_text", "exact_match", "evaluate_model", "format_table", "write_results", "evaluate_adversarial",
-           "format_adversarial", "write_adversarial_results"]
+           "format_adversarial", "write_adversarial_results", "PROSE_PATH", "BASE_RESULTS", "load_prose",
+           "evaluate_against_base"]
 
 #: Where an answer ends: a newline, or an end-of-sequence token left in decoded text (LLaMA 3, LLaMA 3 chat, LLaMA 2,
 #: the ChatML turn end of SmolLM2 and other instruct models).
@@ -350,3 +352,64 @@ def write_adversarial_results(result: dict, out_dir: Union[str, Path]) -> tuple[
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     md_path.write_text(format_adversarial(result) + "\n")
     return json_path, md_path
+
+
+# ---------------------------------------------------------------------- against the base
+PROSE_PATH = Path(__file__).resolve().parents[1] / "configuration" / "prose.json"
+BASE_RESULTS = "base_results.json"
+
+
+def load_prose(path: Union[str, Path, None] = None) -> dict:
+    """The prose set (``configuration/prose.json`` by default): ``prompts``, ``chat`` questions and a ``passage``."""
+    path = Path(path) if path is not None else PROSE_PATH
+    prose = json.loads(path.read_text())
+    missing = [key for key in ("prompts", "chat", "passage") if key not in prose]
+    if missing:
+        raise ValueError(f"{path}: the prose set needs {', '.join(missing)}")
+    return prose
+
+
+def evaluate_against_base(model, base, tokenizer, *, prose: Optional[dict] = None, max_new_tokens: int = 16,
+                          batch_size: int = 16, progress: bool = True) -> dict:
+    """Is ``model`` its ``base`` on text with nothing to compute? Greedy continuations (``max_new_tokens`` each, no
+    stop at a newline) of the prose set's prompts, and of its chat questions in the tokenizer's chat template where
+    there is one, compared token for token; and the perplexity of its passage under each model.
+
+    Returns ``{"prompts", "identical", "differing": [{prompt, model, base}], "perplexity": {model, base, ratio},
+    "max_new_tokens"}``."""
+    from .tasks import chat_prompt
+
+    prose = prose or load_prose()
+    prompts = list(prose["prompts"])
+    if getattr(tokenizer, "chat_template", None):
+        prompts += [chat_prompt(question, tokenizer) for question in prose["chat"]]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    identical, differing = 0, []
+    was_training = model.training, base.training
+    model.eval(), base.eval()
+    try:
+        with tqdm(total=len(prompts), desc="against the base", unit="prompt", disable=not progress) as bar:
+            for start in range(0, len(prompts), batch_size):
+                batch = prompts[start:start + batch_size]
+                input_ids, attention_mask = _left_padded(tokenizer, batch, pad_id)
+                settings = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                min_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id)
+                with torch.no_grad():
+                    ours, theirs = model.generate(**settings), base.generate(**settings)
+                for prompt, a, b in zip(batch, ours[:, input_ids.shape[1]:], theirs[:, input_ids.shape[1]:]):
+                    if torch.equal(a, b):
+                        identical += 1
+                    else:
+                        differing.append({"prompt": prompt, "model": tokenizer.decode(a), "base": tokenizer.decode(b)})
+                bar.update(len(batch))
+            ids = torch.tensor([tokenizer(prose["passage"])["input_ids"]])
+            with torch.no_grad():
+                # from the logits, not the forward's loss: an NCLlama's loss may carry its heads' training terms
+                perplexity = {name: float(torch.exp(torch.nn.functional.cross_entropy(
+                                  m(input_ids=ids).logits[0, :-1].float(), ids[0, 1:])))
+                              for name, m in (("model", model), ("base", base))}
+    finally:
+        model.train(was_training[0]), base.train(was_training[1])
+    perplexity["ratio"] = perplexity["model"] / perplexity["base"]
+    return {"prompts": len(prompts), "identical": identical, "differing": differing, "perplexity": perplexity,
+            "max_new_tokens": max_new_tokens}

@@ -490,3 +490,39 @@ def test_nclama_eval_adversarial_file_errors(tmp_path, capsys):
     small.write_text('{"prompt": "1+1="}\n')
     assert main(["eval", str(tmp_path / "no-model"), "--adversarial", str(small)]) == 2  # before any model loads
     assert "a row needs answer, case, computable" in capsys.readouterr().err
+
+
+def test_against_the_base_on_prose(tmp_path, make_llama, capsys):
+    """A conversion with the gate closed is its base on prose (every continuation identical, the same perplexity);
+    a model that differs is found, prompt by prompt."""
+    from modeling_nclama import Library
+    from modeling_nclama.evaluation import evaluate_against_base, load_prose
+    from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+    from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+
+    tok = default_tokenizer()
+    llama = make_llama(tok)
+    llama.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    model = NCLlamaForCausalLM.from_llama(tmp_path / "base", Library.standard(64), reader_tokens=reader_tokens(tok),
+                                          nc_programs=["long_add"])
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    prose = load_prose()
+    assert len(prose["prompts"]) + len(prose["chat"]) >= 50
+    assert not any(ch.isdigit() for ch in prose["passage"] + "".join(prose["prompts"] + prose["chat"]))
+    small = {**prose, "prompts": prose["prompts"][:5]}
+    result = evaluate_against_base(model, llama, tok, prose=small, max_new_tokens=4, batch_size=3, progress=False)
+    assert (result["prompts"], result["identical"], result["differing"]) == (5, 5, [])  # no chat template here
+    assert result["perplexity"]["ratio"] == pytest.approx(1.0, abs=1e-6) and result["perplexity"]["base"] > 1.0
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(-3.0)  # another network
+    result = evaluate_against_base(model, llama, tok, prose=small, max_new_tokens=4, progress=False)
+    assert result["identical"] < 5 and result["differing"][0]["prompt"] in small["prompts"]
+    assert result["perplexity"]["ratio"] != pytest.approx(1.0, abs=1e-4)
+    assert main(["eval", str(tmp_path / "model"), "--against-base", str(tmp_path / "base"), "--output-dir",
+                 str(tmp_path / "out")]) == 0
+    written = json.loads((tmp_path / "out" / "base_results.json").read_text())
+    assert written["prompts"] == len(prose["prompts"]) == written["identical"]
+    n = len(prose["prompts"])
+    assert f"identical to the base's: {n} of {n}" in capsys.readouterr().out
