@@ -22,7 +22,8 @@ def test_the_two_folders_are_small_and_complete():
         assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl"))]  # nothing pickled
         rows = json.loads((folder / "eval_results.json").read_text())["rows"]
         card = (folder / "README.md").read_text()
-        assert rows and all(f"| {r['task']} | {r.get('split', 'train')} | {r['length']} |" in card for r in rows)
+        assert rows and all(f"| {r['task']} | {r.get('split', 'train')} | {r.get('form', 'plain')} | {r['length']} |" in card
+                            for r in rows)
     assert {"library.json", "library.safetensors", "modeling_nclama.py"} <= {p.name for p in NCLAMA.iterdir()}
 
 

@@ -674,6 +674,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 "position": t + 1,
                 "token": ids[t + 1],
                 "gate": float(gate[t]),
+                # the gate as the mixture applies it (g m in _fuse): a call that failed or did not run proposes
+                # nothing, so an open gate with no result leaves the token to the language model
+                "library_weight": min(float(gate[t] * interpreted.mass[0, t]), 1.0),
                 "site": site,
                 "site_probability": float(p_site),
                 "offset": t - site,
@@ -746,12 +749,17 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
             if state is not None:
                 operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
-            tokens, probs = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys, record,
-                                                own_site)
+            tokens, probs, skipped = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys,
+                                                         record, own_site)
         elif config.nc_operand_reader == "context":
-            tokens, probs = self._pointer_calls(ids, start, calls, None, None, record, own_site)
+            tokens, probs, skipped = self._pointer_calls(ids, start, calls, None, None, record, own_site)
         else:
-            tokens, probs = self._projection_calls(calls, heads.operand_values(hidden), record)
+            tokens, probs, skipped = self._projection_calls(calls, heads.operand_values(hidden), record)
+        if not self.training:
+            # A position none of whose calls was worth running starts no answer: inside a long answer every separator
+            # keeps a little new-site mass whose calls are too unlikely to run, and that mass, proposing nothing,
+            # would drain the answer's site (to about half after 64 list items). Training runs every call.
+            continuation = continuation.masked_fill(skipped.to(continuation.device), _CONTINUES)
         if heads.chat_markers:  # the chat template's markers and headers make no call
             probs = probs.masked_fill(heads.silent_positions(ids)[:, start:, None], 0.0)
         first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
@@ -868,12 +876,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
     def _pointer_calls(
         self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: Optional[torch.Tensor],
         operand_keys: Optional[torch.Tensor], record: Optional[dict], own_site: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Result tokens [B, N, K, W] and probabilities [B, N, K] of the top-k calls at positions ``start`` onward,
         operands chosen by pointer attention over the numbers and lists the reader found in each position's prefix
         (never after it: a position's call must not depend on what follows), programs by the call logits ``calls``
         [B, N, P] normalized over those that fit the operands. All positions are scored together. Without
-        ``queries`` and ``operand_keys`` the pointers are the context reader's (one per program and slot)."""
+        ``queries`` and ``operand_keys`` the pointers are the context reader's (one per program and slot). Third: [B, N]
+        the positions that offered calls of which none was worth running (``nc_min_call_probability``)."""
         heads, config = self.nc_heads, self.config
         B, N, _ = calls.shape
         K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
@@ -895,8 +904,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 site_b.append(b), site_n.append(s - start), site_operands.append(operands), site_menu.append(menu_index[id(menu)])
         tokens = torch.full((B, N, K * variants, W), -1, dtype=torch.long)
         probs = calls.new_zeros(B, N, K * variants)
+        skipped = torch.zeros(B, N, dtype=torch.bool)
         if not site_b:
-            return tokens, probs
+            return tokens, probs, skipped
         bi, ni, mi = torch.tensor(site_b), torch.tensor(site_n), torch.tensor(site_menu)
         width = max(map(len, site_operands))
         where = torch.tensor([[o.end - 1 for o in ops] + [-1] * (width - len(ops)) for ops in site_operands])  # [G, O]
@@ -924,6 +934,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         chosen_p = p.gather(1, top)
         worth = chosen_p.detach() if own_site is None else chosen_p.detach() * own_site[bi, ni].unsqueeze(1)
         run = (worth >= config.nc_min_call_probability).tolist()  # the calls whose proposal can weigh that much
+        skipped[bi, ni] = torch.tensor([not any(go) for go in run])
         if config.nc_mode == "hard":
             self._fill_menus(menus, site_menu, top.tolist(), run)
             if len(menus) == 1:
@@ -951,7 +962,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         tokens[bi, ni, : k * variants] = chosen_tokens.reshape(len(site_b), k * variants, W)
         chosen_p = chosen_p.reshape(len(site_b), k * variants)
         probs = probs.index_put((bi, ni), torch.cat([chosen_p, chosen_p.new_zeros(len(site_b), (K - k) * variants)], 1))
-        return tokens, probs
+        return tokens, probs, skipped
 
     def _operand_contexts(self, ids: torch.Tensor, start: int, site_b: list, site_n: list, site_operands: list,
                           width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -969,10 +980,12 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                 rank[g, i] = len(operands) - 1 - i
         return before, after, rank
 
-    def _projection_calls(self, calls: torch.Tensor, values: torch.Tensor, record: Optional[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _projection_calls(self, calls: torch.Tensor, values: torch.Tensor,
+                          record: Optional[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The paper's alternative reader: each operand slot is a distribution over values [B, N, S, V] projected
         from the hidden state (so only programs of int parameters are called, on values below V). The top-k
-        (program, values) choices of every position, scored together, with their result tokens and probabilities."""
+        (program, values) choices of every position, scored together, with their result tokens and probabilities,
+        and the positions none of whose calls ran (as ``_pointer_calls``)."""
         config = self.config
         B, N, P = calls.shape
         K, S = config.nc_top_k, self.nc_heads.slots
@@ -980,7 +993,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         fits = torch.tensor([self.library[name].arity <= S and all(t == "int" for _, t in self.library[name].params)
                              for name in config.nc_programs])
         if not fits.any():
-            return torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long), calls.new_zeros(B, N, K)
+            return (torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long), calls.new_zeros(B, N, K),
+                    torch.zeros(B, N, dtype=torch.bool))
         calls = torch.softmax(calls.masked_fill(~fits, float("-inf")), -1)
         scores, choices = [], []
         for index, name in enumerate(config.nc_programs):
@@ -1015,7 +1029,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
                     RecordedCall(c, [None] * len(c.arguments), float(flat_p[g, j]), _real(chosen_tokens[g, j, 0]),
                                  None if run[g][j] else _UNLIKELY) for j, c in enumerate(row)
                 ]
-        return tokens, torch.cat([chosen_p, chosen_p.new_zeros(B, N, K - k)], -1)
+        skipped = torch.tensor([not any(go) for go in run]).view(B, N)
+        return tokens, torch.cat([chosen_p, chosen_p.new_zeros(B, N, K - k)], -1), skipped
 
     def _operands(self, ids: list[int]) -> list[Operand]:
         """The operands a call may read: what the reader finds, a list's items read only as the list (a 64-item list
