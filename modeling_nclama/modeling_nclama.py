@@ -19,7 +19,6 @@ does the same for the opening bracket, "[" or " ["). Gradients reach the gate,
 call, operand and continuation heads through the likelihood, so calls are learned from answers alone. The gate's scale starts
 at exactly 0: a model converted from LLaMA gives that LLaMA's logits.
 """
-from __future__ import annotations
 
 import inspect
 import itertools
@@ -34,10 +33,12 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import LlamaForCausalLM, LlamaModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
-from transformers.utils import can_return_tuple, cached_file
+from transformers.utils import TransformersKwargs, can_return_tuple, cached_file
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_nclama import NCLlamaConfig
@@ -155,6 +156,29 @@ class NCInterpreterHeads(nn.Module):
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
         if config.nc_answer_lead:  # per call-site token: the result is written with the space before it
             self.answer_lead = nn.Embedding(config.vocab_size, 1)  # zero at init: either way alike
+
+    def resize_token_tables(self, vocab_size: int) -> None:
+        """Follow the model's vocabulary to ``vocab_size`` tokens: the tables indexed by token id keep the rows of
+        the tokens that remain, new tokens get zero rows (no evidence either way), and the tables' extra last row
+        (no token; every digit) stays last."""
+        for name in ("call_keywords", "answer_lead", "operand_before", "operand_after", "site_token", "site_previous"):
+            old = getattr(self, name, None)
+            if old is None:
+                continue
+            extra = 1 if name.startswith(("operand_", "site_")) else 0
+            rows = old.num_embeddings - extra
+            table = nn.Embedding(vocab_size + extra, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+            with torch.no_grad():
+                table.weight.zero_()
+                kept = min(rows, vocab_size)
+                table.weight[:kept] = old.weight[:kept]
+                if extra:
+                    table.weight[-1] = old.weight[-1]
+            table.weight.requires_grad_(old.weight.requires_grad)
+            setattr(self, name, table)
+        self.digit_tokens = [t for t in getattr(self, "digit_tokens", ()) if t < vocab_size]
+        for name in ("sentence_ends", "sign_tokens", "chat_tokens", "chat_markers", "chat_breaks"):
+            setattr(self, name, [t for t in getattr(self, name) if t < vocab_size])
 
     def lead_probability(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, N] probability that a call made at each position of ``ids`` writes its result with the space before
@@ -322,7 +346,12 @@ class NCLlamaModel(NCLlamaPreTrainedModel, LlamaModel):
     """The decoder: LLaMA's, unchanged (the library acts on its output, in ``NCLlamaForCausalLM``)."""
 
 
-class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
+class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMixin):
+    # The interpreter reads token ids on the CPU and branches on what it finds (which numbers the reader found,
+    # which calls fit them, their cached results): no single graph holds it, so fullgraph compile and torch.export
+    # are not offered.
+    _can_compile_fullgraph = False
+
     def __init__(self, config: NCLlamaConfig):
         NCLlamaPreTrainedModel.__init__(self, config)
         self.model = NCLlamaModel(config)
@@ -392,20 +421,43 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             library.save(save_directory)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load as usual, then load and attach the library saved beside the weights (local folder, Hub cache or
-        Hub); a model configured with programs refuses to load without its library."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if model.config.nc_programs:
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, library: Optional[Library] = None, **kwargs):
+        """Load as usual, then attach the library: ``library`` if given (it must be the one the configuration names),
+        else the library files saved beside the weights (local folder, Hub cache or Hub). A model configured with
+        programs refuses to load without its library; ``output_loading_info=True`` returns (model, info) as usual."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if library is not None:
+            model.attach_library(library)
+        elif model.config.nc_programs and model.library is None:
+            if pretrained_model_name_or_path is None:
+                raise LibraryError("from_pretrained(None, config=..., state_dict=...): pass the model's library "
+                                   "(library=Library.load(folder)): there is no folder to load it from")
             options = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
             hub = {k: kwargs[k] for k in options if k in kwargs}
             try:
                 folder = os.path.dirname(cached_file(pretrained_model_name_or_path, LIBRARY_JSON, **hub))
                 cached_file(pretrained_model_name_or_path, LIBRARY_TENSORS, **hub)
             except OSError as error:
-                raise LibraryError(f"{pretrained_model_name_or_path}: the model's library files are missing ({error})") from None
+                raise LibraryError(f"{pretrained_model_name_or_path}: the model's library files are missing ({error}); "
+                                   "pass library= to load the weights with a library of your own") from None
             model.attach_library(Library.load(folder))
-        return model
+        return loaded
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """LLaMA's resize, and the interpreter follows: the reader forgets tokens that no longer exist (their
+        numbers cannot be read or written), the heads' token tables are resized, and no cached result stays."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.num_embeddings
+        config = self.config
+        config.nc_reader_tokens = {t: text for t, text in config.nc_reader_tokens.items() if int(t) < size}
+        config.nc_chat_tokens = {t: role for t, role in config.nc_chat_tokens.items() if int(t) < size}
+        self.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
+        brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
+        self._shared = [sorted(group) for on, group in brackets if on and group]
+        self.nc_heads.resize_token_tables(size)
+        self._results, self._menus = {}, {}
+        return embeddings
 
     @classmethod
     def from_llama(
@@ -442,7 +494,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         active = self.library is not None and input_ids is not None and bool(self.config.nc_programs)
         state = None
@@ -1168,11 +1220,12 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         that has no word, proposes nothing."""
         eos = self.config.eos_token_id
         eos = [eos[0] if isinstance(eos, list) else eos] if eos is not None else []
+        eos = [token for token in eos if token < self.config.vocab_size]  # resize_token_embeddings may drop it
         if value is None:
             return ([],) * self._variants
         if name in self.config.nc_result_words:  # a word per value (the word carries its own space)
             words = self.config.nc_result_words[name]
-            if not (isinstance(value, int) and 0 <= value < len(words)):
+            if not (isinstance(value, int) and 0 <= value < len(words)) or words[value] not in self.reader.token_of_text:
                 return ([],) * self._variants
             spaced = words[value]
             # without the lead, the word without its space where the table has it ("no" beside " no": a chat answer
@@ -1184,7 +1237,10 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             text = self.reader.value_text(value, style.decimal)
         else:
             text = self.reader.list_text(value, style)
-        return tuple(self.reader.text_tokens(lead + text) + eos for lead in ("", " ")[: self._variants])
+        try:
+            return tuple(self.reader.text_tokens(lead + text) + eos for lead in ("", " ")[: self._variants])
+        except ValueError:  # a token it needs is not in the vocabulary (resize_token_embeddings removed it)
+            return ([],) * self._variants
 
 
 def _describe(operand: Operand) -> str:
