@@ -367,7 +367,8 @@ def test_continued_sites_follow_the_recurrence_in_one_pass_or_in_steps():
     for t in range(T):
         previous = cont[:, t:t + 1] * previous + (1 - cont[:, t:t + 1]) * torch.nn.functional.one_hot(torch.tensor(t), T)
         assert torch.allclose(full[:, t], previous, atol=1e-6)
-    state = InterpreterState(*[None] * 4, full[:, 3, :4], None, None)  # the first 4 positions done, then one at a time
+    # the first 4 positions done, then one at a time
+    state = InterpreterState(torch.zeros(B, 4, dtype=torch.long), None, None, None, (full[:, :4, :4],), None, None)
     step = NCLlamaForCausalLM._continued_sites(logits[:, 4:5], 5, state)
     assert torch.allclose(step[:, 0], full[:, 4, :5], atol=1e-6)
 

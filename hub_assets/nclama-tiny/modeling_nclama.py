@@ -19,7 +19,6 @@ does the same for the opening bracket, "[" or " ["). Gradients reach the gate,
 call, operand and continuation heads through the likelihood, so calls are learned from answers alone. The gate's scale starts
 at exactly 0: a model converted from LLaMA gives that LLaMA's logits.
 """
-from __future__ import annotations
 
 import inspect
 import itertools
@@ -34,10 +33,13 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import LlamaForCausalLM, LlamaModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.masking_utils import find_packed_sequence_indices
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
-from transformers.utils import can_return_tuple, cached_file
+from transformers.utils import TransformersKwargs, can_return_tuple, cached_file
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_nclama import NCLlamaConfig
@@ -90,19 +92,75 @@ def library_settings(library: Library, reader_tokens: dict, **nc_settings) -> di
 
 @dataclass
 class InterpreterState:
-    """What the interpreter computed for the positions generated so far (kept on the KV cache)."""
+    """What the interpreter computed for the positions read so far, kept with the KV cache that holds the same
+    positions (``interpreter_state``): generation continues it one token at a time, beam search reorders it with the
+    cache, and when the cache is cropped (assisted decoding) or repeated per returned sequence it follows
+    (``follow``)."""
 
     ids: torch.Tensor  # [B, T] token ids
     operand_keys: torch.Tensor  # [B, T, d] pointer keys of each position (an operand is keyed by its last token)
     tokens: torch.Tensor  # [B, T, K, W] result tokens of each position's top-k calls
     probs: torch.Tensor  # [B, T, K] their probabilities
-    last_sites: torch.Tensor  # [B, T] the site the last position answers, over sites
-    keywords: torch.Tensor  # [B, P] the keyword call reader's evidence at the last position ([B, 0] without it)
+    site_history: tuple  # chunks [B, n, t] of the site each position answers, over the sites before it
+    keyword_history: torch.Tensor  # [B, T, P] the keyword call reader's evidence at each position ([B, T, 0] without it)
     gates: torch.Tensor  # [B, T] each position's own gate (read by later positions that answer it, nc_gate_at="site")
 
+    @property
+    def length(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def last_sites(self) -> torch.Tensor:
+        """[B, T] the site the last position answers, over sites."""
+        last = self.site_history[-1][:, -1]
+        return torch.nn.functional.pad(last, (0, self.length - last.shape[1]))
+
+    @property
+    def keywords(self) -> torch.Tensor:
+        """[B, P] the keyword call reader's evidence at the last position."""
+        return self.keyword_history[:, -1]
+
+    def _fields(self) -> tuple:
+        return self.ids, self.operand_keys, self.tokens, self.probs, self.keyword_history, self.gates
+
+    def _build(self, fields, site_history) -> "InterpreterState":
+        ids, operand_keys, tokens, probs, keyword_history, gates = fields
+        return InterpreterState(ids, operand_keys, tokens, probs, tuple(site_history), keyword_history, gates)
+
     def select(self, index: torch.Tensor) -> "InterpreterState":
-        fields = (self.ids, self.operand_keys, self.tokens, self.probs, self.last_sites, self.keywords, self.gates)
-        return InterpreterState(*(t.index_select(0, index) for t in fields))
+        """The rows ``index`` (beam search's reordering)."""
+        return self._build([t.index_select(0, index) for t in self._fields()],
+                           [c.index_select(0, index) for c in self.site_history])
+
+    def crop(self, length: int) -> "InterpreterState":
+        """The state of the first ``length`` positions, as the interpreter had it after reading them."""
+        history, kept = [], 0
+        for chunk in self.site_history:
+            if kept >= length:
+                break
+            history.append(chunk[:, : length - kept])
+            kept += history[-1].shape[1]
+        return self._build([t[:, :length] for t in self._fields()], history)
+
+    def follow(self, cache_length: int, batch_size: int) -> "InterpreterState":
+        """This state for a cache of ``cache_length`` positions and ``batch_size`` rows: cropped when the cache was
+        cropped, each row repeated when the cache's rows were (``num_return_sequences``, beams from one prompt)."""
+        state = self
+        if cache_length < state.length:
+            state = state.crop(cache_length)
+        if batch_size != state.ids.shape[0] and batch_size % state.ids.shape[0] == 0:
+            repeats = batch_size // state.ids.shape[0]
+            state = state._build([t.repeat_interleave(repeats, 0) for t in state._fields()],
+                                 [c.repeat_interleave(repeats, 0) for c in state.site_history])
+        if (state.length, state.ids.shape[0]) != (cache_length, batch_size):
+            raise ValueError(f"the cache holds {cache_length} positions of {batch_size} rows, the interpreter's state "
+                             f"{state.length} of {state.ids.shape[0]}: continue a cache with the model that filled it")
+        return state
+
+
+def interpreter_state(cache: Optional[Cache]) -> Optional[InterpreterState]:
+    """The interpreter's state kept with ``cache`` (None: the cache holds nothing the interpreter read)."""
+    return getattr(cache, "nc_state", None) if cache is not None else None
 
 
 class NCInterpreterHeads(nn.Module):
@@ -155,6 +213,29 @@ class NCInterpreterHeads(nn.Module):
             self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
         if config.nc_answer_lead:  # per call-site token: the result is written with the space before it
             self.answer_lead = nn.Embedding(config.vocab_size, 1)  # zero at init: either way alike
+
+    def resize_token_tables(self, vocab_size: int) -> None:
+        """Follow the model's vocabulary to ``vocab_size`` tokens: the tables indexed by token id keep the rows of
+        the tokens that remain, new tokens get zero rows (no evidence either way), and the tables' extra last row
+        (no token; every digit) stays last."""
+        for name in ("call_keywords", "answer_lead", "operand_before", "operand_after", "site_token", "site_previous"):
+            old = getattr(self, name, None)
+            if old is None:
+                continue
+            extra = 1 if name.startswith(("operand_", "site_")) else 0
+            rows = old.num_embeddings - extra
+            table = nn.Embedding(vocab_size + extra, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+            with torch.no_grad():
+                table.weight.zero_()
+                kept = min(rows, vocab_size)
+                table.weight[:kept] = old.weight[:kept]
+                if extra:
+                    table.weight[-1] = old.weight[-1]
+            table.weight.requires_grad_(old.weight.requires_grad)
+            setattr(self, name, table)
+        self.digit_tokens = [t for t in getattr(self, "digit_tokens", ()) if t < vocab_size]
+        for name in ("sentence_ends", "sign_tokens", "chat_tokens", "chat_markers", "chat_breaks"):
+            setattr(self, name, [t for t in getattr(self, name) if t < vocab_size])
 
     def lead_probability(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, N] probability that a call made at each position of ``ids`` writes its result with the space before
@@ -322,7 +403,12 @@ class NCLlamaModel(NCLlamaPreTrainedModel, LlamaModel):
     """The decoder: LLaMA's, unchanged (the library acts on its output, in ``NCLlamaForCausalLM``)."""
 
 
-class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
+class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMixin):
+    # The interpreter reads token ids on the CPU and branches on what it finds (which numbers the reader found,
+    # which calls fit them, their cached results): no single graph holds it, so fullgraph compile and torch.export
+    # are not offered.
+    _can_compile_fullgraph = False
+
     def __init__(self, config: NCLlamaConfig):
         NCLlamaPreTrainedModel.__init__(self, config)
         self.model = NCLlamaModel(config)
@@ -392,20 +478,43 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             library.save(save_directory)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load as usual, then load and attach the library saved beside the weights (local folder, Hub cache or
-        Hub); a model configured with programs refuses to load without its library."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if model.config.nc_programs:
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, library: Optional[Library] = None, **kwargs):
+        """Load as usual, then attach the library: ``library`` if given (it must be the one the configuration names),
+        else the library files saved beside the weights (local folder, Hub cache or Hub). A model configured with
+        programs refuses to load without its library; ``output_loading_info=True`` returns (model, info) as usual."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if library is not None:
+            model.attach_library(library)
+        elif model.config.nc_programs and model.library is None:
+            if pretrained_model_name_or_path is None:
+                raise LibraryError("from_pretrained(None, config=..., state_dict=...): pass the model's library "
+                                   "(library=Library.load(folder)): there is no folder to load it from")
             options = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
             hub = {k: kwargs[k] for k in options if k in kwargs}
             try:
                 folder = os.path.dirname(cached_file(pretrained_model_name_or_path, LIBRARY_JSON, **hub))
                 cached_file(pretrained_model_name_or_path, LIBRARY_TENSORS, **hub)
             except OSError as error:
-                raise LibraryError(f"{pretrained_model_name_or_path}: the model's library files are missing ({error})") from None
+                raise LibraryError(f"{pretrained_model_name_or_path}: the model's library files are missing ({error}); "
+                                   "pass library= to load the weights with a library of your own") from None
             model.attach_library(Library.load(folder))
-        return model
+        return loaded
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """LLaMA's resize, and the interpreter follows: the reader forgets tokens that no longer exist (their
+        numbers cannot be read or written), the heads' token tables are resized, and no cached result stays."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.num_embeddings
+        config = self.config
+        config.nc_reader_tokens = {t: text for t, text in config.nc_reader_tokens.items() if int(t) < size}
+        config.nc_chat_tokens = {t: role for t, role in config.nc_chat_tokens.items() if int(t) < size}
+        self.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
+        brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
+        self._shared = [sorted(group) for on, group in brackets if on and group]
+        self.nc_heads.resize_token_tables(size)
+        self._results, self._menus = {}, {}
+        return embeddings
 
     @classmethod
     def from_llama(
@@ -442,17 +551,31 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
-        active = self.library is not None and input_ids is not None and bool(self.config.nc_programs)
+        ids = input_ids
+        if ids is None and inputs_embeds is not None and self.library is not None:
+            ids = self.ids_of_embeddings(inputs_embeds)
+        active = self.library is not None and ids is not None and ids.shape[1] > 0 and bool(self.config.nc_programs)
         state = None
-        if active and cache is not None:
-            state = getattr(cache, "nc_state", None)
-            if state is not None and state.ids.shape[1] != cache.get_seq_length():
-                state = None  # not this cache's continuation (checked before the decoder extends the cache)
+        if active and cache is not None and cache.get_seq_length() > 0:  # read before the decoder extends the cache
+            state = interpreter_state(cache)
+            if state is None:
+                raise ValueError(f"the cache holds {cache.get_seq_length()} positions that NCLlama's interpreter has "
+                                 "not read (filled by another model, or from packed sequences): pass the whole "
+                                 "sequence, or a cache this model filled")
+            state = state.follow(cache.get_seq_length(), ids.shape[0])
+        packed = None
+        if active and position_ids is not None and attention_mask is None and cache is None and not (
+                use_cache if use_cache is not None else self.config.use_cache):
+            # where the decoder reads packed sequences apart (position ids restarting, no mask, no cache), so does
+            # the interpreter
+            packed = find_packed_sequence_indices(position_ids.expand(ids.shape[0], -1))
         outputs, interpreted = self._run_decoder(
             active,
             state,
+            ids=ids,
+            packed=packed,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -465,8 +588,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         logits = self.lm_head(hidden_states)
         heads_losses = []  # the interpreter's own training terms (nc_gate_learning_floor, nc_gate_target_weight)
         if active:
-            if cache is not None:  # the interpreter's work on these positions is kept for the next steps
-                cache.nc_state = interpreted.state
+            if outputs.cache is not None and interpreted.state is not None:  # kept for the next steps
+                outputs.cache.nc_state = interpreted.state
             shared = [torch.tensor(group, dtype=torch.long, device=logits.device) for group in self._shared]
             lm_logits, logits = logits, self._fuse(logits, interpreted, shared)
             floor, target_weight = self.config.nc_gate_learning_floor, self.config.nc_gate_target_weight
@@ -486,16 +609,28 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
-    def _run_decoder(self, active: bool, state: Optional[InterpreterState], record: Optional[dict] = None, **inputs):
+    def ids_of_embeddings(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """[B, T] the token whose embedding each vector of ``inputs_embeds`` is (the interpreter reads tokens); a
+        vector that is no token's embedding (a soft prompt) reads as the BOS token: no number, no word."""
+        table = self.get_input_embeddings().weight
+        vectors = inputs_embeds.detach().to(table.dtype)
+        nearest = torch.cdist(vectors.reshape(-1, vectors.shape[-1]).float(), table.detach().float()).argmin(-1)
+        exact = (table[nearest].detach() == vectors.reshape(-1, vectors.shape[-1])).all(-1)
+        none = self.config.bos_token_id if self.config.bos_token_id is not None else 0
+        return torch.where(exact, nearest, torch.full_like(nearest, none)).view(vectors.shape[:-1])
+
+    def _run_decoder(self, active: bool, state: Optional[InterpreterState], record: Optional[dict] = None,
+                     ids: Optional[torch.Tensor] = None, packed: Optional[torch.Tensor] = None, **inputs):
         """The decoder's outputs and, when ``active``, the interpreter's output on the hidden states of layer
         ``nc_layer`` (computed inside that layer's forward hook, so that residual injection reaches later layers)."""
         layer = self.config.nc_layer % self.config.num_hidden_layers
         last = layer == self.config.num_hidden_layers - 1
         found: list[Interpreted] = []
+        ids = inputs.get("input_ids") if ids is None else ids
 
         def interpret(module, args, out):
             hidden = out[0] if isinstance(out, tuple) else out
-            found[:] = [self.interpret(inputs["input_ids"], hidden, state, record)]
+            found[:] = [self._interpret(ids, hidden, state, record, packed)]
             if not self.config.nc_residual_injection:
                 return None
             hidden = hidden + self.nc_heads.injection(found[0], self.get_input_embeddings().weight)
@@ -508,8 +643,51 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             if hook is not None:
                 hook.remove()
         if active and last:  # the last layer's output is read after the final norm, as the LM head reads it
-            found[:] = [self.interpret(inputs["input_ids"], outputs.last_hidden_state, state, record)]
+            found[:] = [self._interpret(ids, outputs.last_hidden_state, state, record, packed)]
         return outputs, found[0] if found else None
+
+    def _interpret(self, ids: torch.Tensor, hidden: torch.Tensor, state: Optional[InterpreterState],
+                   record: Optional[dict], packed: Optional[torch.Tensor]) -> "Interpreted":
+        """``interpret``, each packed sequence read alone (``packed`` [B, T]: the sequence each position belongs to,
+        or None): the sequences are read as one right-padded batch and their outputs put back in place. A packed
+        row keeps no state: it continues no cache."""
+        if packed is None:
+            return self.interpret(ids, hidden, state, record)
+        B, T = ids.shape
+        pieces = []
+        for b, row in enumerate(packed.tolist()):
+            bounds = [0, *(t for t in range(1, T) if row[t] != row[t - 1]), T]
+            pieces += [(b, begin, end) for begin, end in zip(bounds, bounds[1:])]
+        L = max(end - begin for _, begin, end in pieces)
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        sub_ids = ids.new_full((len(pieces), L), pad)
+        sub_hidden = hidden.new_zeros(len(pieces), L, hidden.shape[-1])
+        for i, (b, begin, end) in enumerate(pieces):
+            sub_ids[i, : end - begin], sub_hidden[i, : end - begin] = ids[b, begin:end], hidden[b, begin:end]
+        read = self.interpret(sub_ids, sub_hidden, None, None)
+
+        def place(tensor: Optional[torch.Tensor], fill=0, square: bool = False, width: Optional[int] = None):
+            if tensor is None:
+                return None
+            if square:  # [S, L, L] over positions and sites
+                out = tensor.new_full((B, T, T), fill)
+            else:
+                out = tensor.new_full((B, T, *tensor.shape[2:-1], width or tensor.shape[-1]) if tensor.dim() > 2
+                                      else (B, T), fill)
+            for i, (b, begin, end) in enumerate(pieces):
+                n = end - begin
+                if square:
+                    out[b, begin:end, begin:end] = tensor[i, :n, :n]
+                elif tensor.dim() == 2:
+                    out[b, begin:end] = tensor[i, :n]
+                else:
+                    out[b, begin:end, ..., : tensor.shape[-1]] = tensor[i, :n]
+            return out
+
+        return Interpreted(place(read.proposal), place(read.proposed_tokens), place(read.mass), place(read.gate),
+                           None, place(read.own_tokens, -1), place(read.own_probs),
+                           place(read.site_probs, width=min(self.config.nc_answer_window, T)),
+                           place(read.gate_logits), place(read.sites, square=True))
 
     @staticmethod
     def _fuse(logits: torch.Tensor, interpreted: "Interpreted", shared: Sequence[torch.Tensor] = ()) -> torch.Tensor:
@@ -734,11 +912,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             ids, start = torch.cat([state.ids, input_ids], 1), state.ids.shape[1]
         T = ids.shape[1]
         if config.nc_call_reader == "hidden":
-            calls, keywords = heads.call(hidden).float(), hidden.new_zeros(B, 0)  # [B, N, P] logits
+            calls, keywords = heads.call(hidden).float(), hidden.new_zeros(B, N, 0)  # [B, N, P] logits
         else:
             calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None,
                                            history=state.ids if state is not None else None)
-            keywords = calls[:, -1].detach()
+            keywords = calls.detach()
         continuation = heads.continuation_logits(hidden, ids, start)  # [B, N]
         # A call's proposal weighs at most its probability times 1 - c, its own site's share wherever it is answered
         # (a position that continues an answer makes calls that hardly matter): that product is what
@@ -792,8 +970,10 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             gate = torch.einsum("bnt,bt->bn", last_sites, gates.float())
         else:
             gate = own_gates
-        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), last_sites[:, -1].detach(), keywords,
-                                     gates.detach())
+        history = (*state.site_history, last_sites.detach()) if state is not None else (last_sites.detach(),)
+        if state is not None:
+            keywords = torch.cat([state.keyword_history, keywords], 1)
+        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), history, keywords, gates.detach())
         return Interpreted(proposal, proposed, weight.sum(-1), gate, new_state, first_tokens, first_probs, site_probs,
                            gate_logits, last_sites if config.nc_gate_at == "site" else None)
 
@@ -1168,11 +1348,12 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
         that has no word, proposes nothing."""
         eos = self.config.eos_token_id
         eos = [eos[0] if isinstance(eos, list) else eos] if eos is not None else []
+        eos = [token for token in eos if token < self.config.vocab_size]  # resize_token_embeddings may drop it
         if value is None:
             return ([],) * self._variants
         if name in self.config.nc_result_words:  # a word per value (the word carries its own space)
             words = self.config.nc_result_words[name]
-            if not (isinstance(value, int) and 0 <= value < len(words)):
+            if not (isinstance(value, int) and 0 <= value < len(words)) or words[value] not in self.reader.token_of_text:
                 return ([],) * self._variants
             spaced = words[value]
             # without the lead, the word without its space where the table has it ("no" beside " no": a chat answer
@@ -1184,7 +1365,10 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM):
             text = self.reader.value_text(value, style.decimal)
         else:
             text = self.reader.list_text(value, style)
-        return tuple(self.reader.text_tokens(lead + text) + eos for lead in ("", " ")[: self._variants])
+        try:
+            return tuple(self.reader.text_tokens(lead + text) + eos for lead in ("", " ")[: self._variants])
+        except ValueError:  # a token it needs is not in the vocabulary (resize_token_embeddings removed it)
+            return ([],) * self._variants
 
 
 def _describe(operand: Operand) -> str:
