@@ -158,6 +158,34 @@ class InterpreterState:
         return state
 
 
+@dataclass
+class HeadsTraining:
+    """How the interpreter heads learn, beside the likelihood (training only: set on ``model.heads_training`` by a
+    training recipe's ``training`` section; not part of the model's configuration, never saved).
+
+    gate_learning_floor: in training (with labels), the gate head learns as if the gate's scale were at least this,
+        and where the gate is below it the library's proposal learns each answer token on its own, as an expert of
+        the mixture (an added loss term of value 0, gradient ``-(floor - g) d log q(y)``). A converted model starts
+        with the gate closed, where those heads get no gradient from the mixture: with a floor they learn where and
+        what the library answers while the gate is still closed. In [0, 1]; 0: off.
+    gate_target_weight: the weight of a loss that teaches the gate, from the answers alone, to choose the expert
+        that answers right: at each answer token the library proposes (at least half its mass), the gate of the call
+        site it answers is trained by binary cross-entropy toward 1 if the proposal gives the token at least 1/2,
+        toward 0 if not and the LM does. The mixture's own gradient opens a gate only where the library does better
+        than the LM; this breaks the tie toward the library, which runs the same at every length. >= 0; 0: off.
+    """
+
+    gate_learning_floor: float = 0.0
+    gate_target_weight: float = 0.0
+
+    def __post_init__(self):
+        floor, weight = self.gate_learning_floor, self.gate_target_weight
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+            raise ValueError(f"gate_learning_floor must be in [0, 1], got {floor!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"gate_target_weight must be a number >= 0, got {weight!r}")
+
+
 def interpreter_state(cache: Optional[Cache]) -> Optional[InterpreterState]:
     """The interpreter's state kept with ``cache`` (None: the cache holds nothing the interpreter read)."""
     return getattr(cache, "nc_state", None) if cache is not None else None
@@ -173,7 +201,6 @@ class NCInterpreterHeads(nn.Module):
         self.slots, self.dim = config.nc_max_operands, dim
         self.gate = nn.Linear(hidden, 1)
         self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
-        self.gate_learning_floor = config.nc_gate_learning_floor
         programs = max(1, len(config.nc_programs))
         if config.nc_call_reader == "hidden":
             self.call = nn.Linear(hidden, programs)
@@ -246,16 +273,17 @@ class NCInterpreterHeads(nn.Module):
         """[B, T] logit of each position's own gate opening (before the scale)."""
         return self.gate(hidden).float().squeeze(-1)
 
-    def gate_probability(self, logits: torch.Tensor) -> torch.Tensor:
+    def gate_probability(self, logits: torch.Tensor, learning_floor: float = 0.0) -> torch.Tensor:
         """[B, T] probability of answering from the library, from the gate logits. The scale is clamped to [0, 1] in
-        the forward pass but passes gradients straight through, so a closed gate can open."""
+        the forward pass but passes gradients straight through, so a closed gate can open (``learning_floor``:
+        ``HeadsTraining.gate_learning_floor``)."""
         scale = self.gate_scale.clamp(0.0, 1.0)
         if scale.requires_grad:
             scale = self.gate_scale + (scale - self.gate_scale).detach()
         opening = torch.sigmoid(logits)
         gate = opening * scale
-        if self.training and self.gate_learning_floor > 0:  # same value; the gate head learns as if scale >= floor
-            lift = (scale.detach().clamp(min=self.gate_learning_floor) - scale.detach())
+        if self.training and learning_floor > 0:  # same value; the gate head learns as if scale >= floor
+            lift = (scale.detach().clamp(min=learning_floor) - scale.detach())
             gate = gate + (opening - opening.detach()) * lift
         return gate
 
@@ -424,11 +452,19 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         self._results: dict = {}  # hard calls' result tokens, for the step budget and window in _results_budget
         self._menus: dict = {}  # per operands: the calls that fit and the results run so far
         self._results_budget: Optional[tuple] = None
+        self.heads_training = HeadsTraining()  # how the heads learn; set by training, never saved
         self.post_init()
 
     # ------------------------------------------------------------------ library
-    def attach_library(self, library: Library) -> None:
-        """Use ``library`` for calls; it must be the one the configuration was made for."""
+    def attach_library(self, library: Library, program_sharpness: float = 20.0) -> None:
+        """Use ``library`` for calls; it must be the one the configuration was made for. In soft mode the programs'
+        weights become parameters that train with the model (freeze them with
+        ``model.nc_program_weights.requires_grad_(False)``); a compiled program's impossible choices (logit -inf)
+        start ``program_sharpness`` below their row's best, so that they have a gradient (probability e^-20: the
+        program still computes exactly to float precision)."""
+        if isinstance(program_sharpness, bool) or not isinstance(program_sharpness, (int, float)) or not (
+                0 < program_sharpness < float("inf")):
+            raise ValueError(f"program_sharpness must be a positive finite number, got {program_sharpness!r}")
         c = self.config
         if library.value_size != c.nc_value_size or library.machine.memory_size != c.nc_memory_size:
             raise LibraryError(
@@ -444,7 +480,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
             # The programs' weights become parameters (saved in the library files, not in model.safetensors).
             self.nc_program_weights = nn.ModuleDict({
                 name: nn.ParameterDict({
-                    field: nn.Parameter(_trainable(w, c.nc_program_sharpness), requires_grad=not c.nc_freeze_programs)
+                    field: nn.Parameter(_trainable(w, program_sharpness))
                     for field, w in library[name].weights.items() if w.numel()
                 })
                 for name in c.nc_programs
@@ -586,13 +622,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(hidden_states)
-        heads_losses = []  # the interpreter's own training terms (nc_gate_learning_floor, nc_gate_target_weight)
+        heads_losses = []  # the interpreter's own training terms (HeadsTraining)
         if active:
             if outputs.cache is not None and interpreted.state is not None:  # kept for the next steps
                 outputs.cache.nc_state = interpreted.state
             shared = [torch.tensor(group, dtype=torch.long, device=logits.device) for group in self._shared]
             lm_logits, logits = logits, self._fuse(logits, interpreted, shared)
-            floor, target_weight = self.config.nc_gate_learning_floor, self.config.nc_gate_target_weight
+            floor, target_weight = self.heads_training.gate_learning_floor, self.heads_training.gate_target_weight
             if labels is not None and self.training and (floor > 0 or target_weight > 0):
                 q = self._proposed_answer(lm_logits, interpreted, shared, labels)
                 if floor > 0:
@@ -740,7 +776,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
     @staticmethod
     def _learning_floor_loss(q: torch.Tensor, interpreted: "Interpreted", labels: torch.Tensor, floor: float,
                              num_items_in_batch: Optional[Union[int, torch.Tensor]] = None) -> torch.Tensor:
-        """A term of value 0 for the loss (``nc_gate_learning_floor``): where the gate is below ``floor``, the library's
+        """A term of value 0 for the loss (``HeadsTraining.gate_learning_floor``): where the gate is below ``floor``, the library's
         proposal learns the answer as an expert of the mixture on its own: gradient ``-(floor - g) d log q(y)`` per
         answer token ``y`` (averaged like the loss), ``q`` the proposal. Not the mixture's own gradient at a gate
         raised to the floor, ``(floor - g) (dq(y) - p_LM(y) dm) / p(y)``: where the LM already answers well, that one
@@ -756,7 +792,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
     @staticmethod
     def _gate_target_loss(q: torch.Tensor, lm_logits: torch.Tensor, interpreted: "Interpreted",
                           labels: torch.Tensor) -> torch.Tensor:
-        """The gate's own target (``nc_gate_target_weight``): at each answer token ``y`` the library proposes (mass
+        """The gate's own target (``HeadsTraining.gate_target_weight``): at each answer token ``y`` the library proposes (mass
         >= 1/2), the gate is a choice between two experts, trained toward the right one: open (1) where the proposal
         gives ``y`` at least 1/2, the LM or not (a tie goes to the library); closed (0) where it does not and the LM
         does; no target where neither does (a gate closed there would stop its call from learning). The loss is the
@@ -964,7 +1000,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
         gate_logits = heads.gate_logits(hidden)  # [B, N]
-        own_gates = heads.gate_probability(gate_logits)
+        own_gates = heads.gate_probability(gate_logits, self.heads_training.gate_learning_floor)
         gates = own_gates if state is None else torch.cat([state.gates, own_gates], 1)  # [B, T]
         if config.nc_gate_at == "site":  # the gate of the site each position answers
             gate = torch.einsum("bnt,bt->bn", last_sites, gates.float())

@@ -20,6 +20,7 @@ defaults (errors name the bad key and value); :func:`train` runs it. Sections::
                tables_learning_rate: null,   # the token-table heads (keyword calls, token sites, operand contexts);
                                              # default: heads_learning_rate
                gate_scale_learning_rate: null,   # the gate's scale (one number from 0); default: heads_learning_rate
+               gate_learning_floor: 0.0, gate_target_weight: 0.0,   # NCLlama only: HeadsTraining
                cache_frozen_decoder: false}   # a frozen decoder's output computed once per example (FrozenDecoderCache)
     probe: {steps: 0, per_task: 2, seed: 1234,        # NCLlama only: gate and call accuracy in the log history
             heldout: 0,                               # per task, probes in held-out wordings (probe/heldout/...)
@@ -292,7 +293,8 @@ def _max_value(where: str, value: Any, tasks: Sequence[str]) -> Optional[int]:
 
 
 _HEADS_RATES = ("heads_learning_rate", "tables_learning_rate", "gate_scale_learning_rate")
-_OURS = (*_HEADS_RATES, "cache_frozen_decoder")  # training keys that are not TrainingArguments fields
+_HEADS_TRAINING = ("gate_learning_floor", "gate_target_weight")  # modeling_nclama.HeadsTraining
+_OURS = (*_HEADS_RATES, *_HEADS_TRAINING, "cache_frozen_decoder")  # training keys that are not TrainingArguments fields
 
 
 def _training(where: str, value: Any) -> dict:
@@ -305,6 +307,14 @@ def _training(where: str, value: Any) -> dict:
     for key in value:
         if key == "cache_frozen_decoder":
             _flag(f"{where}.{key}", value[key])
+            continue
+        if key in _HEADS_TRAINING:
+            from .modeling_nclama import HeadsTraining
+
+            try:
+                HeadsTraining(**{key: value[key]})
+            except ValueError as error:
+                raise RecipeError(f"{where}.{error}") from None
             continue
         if key in _HEADS_RATES:  # ours: the interpreter heads' own rates (they start from scratch)
             if isinstance(value[key], bool) or not isinstance(value[key], (int, float)) or value[key] <= 0:
@@ -943,6 +953,13 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
     unknown = [key for key in recipe["final_config"] if not hasattr(model.config, key)]
     if unknown:
         raise RecipeError(f"final_config: {', '.join(unknown)} not settings of {type(model.config).__name__}")
+    heads_training = {k: recipe["training"][k] for k in _HEADS_TRAINING if k in recipe["training"]}
+    if heads_training:
+        if kind != "nclama":
+            raise RecipeError(f"training: {', '.join(heads_training)} train an NCLlama's heads; this model is a plain LLaMA")
+        from .modeling_nclama import HeadsTraining
+
+        model.heads_training = HeadsTraining(**heads_training)
     trainable, total = apply_trainable(model, recipe["trainable"])
     _say(f"model: {kind}, {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.1f}%)")
     max_length = recipe["data"]["max_length"] or getattr(model.config, "max_position_embeddings", None)

@@ -4,7 +4,7 @@ import torch
 
 from forcing import force
 from modeling_nclama import Library, LibraryError
-from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+from modeling_nclama.modeling_nclama import HeadsTraining, NCLlamaForCausalLM
 from modeling_nclama.tokenization import default_tokenizer, reader_tokens
 
 PROMPTS = ["81273+4406=", "Sort the list [5, 3, 9, 1].", "gcd(84, 36)="]
@@ -73,9 +73,10 @@ def test_a_gate_learning_floor_teaches_the_closed_gate_where_to_open(llama, lib,
     grads = {}
     for floor in (0.0, 0.1):
         torch.manual_seed(0)  # the same heads
-        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_gate_learning_floor=floor,
+        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok),
                                               nc_programs=["long_add", "long_mul", "gcd", "max_number"],
                                               nc_top_k=32).train()  # every call runs: the right one is proposed
+        model.heads_training = HeadsTraining(gate_learning_floor=floor)
         out = model(**batch, labels=batch["input_ids"])
         assert (out.logits - llama(**batch).logits).abs().max() <= 1e-5  # still exactly the LLaMA
         out.loss.backward()
@@ -175,8 +176,8 @@ def test_the_gate_target_opens_a_closed_gate_over_a_right_call_alone(llama, lib,
     grads = {}
     for program in ("long_add", "long_sub"):
         for weight in (0.0, 1.0):
-            model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_gate_at="site",
-                                                  nc_gate_target_weight=weight).train()
+            model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_gate_at="site").train()
+            model.heads_training = HeadsTraining(gate_target_weight=weight)
             force(model, program, site)
             with torch.no_grad():
                 model.nc_heads.gate_scale.fill_(0.0)  # closed, as at conversion
@@ -485,3 +486,21 @@ def test_the_lm_chooses_the_opening_bracket_the_library_proposes(llama, lib, tok
     assert probs[False][opener] > 0.99 and probs[False][spaced] < 1e-5
     both = probs[True][opener] + probs[True][spaced]
     assert both > 0.99 and torch.isclose(probs[True][spaced] / both, lm[spaced] / (lm[opener] + lm[spaced]), rtol=1e-3)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"gate_learning_floor": 1.5}, "gate_learning_floor must be in [0, 1]"),
+    ({"gate_target_weight": -0.5}, "gate_target_weight must be a number >= 0"),
+    ({"gate_target_weight": True}, "gate_target_weight must be a number >= 0"),
+])
+def test_heads_training_refuses_bad_settings(settings, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        HeadsTraining(**settings)
+
+
+def test_how_the_heads_train_is_not_saved_with_the_model(model, tmp_path):
+    model.heads_training = HeadsTraining(gate_learning_floor=0.1, gate_target_weight=1.0)
+    model.save_pretrained(tmp_path)
+    text = (tmp_path / "config.json").read_text()
+    assert "learning_floor" not in text and "target_weight" not in text and "sharpness" not in text
+    assert NCLlamaForCausalLM.from_pretrained(tmp_path).heads_training == HeadsTraining()

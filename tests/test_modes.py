@@ -86,7 +86,8 @@ def test_soft_execution_trains_the_program_weights(convert, tok):
 
 
 def test_frozen_programs_get_no_gradient(convert, tok):
-    model = convert(nc_mode="soft", nc_freeze_programs=True).train()
+    model = convert(nc_mode="soft").train()
+    model.nc_program_weights.requires_grad_(False)
     force(model, "add", site=last_site(tok))
     batch = tok([PROMPT + "7"], return_tensors="pt")
     model(**batch, labels=batch["input_ids"]).loss.backward()

@@ -75,6 +75,9 @@ GOOD_MODEL = {"init": {"preset": "tiny", "kind": "llama"}}
      "training.tables_learning_rate: must be a positive number"),
     ({"model": GOOD_MODEL, "training": {"tables_learning_rate": 0.01}}, "tables_learning_rate: needs heads_learning_rate"),
     ({"model": GOOD_MODEL, "final_config": {"max_steps": 5}}, "final_config: must be a mapping of nc_* settings"),
+    ({"model": GOOD_MODEL, "training": {"gate_learning_floor": 1.5}}, "training.gate_learning_floor must be in [0, 1]"),
+    ({"model": GOOD_MODEL, "training": {"gate_target_weight": -1}}, "training.gate_target_weight must be a number >= 0"),
+    ({"model": {"from_llama": {"path": "x", "nc": {"gate_learning_floor": 0.1}}}}, "unknown setting 'gate_learning_floor'"),
     ({"model": GOOD_MODEL, "data": {"tasks": ["add"], "max_value": 9}}, "data.max_value: max_value caps list items; add has no list"),
     ({"model": GOOD_MODEL, "eval": {"tasks": ["sort"], "max_value": -1}}, "eval.max_value: max_value must be a positive int"),
 ])
@@ -382,7 +385,7 @@ def test_a_frozen_decoder_needs_no_backward(make_llama, user_lib):
     """With only the heads trainable and the heads on the last layer, no decoder layer's output requires a gradient
     (the step's backward runs through the heads alone); residual injection at a middle layer would put every later
     layer in the backward."""
-    from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+    from modeling_nclama.modeling_nclama import HeadsTraining, NCLlamaForCausalLM
     from modeling_nclama.tokenization import default_tokenizer, reader_tokens
 
     tok = default_tokenizer()
@@ -390,7 +393,8 @@ def test_a_frozen_decoder_needs_no_backward(make_llama, user_lib):
 
     def layers_in_backward(**nc):
         model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),
-                                              nc_operand_reader="context", nc_gate_learning_floor=0.1, **nc)
+                                              nc_operand_reader="context", **nc)
+        model.heads_training = HeadsTraining(gate_learning_floor=0.1)
         apply_trainable(model, ["nc_heads.*"])
         model.train()
         needs = []
@@ -434,13 +438,14 @@ def test_chat_form_training_data_and_probes():
 def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib):
     """The stand-in returns what the decoder computes (right-padded batches, each example keyed by its tokens), runs
     the decoder only for examples it has not kept, and the step's loss and gradients are those of the real decoder."""
-    from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
+    from modeling_nclama.modeling_nclama import HeadsTraining, NCLlamaForCausalLM
     from modeling_nclama.tokenization import default_tokenizer, reader_tokens
     from modeling_nclama.training import FrozenDecoderCache
 
     tok = default_tokenizer()
     model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),
-                                          nc_operand_reader="context", nc_gate_learning_floor=0.1)
+                                          nc_operand_reader="context")
+    model.heads_training = HeadsTraining(gate_learning_floor=0.1)
     apply_trainable(model, ["nc_heads.*"])
     model.train()
     rows = tokenize(make_dataset(["add", "max"], 4, seed=0), tok, loss_on="answer")

@@ -34,11 +34,6 @@ class NCLlamaConfig(LlamaConfig):
         top-k call runs, the exact marginalization training needs). A trained model answers with calls of
         probability near 1; skipping the unlikely ones (which may run to ``nc_max_steps``) makes inference fast,
         changing no probability by more than this.
-    nc_program_sharpness (`float`, defaults to 20.0):
-        Soft mode: a compiled program's impossible choices (logit -inf) start this far below the row's best, so
-        that they have a gradient (probability e^-20: the program still computes exactly to float precision).
-    nc_freeze_programs (`bool`, defaults to `False`):
-        Soft mode: keep the programs' weights fixed (no gradient).
     nc_value_size, nc_memory_size, nc_stack_depth:
         The machine the library was compiled for (`nc_memory_size` at most `nc_value_size - 1`).
     nc_max_steps (`int`, defaults to 20000):
@@ -122,22 +117,6 @@ class NCLlamaConfig(LlamaConfig):
         and separator included. Without it a negative result cannot follow a space.
     nc_answer_window (`int`, defaults to 64):
         How many positions after a call its result may be emitted over.
-    nc_gate_learning_floor (`float`, defaults to 0.0):
-        In training (with labels), the gate head learns as if the gate's scale were at least this, and where the
-        gate is below it the library's proposal learns each answer token on its own, as an expert of the mixture
-        (an added loss term of value 0, gradient ``-(floor - g) d log q(y)``); values are unchanged. A converted
-        model starts with the gate closed, where those heads get no gradient from the mixture: with a floor they
-        learn where and what the library answers while the gate is still closed, even where the LM already
-        answers well.
-    nc_gate_target_weight (`float`, defaults to 0.0):
-        In training (with labels), the weight of a loss that teaches the gate, from the answers alone, to choose the
-        expert that answers right: at each answer token the library proposes (its proposal holds at least half the
-        mass), the gate of the call site it answers is trained by binary cross-entropy toward 1 if the proposal
-        gives the token at least 1/2 (whatever the LM gives it), toward 0 if not and the LM does, with no target if
-        neither does. The mixture's own gradient opens a gate only where the library does better than the LM, so a
-        gate that closed while its calls were still wrong stayed closed once they were right and the LM answered as
-        well (until lengths the LM had not seen); this target breaks that tie toward the library, which runs the
-        same at every length.
     nc_residual_injection (`bool`, defaults to `False`):
         Add the expected embedding of the first result token of the call made at each position, through a
         zero-initialized linear map, to the output of layer `nc_layer`, so that later layers can use results the
@@ -173,10 +152,6 @@ class NCLlamaConfig(LlamaConfig):
     nc_answer_lead: bool = False
     nc_answer_window: int = 64
     nc_min_call_probability: float = 0.0
-    nc_program_sharpness: float = 20.0
-    nc_freeze_programs: bool = False
-    nc_gate_learning_floor: float = 0.0
-    nc_gate_target_weight: float = 0.0
     nc_residual_injection: bool = False
     nc_base_model: str | None = None
 
@@ -215,8 +190,6 @@ class NCLlamaConfig(LlamaConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.nc_program_sharpness, bool) or not isinstance(self.nc_program_sharpness, (int, float)) or not 0 < self.nc_program_sharpness < float("inf"):
-            raise ValueError(f"nc_program_sharpness must be a positive finite number, got {self.nc_program_sharpness!r}")
         if isinstance(self.nc_min_call_probability, bool) or not isinstance(self.nc_min_call_probability, (int, float)) or not 0 <= self.nc_min_call_probability < 1:
             raise ValueError(f"nc_min_call_probability must be in [0, 1), got {self.nc_min_call_probability!r}")
         texts = set(self.nc_reader_tokens.values())
@@ -233,10 +206,6 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_decimal_places must be 0, 1, 2 or 3, got {self.nc_decimal_places!r}")
         if self.nc_decimal_places and "." not in self.nc_reader_tokens.values():
             raise ValueError("nc_decimal_places needs the '.' token in nc_reader_tokens: rebuild it with tokenization.reader_tokens")
-        if isinstance(self.nc_gate_learning_floor, bool) or not isinstance(self.nc_gate_learning_floor, (int, float)) or not 0 <= self.nc_gate_learning_floor <= 1:
-            raise ValueError(f"nc_gate_learning_floor must be in [0, 1], got {self.nc_gate_learning_floor!r}")
-        if isinstance(self.nc_gate_target_weight, bool) or not isinstance(self.nc_gate_target_weight, (int, float)) or self.nc_gate_target_weight < 0:
-            raise ValueError(f"nc_gate_target_weight must be a number >= 0, got {self.nc_gate_target_weight!r}")
         if self.nc_residual_injection and self.nc_layer % layers == layers - 1:
             raise ValueError(f"nc_residual_injection needs nc_layer below the last layer ({layers - 1}): there is no later layer to inject into")
         if self.nc_value_size < 3:
