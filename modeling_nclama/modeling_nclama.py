@@ -25,22 +25,24 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import LlamaForCausalLM, LlamaModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.masking_utils import find_packed_sequence_indices
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.masking_utils import create_causal_mask, find_packed_sequence_indices
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 from transformers.utils import TransformersKwargs, can_return_tuple, cached_file
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_nclama import NCLlamaConfig
 from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
@@ -428,7 +430,49 @@ class NCLlamaPreTrainedModel(LlamaPreTrainedModel):
 
 
 class NCLlamaModel(NCLlamaPreTrainedModel, LlamaModel):
-    """The decoder: LLaMA's, unchanged (the library acts on its output, in ``NCLlamaForCausalLM``)."""
+    """The decoder: LLaMA's layers and weights, in a loop that hands the hidden states of layer ``nc_layer`` to the
+    interpreter (``at_layer``, given by ``NCLlamaForCausalLM``) and goes on from what it returns (the same states,
+    or with the library's proposal injected: ``nc_residual_injection``). The last layer is handed over after the
+    final norm, as the LM head reads it. Without ``at_layer`` it is LLaMA's decoder."""
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        at_layer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens).unsqueeze(0)
+        causal_mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                         cache=cache, position_ids=position_ids)
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        layers = self.config.num_hidden_layers
+        read_at = self.config.nc_layer % layers
+        for index, decoder_layer in enumerate(self.layers[:layers]):
+            hidden_states = decoder_layer(hidden_states, attention_mask=causal_mask, position_embeddings=position_embeddings,
+                                          position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs)
+            if at_layer is not None and index == read_at < layers - 1:
+                hidden_states = at_layer(hidden_states)
+        hidden_states = self.norm(hidden_states)
+        if at_layer is not None and read_at == layers - 1:
+            hidden_states = at_layer(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
 class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMixin):
@@ -658,28 +702,17 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
     def _run_decoder(self, active: bool, state: Optional[InterpreterState], record: Optional[dict] = None,
                      ids: Optional[torch.Tensor] = None, packed: Optional[torch.Tensor] = None, **inputs):
         """The decoder's outputs and, when ``active``, the interpreter's output on the hidden states of layer
-        ``nc_layer`` (computed inside that layer's forward hook, so that residual injection reaches later layers)."""
-        layer = self.config.nc_layer % self.config.num_hidden_layers
-        last = layer == self.config.num_hidden_layers - 1
-        found: list[Interpreted] = []
+        ``nc_layer`` (the decoder hands them over in its loop, so that residual injection reaches later layers)."""
         ids = inputs.get("input_ids") if ids is None else ids
+        found: list[Interpreted] = []
 
-        def interpret(module, args, out):
-            hidden = out[0] if isinstance(out, tuple) else out
+        def at_layer(hidden: torch.Tensor) -> torch.Tensor:
             found[:] = [self._interpret(ids, hidden, state, record, packed)]
             if not self.config.nc_residual_injection:
-                return None
-            hidden = hidden + self.nc_heads.injection(found[0], self.get_input_embeddings().weight)
-            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+                return hidden
+            return hidden + self.nc_heads.injection(found[0], self.get_input_embeddings().weight)
 
-        hook = self.model.layers[layer].register_forward_hook(interpret) if active and not last else None
-        try:
-            outputs = self.model(**inputs)
-        finally:
-            if hook is not None:
-                hook.remove()
-        if active and last:  # the last layer's output is read after the final norm, as the LM head reads it
-            found[:] = [self._interpret(ids, outputs.last_hidden_state, state, record, packed)]
+        outputs = self.model(**inputs, at_layer=at_layer if active else None)
         return outputs, found[0] if found else None
 
     def _interpret(self, ids: torch.Tensor, hidden: torch.Tensor, state: Optional[InterpreterState],

@@ -833,7 +833,7 @@ class _CachedDecoder(torch.nn.Module):
         self.kept: dict[tuple, torch.Tensor] = {}
         self.computed = self.reused = 0
 
-    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, at_layer=None, **kwargs):
         from transformers.modeling_outputs import BaseModelOutputWithPast
 
         if input_ids is None:
@@ -857,6 +857,8 @@ class _CachedDecoder(torch.nn.Module):
         out = input_ids.new_zeros((*input_ids.shape, self.decoder.config.hidden_size), dtype=self.decoder.dtype)
         for b, key in enumerate(keys):
             out[b, : lengths[b]] = self.kept[key]
+        if at_layer is not None:  # the interpreter reads the last layer (checked by FrozenDecoderCache)
+            out = at_layer(out)
         return BaseModelOutputWithPast(last_hidden_state=out)
 
 
