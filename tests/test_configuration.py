@@ -49,7 +49,7 @@ def test_library_settings_round_trip(tmp_path):
         ({"nc_max_candidates": 0}, "nc_max_candidates must be a positive int"),
         ({"nc_layer": 2}, "nc_layer must be in [-2, 1]"),
         ({"nc_memory_size": 256}, "nc_memory_size must be in [2, nc_value_size - 1 = 255]"),
-        ({"nc_operand_reader": "learned"}, "nc_operand_reader must be one of ('pointer', 'context', 'projection')"),
+        ({"nc_operand_reader": "learned"}, "nc_operand_reader must be one of ('pointer', 'context')"),
         ({"nc_min_call_probability": 1.0}, "nc_min_call_probability must be in [0, 1)"),
         ({"nc_decimal_places": 4}, "nc_decimal_places must be 0, 1, 2 or 3"),
         ({"nc_site_reader": "words"}, "nc_site_reader must be one of ('hidden', 'tokens')"),

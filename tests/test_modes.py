@@ -1,5 +1,5 @@
-"""The model's options: soft execution (program weights train with the model), the projection operand reader,
-residual injection of the library's result into later layers."""
+"""The model's options: soft execution (program weights train with the model), residual injection of the library's
+result into later layers."""
 import pytest
 import torch
 
@@ -40,17 +40,7 @@ def last_site(tok, prompt=PROMPT):
     return len(tok(prompt)["input_ids"]) - 1
 
 
-def point_values(model, values):
-    """Projection reader: operand slot i reads ``values[i]`` whatever the hidden state."""
-    V = model.config.nc_value_size
-    with torch.no_grad():
-        layer = model.nc_heads.operand_value
-        layer.weight.zero_(), layer.bias.fill_(-30.0)
-        for slot, value in enumerate(values):
-            layer.bias[slot * V + value] = 30.0
-
-
-@pytest.mark.parametrize("settings", [{"nc_mode": "soft"}, {"nc_operand_reader": "projection"}, {"nc_layer": 0, "nc_residual_injection": True}])
+@pytest.mark.parametrize("settings", [{"nc_mode": "soft"}, {"nc_layer": 0, "nc_residual_injection": True}])
 def test_closed_gate_is_still_the_llama(convert, llama, tok, settings):
     model = convert(**settings)
     batch = tok([PROMPT, "Double [1, 2, 3]."], return_tensors="pt", padding=True)
@@ -112,29 +102,6 @@ def test_trained_programs_travel_in_the_library_files(convert, tok, tmp_path, us
     batch = tok([PROMPT + "7"], return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-6)
-
-
-@pytest.mark.parametrize("mode", ["hard", "soft"])
-def test_projection_reader_calls_on_projected_values(convert, tok, mode):
-    model = convert(nc_operand_reader="projection", nc_mode=mode)
-    assert not hasattr(model.nc_heads, "operand_query")
-    force(model, "add", site=last_site(tok))
-    point_values(model, [30, 12])  # the projection need not read the prompt's numbers
-    assert answer(model, tok) == "42"
-    sequence, trace = model.generate_with_trace(tok(PROMPT, return_tensors="pt")["input_ids"], max_new_tokens=2, do_sample=False)
-    top = trace[0]["calls"][0]
-    assert top["program"] == "add" and top["arguments"] == [30, 12] and top["operands"] == [{"value": 30}, {"value": 12}]
-    assert top["result"] == 42 and top["probability"] > 0.99
-
-
-def test_projection_reader_learns_from_answers(convert, tok):
-    model = convert(nc_operand_reader="projection").train()
-    force(model, "add", site=last_site(tok))
-    with torch.no_grad():
-        model.nc_heads.operand_value.bias.zero_()  # uniform values: every pair is in play
-    batch = tok([PROMPT + "7"], return_tensors="pt")
-    model(**batch, labels=batch["input_ids"]).loss.backward()
-    assert model.nc_heads.operand_value.weight.grad.abs().sum() > 0
 
 
 def test_residual_injection_reaches_later_layers(convert, tok):

@@ -9,7 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 NC_MODES = ("hard", "soft")
-NC_OPERAND_READERS = ("pointer", "context", "projection")
+NC_OPERAND_READERS = ("pointer", "context")
 NC_CALL_READERS = ("hidden", "keywords")
 NC_SITE_READERS = ("hidden", "tokens")
 NC_GATE_POSITIONS = ("position", "site")
@@ -46,9 +46,7 @@ class NCLlamaConfig(LlamaConfig):
         sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
     nc_operand_reader (`str`, defaults to `"pointer"`):
         `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
-        attention. `"projection"` (the paper's reader): each operand is a distribution over values below
-        `nc_value_size` projected from the hidden state; only programs of int parameters are called.
-        `"context"`: the same operands, chosen by what surrounds them instead of by hidden states: per program and
+        attention. `"context"`: the same operands, chosen by what surrounds them instead of by hidden states: per program and
         operand slot, a learned score for the token before the operand, one for the token after it (or for none
         yet) and one for its rank from the latest operand. "Subtract B from A." gives the first slot of `long_sub`
         the number after " from" whatever its length, so the order of the operands holds far past the training
@@ -214,8 +212,6 @@ class NCLlamaConfig(LlamaConfig):
             raise ValueError(f"nc_memory_size must be in [2, nc_value_size - 1 = {self.nc_value_size - 1}], got {self.nc_memory_size}")
         if len(set(self.nc_programs)) != len(self.nc_programs) or not all(isinstance(p, str) for p in self.nc_programs):
             raise ValueError(f"nc_programs must be distinct program names, got {self.nc_programs!r}")
-        if self.nc_answer_lead and self.nc_operand_reader == "projection":
-            raise ValueError("nc_answer_lead needs the pointer or context operand reader (the projection reader writes values only)")
         for token, role in self.nc_chat_tokens.items():
             if not str(token).isdigit() or int(token) >= self.vocab_size:
                 raise ValueError(f"nc_chat_tokens: {token!r} is not a token id below vocab_size {self.vocab_size}")

@@ -194,7 +194,7 @@ def interpreter_state(cache: Optional[Cache]) -> Optional[InterpreterState]:
 
 
 class NCInterpreterHeads(nn.Module):
-    """Gate, call, operand (pointer, context or projection) and site-continuation heads, on the decoder's hidden
+    """Gate, call, operand (pointer or context) and site-continuation heads, on the decoder's hidden
     state or on token tables, and the optional residual injection of the library's proposal."""
 
     def __init__(self, config: NCLlamaConfig):
@@ -224,12 +224,10 @@ class NCInterpreterHeads(nn.Module):
         if config.nc_operand_reader == "pointer":
             self.operand_query = nn.Linear(hidden, self.slots * dim)
             self.operand_key = nn.Linear(hidden, dim)
-        elif config.nc_operand_reader == "context":  # per (program, slot); the last row of a token table: no token
+        else:  # context: per (program, slot); the last row of a token table: no token
             self.operand_before = nn.Embedding(config.vocab_size + 1, programs * self.slots)
             self.operand_after = nn.Embedding(config.vocab_size + 1, programs * self.slots)
             self.operand_rank = nn.Embedding(config.nc_max_candidates, programs * self.slots)
-        else:
-            self.operand_value = nn.Linear(hidden, self.slots * config.nc_value_size)
         if config.nc_site_reader == "hidden":
             self.site_continue = nn.Linear(hidden, 1)
         else:
@@ -397,11 +395,6 @@ class NCInterpreterHeads(nn.Module):
         the token before it, the token after it (``vocab_size``: none) and its rank from the latest candidate."""
         scores = self.operand_before(before) + self.operand_after(after) + self.operand_rank(rank)  # [G, O, P * S]
         return scores.float().view(*before.shape, -1, self.slots).permute(0, 2, 3, 1)
-
-    def operand_values(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Projection reader: per operand slot, a distribution over values [B, T, S, V]."""
-        logits = self.operand_value(hidden).float()
-        return torch.softmax(logits.view(*hidden.shape[:-1], self.slots, -1), dim=-1)
 
     def injection(self, interpreted: "Interpreted", embeddings: torch.Tensor) -> torch.Tensor:
         """What residual injection adds to the hidden state: the expected embedding of the first result token of the
@@ -998,10 +991,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
                 operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
             tokens, probs, skipped = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys,
                                                          record, own_site)
-        elif config.nc_operand_reader == "context":
-            tokens, probs, skipped = self._pointer_calls(ids, start, calls, None, None, record, own_site)
         else:
-            tokens, probs, skipped = self._projection_calls(calls, heads.operand_values(hidden), record)
+            tokens, probs, skipped = self._pointer_calls(ids, start, calls, None, None, record, own_site)
         if not self.training:
             # A position none of whose calls was worth running starts no answer: inside a long answer every separator
             # keeps a little new-site mass whose calls are too unlikely to run, and that mass, proposing nothing,
@@ -1229,58 +1220,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
                 rank[g, i] = len(operands) - 1 - i
         return before, after, rank
 
-    def _projection_calls(self, calls: torch.Tensor, values: torch.Tensor,
-                          record: Optional[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The paper's alternative reader: each operand slot is a distribution over values [B, N, S, V] projected
-        from the hidden state (so only programs of int parameters are called, on values below V). The top-k
-        (program, values) choices of every position, scored together, with their result tokens and probabilities,
-        and the positions none of whose calls ran (as ``_pointer_calls``)."""
-        config = self.config
-        B, N, P = calls.shape
-        K, S = config.nc_top_k, self.nc_heads.slots
-        top_v, top_i = values.topk(min(K, values.shape[-1]), dim=-1)  # [B, N, S, k]
-        fits = torch.tensor([self.library[name].arity <= S and all(t == "int" for _, t in self.library[name].params)
-                             for name in config.nc_programs])
-        if not fits.any():
-            return (torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long), calls.new_zeros(B, N, K),
-                    torch.zeros(B, N, dtype=torch.bool))
-        calls = torch.softmax(calls.masked_fill(~fits, float("-inf")), -1)
-        scores, choices = [], []
-        for index, name in enumerate(config.nc_programs):
-            if not fits[index]:
-                continue
-            for picks in itertools.product(range(top_v.shape[-1]), repeat=self.library[name].arity):
-                p = calls[:, :, index]
-                for slot, pick in enumerate(picks):
-                    p = p * top_v[:, :, slot, pick]
-                scores.append(p)
-                choices.append((index, picks))
-        tokens = torch.full((B, N, K, config.nc_answer_window), -1, dtype=torch.long)
-        scores = torch.stack(scores, -1)  # [B, N, C]
-        top = scores.detach().topk(min(K, scores.shape[-1]), dim=-1).indices
-        chosen_p = scores.gather(2, top)
-        arguments = top_i.tolist()
-        picked = [
-            [LibraryCall(choices[c][0], tuple(arguments[b][n][slot][pick] for slot, pick in enumerate(choices[c][1])), Style()) for c in cs]
-            for b, rows in enumerate(top.tolist()) for n, cs in enumerate(rows)
-        ]
-        run = (chosen_p.detach() >= config.nc_min_call_probability).view(B * N, -1).tolist()
-        executed = [[c if go else None for c, go in zip(row, ok)] for row, ok in zip(picked, run)]
-        k = top.shape[-1]
-        chosen_tokens, factor = (self._hard_tokens if config.nc_mode == "hard" else self._soft_results)(executed)
-        if factor is not None:
-            chosen_p = chosen_p * factor.view(B, N, k)
-        tokens[:, :, :k] = chosen_tokens.view(B, N, k, -1)
-        if record is not None:
-            flat_p = chosen_p.reshape(B * N, k)
-            for g, row in enumerate(picked):
-                record[divmod(g, N)] = [
-                    RecordedCall(c, [None] * len(c.arguments), float(flat_p[g, j]), _real(chosen_tokens[g, j, 0]),
-                                 None if run[g][j] else _UNLIKELY) for j, c in enumerate(row)
-                ]
-        skipped = torch.tensor([not any(go) for go in run]).view(B, N)
-        return tokens, torch.cat([chosen_p, chosen_p.new_zeros(B, N, K - k)], -1), skipped
-
     def _operands(self, ids: list[int]) -> list[Operand]:
         """The operands a call may read: what the reader finds, a list's items read only as the list (a 64-item list
         offers one operand, not 65), the last ``nc_max_candidates`` of them (so the calls that fit stay few however
@@ -1496,7 +1435,7 @@ class RecordedCall:
     """One of the top-k calls of a position, as ``explain`` reports it."""
 
     call: LibraryCall
-    operands: list  # the Operand each parameter read (None with the projection reader)
+    operands: list  # the Operand each parameter read
     probability: float
     tokens: list[int]
     problem: Optional[str] = None  # why it was not run, if the machine cannot take it
