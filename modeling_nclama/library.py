@@ -12,7 +12,6 @@ Nothing is pickled.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import tempfile
@@ -27,7 +26,7 @@ from safetensors.torch import save_file
 from .machine import STATUS_MEMORY_FAULT, STATUS_OK, HardRun, Machine, MachineError, SoftRun
 from .machine import STATUS_NAMES as MACHINE_STATUS_NAMES
 from .ops import PRIMITIVES, hard_table
-from .program import DEFAULT_SHARPNESS, KINDS, OPS, WEIGHT_NAMES, Program, format_assembly
+from .program import KINDS, OPS, WEIGHT_NAMES, Program, format_assembly
 
 FORMAT_VERSION = 2  # 1: op tables stored as tensors in library.safetensors; 2: only their sha256, in library.json
 LIBRARY_JSON = "library.json"
@@ -102,22 +101,6 @@ class Library:
         self.max_steps = max_steps
         memory_size = self.value_size - 1 if memory_size is None else memory_size
         self.machine = Machine(programs, memory_size=memory_size, stack_depth=stack_depth)
-
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_source(cls, source: str, value_size: int = 256, *, sharpness: float = DEFAULT_SHARPNESS, **settings) -> "Library":
-        """Compile every function of ``source`` (Python text; never executed) into a library.
-
-        Needs the ``nclama`` toolchain installed (the runtime alone, as copied to the Hub, can only load libraries).
-        """
-        compiler = _toolchain("modeling_nclama.compiler")
-        programs = compiler.compile_source(source, value_size=value_size, sharpness=sharpness)
-        return cls([_as_runtime_program(p) for p in programs], **settings)
-
-    @classmethod
-    def standard(cls, value_size: int = 256, **settings) -> "Library":
-        """The standard library (``modeling_nclama/stdlib.py``), compiled."""
-        return cls.from_source(_toolchain("modeling_nclama.compiler").stdlib_source(), value_size, **settings)
 
     # ------------------------------------------------------------------ access
     @property
@@ -544,20 +527,6 @@ def _check_format_version(version: Any, path: Path) -> None:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise LibraryError(f"{path}: format_version {version} was written by a newer nclama; this runtime reads format_version {FORMAT_VERSION}")
     raise LibraryError(f"{path}: format_version {version!r} is not a library format; this runtime reads format_version {FORMAT_VERSION}")
-
-
-def _toolchain(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(f"compiling needs the nclama toolchain ({module}); install the nclama package") from error
-
-
-def _as_runtime_program(p: Any) -> Program:
-    """The compiler may come from another copy of the package (e.g. a Hub dynamic module); rebuild by fields."""
-    if isinstance(p, Program):
-        return p
-    return Program(p.name, list(p.params), p.returns, list(p.callees), p.num_registers, p.num_args, p.value_size, dict(p.weights), p.source, dict(p.meta))
 
 
 def _tape_value(cells: list[int]) -> Optional[int]:

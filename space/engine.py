@@ -17,10 +17,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
-from modeling_nclama import Library
-from modeling_nclama.evaluation import answer_text
-from modeling_nclama.tasks import CANONICAL, chat_prompt
-from modeling_nclama.training import prompt_ids
+from modeling_nclama import Library, compile_library
+from modeling_nclama.toolchain.evaluation import answer_text
+from modeling_nclama.toolchain.tasks import CANONICAL, chat_prompt
+from modeling_nclama.toolchain.training import prompt_ids
 from settings import LIMITS
 
 MODES = ("hard", "soft")
@@ -95,7 +95,7 @@ class Engine:
         """Compile every function of ``source`` (AST only: never executed) and run ``call`` (``triangle(10)``)."""
         check_source(source)
         name, args = parse_call(call)
-        library = Library.from_source(source, value_size=LIMITS.compile_value_size)
+        library = compile_library(source, value_size=LIMITS.compile_value_size)
         lines = sum(p.num_lines for p in library.programs)
         if len(library) > LIMITS.functions:
             raise ValueError(f"the source defines {len(library)} functions; at most {LIMITS.functions} are allowed")

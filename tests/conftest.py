@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from modeling_nclama import Library
+from modeling_nclama import compile_library, standard_library
 
 V = 256
 
@@ -70,7 +70,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def std():
     """The standard library at V = 256, compiled once."""
-    return Library.standard(value_size=V)
+    return standard_library(value_size=V)
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +80,12 @@ def user_source():
 
 @pytest.fixture(scope="session")
 def user_lib():
-    return Library.from_source(USER_SOURCE, value_size=V)
+    return compile_library(USER_SOURCE, value_size=V)
 
 
 @pytest.fixture(scope="session")
 def faulty_lib():
-    return Library.from_source(FAULTY_SOURCE, value_size=V)
+    return compile_library(FAULTY_SOURCE, value_size=V)
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +105,7 @@ def make_llama():
 
 def _smollm2_missing():
     """Why the tests marked ``smollm2`` cannot run here (None when they can)."""
-    from modeling_nclama.bases import BaseError, source_file
+    from modeling_nclama.toolchain.bases import BaseError, source_file
 
     try:
         source_file("smollm2-135m-instruct")
@@ -131,7 +131,7 @@ def smollm2_folder(tmp_path_factory):
     """The plain SmolLM2-135M-Instruct folder (float32) that ``nclama base smollm2-135m-instruct`` builds, built
     once per session (about 15-40 s on one thread). Tests that use it are marked ``pytest.mark.smollm2``; they must
     not write into it."""
-    from modeling_nclama.bases import build_base
+    from modeling_nclama.toolchain.bases import build_base
 
     reason = _smollm2_missing()
     if reason and os.environ.get("NCLAMA_REQUIRE_SMOLLM2") != "1":

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modeling_nclama import adversarial, tasks
-from modeling_nclama.adversarial import CASES, adversarial_rows, load_adversarial, write_adversarial
+from modeling_nclama.toolchain import adversarial, tasks
+from modeling_nclama.toolchain.adversarial import CASES, adversarial_rows, load_adversarial, write_adversarial
 
 from test_tasks import parse, reference
 
@@ -42,7 +42,7 @@ def numbers(prompt):
 def test_the_committed_file_is_the_generators(tmp_path):
     regenerated = write_adversarial(tmp_path / "adversarial.jsonl")
     assert COMMITTED.read_bytes() == regenerated.read_bytes(), \
-        "regenerate it: python -c 'from modeling_nclama.adversarial import write_adversarial; write_adversarial()'"
+        "regenerate it: python -c 'from modeling_nclama.toolchain.adversarial import write_adversarial; write_adversarial()'"
     assert load_adversarial() == load_adversarial(COMMITTED) == adversarial_rows()
     assert adversarial.ADVERSARIAL_PATH == COMMITTED
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from modeling_nclama.analysis import (
+from modeling_nclama.toolchain.analysis import (
     fibonacci_gradients,
     fibonacci_training_curves,
     format_repair_report,
@@ -15,7 +15,7 @@ from modeling_nclama.analysis import (
     repair_program,
     stdlib_function_source,
 )
-from modeling_nclama.cli import main
+from modeling_nclama.toolchain.cli import main
 
 
 @pytest.fixture(scope="module")

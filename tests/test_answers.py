@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from modeling_nclama import Library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, _plain, call_budget
 from modeling_nclama.reader import Style
-from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama import standard_library
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,7 +21,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def lib():
-    return Library.standard(256)
+    return standard_library(256)
 
 
 def open_model(tok, make_llama, lib, **settings):
@@ -113,7 +113,7 @@ def test_a_call_the_machine_cannot_take_keeps_its_mass_and_proposes_nothing(tok,
 def test_no_program_for_these_operands_is_said():
     """A prompt whose operands no program takes: the row of its answer says so."""
     tok = default_tokenizer()
-    lib = Library.standard(256)
+    lib = standard_library(256)
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -137,7 +137,7 @@ def test_step_budgets_follow_the_operands(lib):
     assert call_budget(["int"], (30,), 10**9) == 1000 + 64 * 900
     assert call_budget(["numbers"], ((5, -1200, 7),), 10**9) == 1000 + 64 * (1 + 3 * 5) ** 2
     assert call_budget(["list"], ((1, 2, 3),), 500) == 500
-    big = Library.standard(1024)
+    big = standard_library(1024)
     cases = [("long_mul", (int("7" * 40), int("9" * 40))), ("sort_numbers", (list(range(999, 935, -1)),)),
              ("fib_tape", (120,)), ("long_add", (int("8" * 40), -int("3" * 40))), ("long_gcd", (987654321012, 123456789012))]
     for name, args in cases:

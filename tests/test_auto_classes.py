@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_nclama import Library
+from modeling_nclama import standard_library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
-from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 
 RUNTIME_FILES = {"configuration_nclama.py", "modeling_nclama.py", "library.py", "machine.py", "program.py", "ops.py", "reader.py"}
 PROMPT = "What is 81273 plus 4406?"
@@ -35,7 +35,7 @@ print(json.dumps({"class": type(model).__name__, "library": len(model.library.na
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, make_llama):
     tok = default_tokenizer()
-    model = NCLlamaForCausalLM.from_llama(make_llama(tok), Library.standard(256), reader_tokens=reader_tokens(tok))
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), standard_library(256), reader_tokens=reader_tokens(tok))
     folder = tmp_path_factory.mktemp("nclama")
     model.eval().save_pretrained(folder)
     tok.save_pretrained(folder)

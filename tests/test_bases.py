@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_nclama import bases
-from modeling_nclama.cli import build_parser, main
+from modeling_nclama.toolchain import bases
+from modeling_nclama.toolchain.cli import build_parser, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NAME = "smollm2-135m-instruct"

@@ -2,8 +2,8 @@
 tokenizer (a smoke run: one round, two new tokens; BENCHMARKS.md has the full run)."""
 import pytest
 
-from modeling_nclama.bench import bench_model, format_model_table
-from modeling_nclama.cli import build_parser
+from modeling_nclama.toolchain.bench import bench_model, format_model_table
+from modeling_nclama.toolchain.cli import build_parser
 
 pytestmark = pytest.mark.smollm2
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_nclama import Library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
 from modeling_nclama.reader import Style
-from modeling_nclama.tasks import chat_prompt
-from modeling_nclama.tokenization import default_tokenizer, reader_tokens
-from modeling_nclama.training import _result_words, chat_tokens, prompt_ids
+from modeling_nclama.toolchain.tasks import chat_prompt
+from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama.toolchain.training import _result_words, chat_tokens, prompt_ids
+from modeling_nclama import standard_library
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,7 +39,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def lib():
-    return Library.standard(256)
+    return standard_library(256)
 
 
 def chat_model(tok, make_llama, lib, **settings):
@@ -175,7 +175,7 @@ def test_the_chat_template_is_rendered_once(tok):
 
 
 def test_the_recipe_builder_fills_the_template(tmp_path, tok, make_llama):
-    from modeling_nclama.training import build_model, validate_recipe
+    from modeling_nclama.toolchain.training import build_model, validate_recipe
 
     folder = Path(tmp_path) / "llama"
     make_llama(tok).save_pretrained(folder)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from modeling_nclama.cli import main
+from modeling_nclama.toolchain.cli import main
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
 
 

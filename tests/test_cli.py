@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from modeling_nclama import Library
-from modeling_nclama.cli import main
+from modeling_nclama import Library, standard_library
+from modeling_nclama.toolchain.cli import main
 
 SOURCE = """
 def triangle(n):
@@ -58,7 +58,7 @@ def test_run_std_with_lists_and_trace(capsys):
     assert last.startswith("gcd(84, 36) = 12   [")
     steps = int(last.split("[")[1].split()[0])
     rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert len(rows) == steps == Library.standard(256).run_batch("gcd", [(84, 36)]).steps[0]
+    assert len(rows) == steps == standard_library(256).run_batch("gcd", [(84, 36)]).steps[0]
     assert "mod" in out
 
 

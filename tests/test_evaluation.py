@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_nclama import evaluation, tasks
-from modeling_nclama.cli import main
-from modeling_nclama.evaluation import answer_text, evaluate_model, exact_match, format_table, write_results
-from modeling_nclama.tokenization import default_tokenizer
+from modeling_nclama.toolchain import evaluation, tasks
+from modeling_nclama.toolchain.cli import main
+from modeling_nclama.toolchain.evaluation import answer_text, evaluate_model, exact_match, format_table, write_results
+from modeling_nclama.toolchain.tokenization import default_tokenizer
 
 from test_tasks import reference
+from modeling_nclama import standard_library
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -176,7 +177,7 @@ def test_write_results(tmp_path):
 
 @pytest.fixture(scope="module")
 def nclama_folder(tmp_path_factory):
-    from modeling_nclama.checkpoints import init_model
+    from modeling_nclama.toolchain.checkpoints import init_model
 
     folder = tmp_path_factory.mktemp("nclama") / "tiny"
     init_model("tiny", folder)
@@ -247,7 +248,7 @@ def test_nclama_eval_argument_errors(argv, message, tmp_path, capsys):
 
 
 def test_results_merge_by_task_split_and_length(tmp_path):
-    from modeling_nclama.evaluation import write_results
+    from modeling_nclama.toolchain.evaluation import write_results
 
     write_results([{"task": "add", "length": 5, "exact_match": 0.5}, {"task": "add", "length": 9, "exact_match": 1.0}], tmp_path)
     write_results([{"task": "add", "split": "heldout", "length": 5, "exact_match": 0.25},
@@ -299,8 +300,8 @@ def test_chat_rows_merge_beside_plain_ones(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- adversarial
-from modeling_nclama.adversarial import adversarial_rows  # noqa: E402
-from modeling_nclama.evaluation import evaluate_adversarial, format_adversarial, write_adversarial_results  # noqa: E402
+from modeling_nclama.toolchain.adversarial import adversarial_rows  # noqa: E402
+from modeling_nclama.toolchain.evaluation import evaluate_adversarial, format_adversarial, write_adversarial_results  # noqa: E402
 
 
 class TraceStub(torch.nn.Module):
@@ -495,16 +496,15 @@ def test_nclama_eval_adversarial_file_errors(tmp_path, capsys):
 def test_against_the_base_on_prose(tmp_path, make_llama, capsys):
     """A conversion with the gate closed is its base on prose (every continuation identical, the same perplexity);
     a model that differs is found, prompt by prompt."""
-    from modeling_nclama import Library
-    from modeling_nclama.evaluation import evaluate_against_base, load_prose
+    from modeling_nclama.toolchain.evaluation import evaluate_against_base, load_prose
     from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
-    from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+    from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 
     tok = default_tokenizer()
     llama = make_llama(tok)
     llama.save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
-    model = NCLlamaForCausalLM.from_llama(tmp_path / "base", Library.standard(64), reader_tokens=reader_tokens(tok),
+    model = NCLlamaForCausalLM.from_llama(tmp_path / "base", standard_library(64), reader_tokens=reader_tokens(tok),
                                           nc_programs=["long_add"])
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")

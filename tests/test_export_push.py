@@ -8,7 +8,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hub_double import HubDouble, pointed_at
-from modeling_nclama.cli import main
+from modeling_nclama.toolchain.cli import main
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -63,7 +63,7 @@ def test_push_then_load_from_the_hub(exported, tmp_path, monkeypatch, capsys, is
 
 
 def test_a_plain_llama_baseline_exports_with_its_own_card(tmp_path, make_llama):
-    from modeling_nclama.tokenization import default_tokenizer
+    from modeling_nclama.toolchain.tokenization import default_tokenizer
 
     tok = default_tokenizer()
     make_llama(tok).save_pretrained(tmp_path / "baseline")
@@ -82,7 +82,7 @@ def test_additions_only_then_join_gives_the_full_export(tmp_path, make_llama, st
     stored, the join with the base is the full export byte for byte, and another base is refused."""
     from safetensors.torch import load_file
 
-    from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+    from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 
     tok = default_tokenizer()
     for name, seed in (("base", 0), ("other_base", 1)):

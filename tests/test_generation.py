@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from modeling_nclama import Library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
-from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama import standard_library
 
 PROMPTS = ["81273+4406=", "gcd(84, 36)=", "What is the sum of [5, 3, 9, 1]?"]
 
@@ -27,7 +27,7 @@ READERS = {
 
 @pytest.fixture(scope="module", params=list(READERS.values()), ids=list(READERS))
 def model(request, tok, make_llama):
-    model = NCLlamaForCausalLM.from_llama(make_llama(tok), Library.standard(256), reader_tokens=reader_tokens(tok),
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), standard_library(256), reader_tokens=reader_tokens(tok),
                                           **request.param)
     with torch.no_grad():  # an open gate and random heads: the library shapes every step
         model.nc_heads.gate_scale.fill_(1.0)

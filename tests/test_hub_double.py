@@ -19,7 +19,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors.torch import save_file
 
 from hub_double import HubDouble, hub_double, pointed_at
-from modeling_nclama.hub import HubPushError, push_folder
+from modeling_nclama.toolchain.hub import HubPushError, push_folder
 
 # huggingface_hub's own LFS single-part PUT passes a file object as `data=`; httpx2 deprecates that. Not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -236,7 +236,7 @@ def test_env_var_route_in_a_subprocess(hf_env, tmp_path):
     script = (
         "import sys\n"
         "from huggingface_hub import constants, snapshot_download\n"
-        "from modeling_nclama.hub import push_folder\n"
+        "from modeling_nclama.toolchain.hub import push_folder\n"
         "assert constants.ENDPOINT == sys.argv[1] and constants.HF_HUB_DISABLE_XET\n"
         "r = push_folder(sys.argv[2], 'nclama-org/from-env')\n"
         "print(r.oid, snapshot_download('nclama-org/from-env'))\n"

@@ -13,8 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import modeling_nclama.library as library_module
-from modeling_nclama import ops as ops_module
-from modeling_nclama import CompileError, Library, LibraryError, MachineError
+from modeling_nclama import CompileError, Library, LibraryError, MachineError, compile_library, ops as ops_module, standard_library
 from modeling_nclama.program import OPS, WEIGHT_NAMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,7 +76,7 @@ def test_save_load_round_trip(std, saved):
 def test_fingerprint_changes_with_the_programs(std):
     softened = std.with_programs([std["gcd"].soften(4.0)])
     assert softened.fingerprint() != std.fingerprint()
-    assert Library.standard(V).fingerprint() == std.fingerprint()  # deterministic compile
+    assert standard_library(V).fingerprint() == std.fingerprint()  # deterministic compile
 
 
 def test_round_trip_of_custom_settings_and_softened_programs(std, tmp_path):
@@ -143,7 +142,7 @@ def test_library_files_hold_no_op_tables_and_stay_small(saved, tmp_path):
     weights = sum(4 * t.numel() for t in load_file(str(saved / TENSORS)).values())
     assert (saved / TENSORS).stat().st_size < weights + 64 * 1024  # the weights plus the safetensors header
     source = "def f(a, b):\n    return max(a % b, a // b) + (a < b)\n"
-    big = Library.from_source(source, value_size=1024)
+    big = compile_library(source, value_size=1024)
     assert len(big.machine.primitives_used) >= 5
     big.save(tmp_path)
     assert (tmp_path / TENSORS).stat().st_size < 64 * 1024
@@ -492,7 +491,7 @@ def test_from_source_other_programs_in_both_modes(user_lib):
 
 
 def test_from_source_round_trip_and_small_value_size(tmp_path):
-    lib = Library.from_source("def twice(n):\n    return n + n\n", value_size=16)
+    lib = compile_library("def twice(n):\n    return n + n\n", value_size=16)
     assert lib.value_size == 16 and lib.machine.memory_size == 15
     assert lib.run_batch("twice", [(n,) for n in range(16)]).values == [(2 * n) % 16 for n in range(16)]
     assert lib.run("twice", 9, mode="soft") == 2
@@ -505,16 +504,16 @@ def test_from_source_round_trip_and_small_value_size(tmp_path):
 
 def test_from_source_refuses_unsupported_code():
     with pytest.raises(CompileError, match="line 2"):
-        Library.from_source("def f(n):\n    return lambda: n\n", value_size=V)
+        compile_library("def f(n):\n    return lambda: n\n", value_size=V)
     with pytest.raises(CompileError, match="does not fit"):
-        Library.from_source("def f(n):\n    return n + 300\n", value_size=V)
+        compile_library("def f(n):\n    return n + 300\n", value_size=V)
 
 
 def test_from_source_never_executes_the_source(tmp_path):
     marker = tmp_path / "executed"
     source = f"open({str(marker)!r}, 'w')\n\ndef f(n):\n    return n\n"
     with pytest.raises(CompileError):
-        Library.from_source(source, value_size=V)
+        compile_library(source, value_size=V)
     assert not marker.exists()
 
 

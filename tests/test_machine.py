@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_nclama import Library, MachineError, Trace
+from modeling_nclama import Library, MachineError, Trace, compile_library, standard_library
 from modeling_nclama.machine import STATUS_NAMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -223,14 +223,14 @@ def test_unbounded_recursion_overflows_the_stack(faulty_lib, std):
 
 
 def test_stack_depth_32_holds_32_nested_calls():
-    lib = Library.from_source(
+    lib = compile_library(
         "def depth(n):\n    if n == 0:\n        return 0\n    return depth(n - 1) + 1\n", value_size=V
     )
     assert lib.machine.stack_depth == 32
     assert lib.run("depth", 32) == 32
     with pytest.raises(MachineError, match="stack"):
         lib.run("depth", 33)
-    shallow = Library.from_source(
+    shallow = compile_library(
         "def depth(n):\n    if n == 0:\n        return 0\n    return depth(n - 1) + 1\n", value_size=V, stack_depth=4
     )
     assert shallow.run("depth", 4) == 4
@@ -250,19 +250,19 @@ def test_inputs_too_large_for_memory_are_refused(std):
     assert std.run("insertion_sort", list(range(253)))[:3] == [0, 1, 2]  # heap pointer + length + 253 items: fits
     with pytest.raises(ValueError, match="memory"):
         std.run("insertion_sort", list(range(254)))
-    small = Library.standard(V, memory_size=32)
+    small = standard_library(V, memory_size=32)
     with pytest.raises(ValueError, match="memory_size is 32"):
         small.run("reverse", list(range(40)))
 
 
 def test_writing_beyond_memory_is_a_memory_fault():
-    lib = Library.from_source("def spill(n):\n    xs = [1] * n\n    return xs\n", value_size=V, memory_size=64)
+    lib = compile_library("def spill(n):\n    xs = [1] * n\n    return xs\n", value_size=V, memory_size=64)
     with pytest.raises(MachineError, match="memory"):
         lib.run("spill", 70)
     result = lib.run_batch("spill", [(70,), (3,)])
     assert result.status == ["memory_fault", "ok"]
     assert result.values == [None, [1, 1, 1]]
-    small = Library.standard(V, memory_size=32)
+    small = standard_library(V, memory_size=32)
     result = small.run_batch("reverse", [(list(range(20)),), ([1, 2],)])  # the output list does not fit
     assert result.status == ["memory_fault", "ok"] and result.values == [None, [2, 1]]
 
@@ -290,7 +290,7 @@ def test_bug_soft_fault_is_a_probability():
     """machine.run_soft accumulates ``fault += p * mass beyond memory`` at every step and the machine keeps running
     after a fault, so ``fault`` counts faulting steps: 8.0 for spill(70) at memory_size 64 (Library.run then
     reports 'probability 8.00')."""
-    lib = Library.from_source("def spill(n):\n    xs = [1] * n\n    return xs\n", value_size=V, memory_size=64)
+    lib = compile_library("def spill(n):\n    xs = [1] * n\n    return xs\n", value_size=V, memory_size=64)
     x, mem = lib.encode_soft(lib["spill"], [(70,)])
     run = lib.run_soft(entry_for(lib, "spill"), x, mem, max_steps=400)
     assert 0.99 <= run.fault[0].item() <= 1.0 + 1e-6
@@ -465,7 +465,7 @@ def test_bug_encode_soft_accepts_distributions_as_list_items(std):
 
 def test_halt_instruction_in_both_modes(std):
     """Compiled code ends with ``ret``; a hand-written program may ``halt`` (x0 is still the result)."""
-    from modeling_nclama.program import parse_assembly
+    from modeling_nclama.toolchain.assembly import parse_assembly
 
     text = "def bump(a: int) -> int\n.consts 3\n   0  add x0, x0, #3\n   1  halt\n   2  inc x0, x0\n   3  ret"
     m = std.machine

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from modeling_nclama import Library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
-from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama import standard_library
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def tok():
 
 @pytest.fixture
 def model(tok, make_llama):
-    model = NCLlamaForCausalLM.from_llama(make_llama(tok), Library.standard(256), reader_tokens=reader_tokens(tok))
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), standard_library(256), reader_tokens=reader_tokens(tok))
     with torch.no_grad():
         model.nc_heads.gate_scale.fill_(0.5)  # open the gate, so the library takes part
     return model

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from forcing import force
-from modeling_nclama import Library, LibraryError
+from modeling_nclama import LibraryError, compile_library, standard_library
 from modeling_nclama.modeling_nclama import HeadsTraining, NCLlamaForCausalLM
-from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 
 PROMPTS = ["81273+4406=", "Sort the list [5, 3, 9, 1].", "gcd(84, 36)="]
 
@@ -17,7 +17,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def lib():
-    return Library.standard(256)
+    return standard_library(256)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def test_a_comparison_is_answered_in_words(llama, lib, tok):
 
 def test_decimals_are_sorted_and_written_as_decimals(llama, lib, tok):
     """CLRS-Text's insertion_sort: keys are decimals, read in fixed point and written back the same way."""
-    model = NCLlamaForCausalLM.from_llama(llama, Library.standard(1024), reader_tokens=reader_tokens(tok),
+    model = NCLlamaForCausalLM.from_llama(llama, standard_library(1024), reader_tokens=reader_tokens(tok),
                                           nc_decimal_places=3).eval()
     inputs = tok("insertion_sort:\nkey: [0.549 0.715 0.6 0.05]\npred:\n", return_tensors="pt")
     force(model, "insertion_sort", site=inputs["input_ids"].shape[1] - 1)
@@ -295,8 +295,8 @@ def test_save_and_load_carry_the_library(model, tok, tmp_path, lib):
 
 def test_a_mismatched_library_is_refused(model):
     with pytest.raises(LibraryError, match="value_size"):
-        model.attach_library(Library.standard(128))
-    other = Library.from_source("def gcd(a, b):\n    return a\n", value_size=256)
+        model.attach_library(standard_library(128))
+    other = compile_library("def gcd(a, b):\n    return a\n", value_size=256)
     with pytest.raises(LibraryError, match="lacks programs"):
         model.attach_library(other)
 

@@ -5,7 +5,7 @@ import torch
 
 from forcing import force
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
-from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 from safetensors import safe_open
 
 PROGRAMS = ["add", "double_all"]  # the user library's small programs: soft runs of a few steps

@@ -198,7 +198,7 @@ def test_errors_are_clear():
 
 
 def test_bench_ops_smoke():
-    from modeling_nclama.bench import bench_ops, format_ops_table
+    from modeling_nclama.toolchain.bench import bench_ops, format_ops_table
 
     rows = bench_ops(value_sizes=(8,), batch=4, repeats=1, ops=("add", "mul"))
     assert {(r["op"], r["method"]) for r in rows} == {

@@ -3,12 +3,12 @@ import math
 
 import torch
 
-from modeling_nclama import Library
 from modeling_nclama.program import Instruction
+from modeling_nclama import standard_library
 
 
 def test_soften_keeps_the_argmax_and_hardened_restores_the_exact_program():
-    lib = Library.standard(64)
+    lib = standard_library(64)
     for program in lib.programs:
         soft = program.soften(4.0)
         assert soft.instructions() == program.instructions() and soft.consts() == program.consts()
@@ -22,7 +22,7 @@ def test_soften_keeps_the_argmax_and_hardened_restores_the_exact_program():
 
 
 def test_with_instructions_changes_one_line():
-    gcd = Library.standard(64)["gcd"]
+    gcd = standard_library(64)["gcd"]
     listing = gcd.instructions()
     line = next(i for i, ins in enumerate(listing) if ins.op == "mod")
     listing[line] = Instruction("floordiv", listing[line].dst, listing[line].a, listing[line].b)
@@ -34,9 +34,10 @@ def test_with_instructions_changes_one_line():
 def test_assembly_round_trips_the_number_kinds():
     import pytest
 
-    from modeling_nclama.program import ProgramError, parse_assembly
+    from modeling_nclama.program import ProgramError
+    from modeling_nclama.toolchain.assembly import parse_assembly
 
-    lib = Library.standard(64)
+    lib = standard_library(64)
     for name, header in [("long_gcd", "def long_gcd(a: tape, b: tape) -> tape"),
                          ("sum_numbers", "def sum_numbers(xs: numbers) -> tape"),
                          ("reverse", "def reverse(xs: list) -> list")]:

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from modeling_nclama.reader import OperandReader, Style, token_roles
-from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from modeling_nclama import reports
+from modeling_nclama.toolchain import reports
 
 
 def write_results(folder, rows):
@@ -26,7 +26,7 @@ def test_accuracy_table_and_plot(tmp_path):
 
 
 def test_report_cli_reads_trained_lengths(tmp_path, capsys):
-    from modeling_nclama.cli import main
+    from modeling_nclama.toolchain.cli import main
 
     a = write_results(tmp_path / "a", [{"task": "sort", "length": 8, "exact_match": 1.0}, {"task": "sort", "length": 16, "exact_match": 0.5}])
     assert main(["report", "lengths", f"m={a}", "--out", str(tmp_path / "p.png"), "--trained", "sort=2-8"]) == 0
@@ -55,7 +55,7 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 
 def test_report_command(tmp_path, capsys):
-    from modeling_nclama.cli import main
+    from modeling_nclama.toolchain.cli import main
 
     write_results(tmp_path / "m", [{"task": "sub", "length": 3, "exact_match": 0.5}])
     assert main(["report", "lengths", f"mine={tmp_path / 'm'}", "--out", str(tmp_path / "l.png")]) == 0

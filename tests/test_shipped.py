@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_nclama.tasks import CANONICAL
+from modeling_nclama.toolchain.tasks import CANONICAL
 
 ASSETS = Path(__file__).resolve().parents[1] / "hub_assets"
 NCLAMA, BASELINE = ASSETS / "nclama-tiny", ASSETS / "llama-tiny-baseline"

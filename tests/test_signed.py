@@ -7,16 +7,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeling_nclama import Library, MachineError
-from modeling_nclama.compiler import CompileError
-from modeling_nclama.program import parse_assembly
+from modeling_nclama import Library, MachineError, compile_library, standard_library
+from modeling_nclama.toolchain.compiler import CompileError
+from modeling_nclama.toolchain.assembly import parse_assembly
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def libs(std):
-    return {256: std, 1024: Library.standard(1024)}
+    return {256: std, 1024: standard_library(1024)}
 
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -128,9 +128,9 @@ def min_raw(xs: list) -> list:
 
 def test_lists_with_minus_zero():
     """A numbers list holding "-0" (given as cells, through wrappers that take and return plain lists)."""
-    from modeling_nclama.compiler import stdlib_source
+    from modeling_nclama.toolchain.compiler import stdlib_source
 
-    lib = Library.from_source(stdlib_source() + RAW_WRAPPERS, value_size=256)
+    lib = compile_library(stdlib_source() + RAW_WRAPPERS, value_size=256)
     packed = [2, 1, 0, 0, 0, 5, 0, 0, 0, 0, 1, 0, 0]  # [-0, 5, 0, -0] with two digits per item
     assert lib.run("sort_raw", packed) == [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0]  # zeros written with sign 0
     assert lib.run("sum_raw", packed)[0] == 0 and Library.from_cells("tape", lib.run("sum_raw", packed)) == 5
@@ -222,11 +222,11 @@ def test_saved_library_keeps_the_kinds(libs, tmp_path):
 
 def test_bad_annotation_is_a_compile_error():
     with pytest.raises(CompileError, match="type annotation 'digits'") as error:
-        Library.from_source('def f(a, b: "digits"):\n    return a\n')
+        compile_library('def f(a, b: "digits"):\n    return a\n')
     assert (error.value.line, error.value.col) == (1, 13)  # 1-based, where the string starts
     with pytest.raises(CompileError, match="type error"):
-        Library.from_source('def f(a: "tape") -> "tape":\n    return a[0] + 1\n')
-    lib = Library.from_source('def f(a: "tape") -> int:\n    return len(a) - 1\n\n\ndef g(xs: "numbers") -> int:\n    return xs[0]\n')
+        compile_library('def f(a: "tape") -> "tape":\n    return a[0] + 1\n')
+    lib = compile_library('def f(a: "tape") -> int:\n    return len(a) - 1\n\n\ndef g(xs: "numbers") -> int:\n    return xs[0]\n')
     assert lib.run("f", -12345) == 5 and lib.run("f", 0) == 1  # digits on the machine
     assert lib.run("g", [5, -123]) == 3  # the width of the widest item
 

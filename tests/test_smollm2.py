@@ -5,8 +5,8 @@ makes a call at the template's markers or role names. Needs the real model (mark
 import pytest
 import torch
 
-from modeling_nclama.tasks import chat_prompt
-from modeling_nclama.training import build_model, chat_tokens, load_recipe, prompt_ids
+from modeling_nclama.toolchain.tasks import chat_prompt
+from modeling_nclama.toolchain.training import build_model, chat_tokens, load_recipe, prompt_ids
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.usefixtures("one_thread")]
 

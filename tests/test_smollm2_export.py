@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from hub_double import HubDouble, pointed_at
-from modeling_nclama import Library
-from modeling_nclama.cli import main
+from modeling_nclama.toolchain.cli import main
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
-from modeling_nclama.tokenization import reader_tokens
+from modeling_nclama.toolchain.tokenization import reader_tokens
+from modeling_nclama import standard_library
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")]
@@ -42,7 +42,7 @@ def trained(smollm2_folder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("smollm2_export") / "trained"
     tok = AutoTokenizer.from_pretrained(smollm2_folder)
     torch.manual_seed(0)
-    model = NCLlamaForCausalLM.from_llama(str(smollm2_folder), Library.standard(1024),
+    model = NCLlamaForCausalLM.from_llama(str(smollm2_folder), standard_library(1024),
                                           reader_tokens=reader_tokens(tok, words=[" yes", " no"]), nc_call_reader="hidden")
     with torch.no_grad():
         model.nc_heads.gate_scale.fill_(1.0)

@@ -93,7 +93,7 @@ def test_generate_answers_the_canonical_addition_and_traces_it(client):
 
 @pytest.mark.timeout(300)
 def test_generate_answers_every_example(client):
-    from modeling_nclama.tasks import CANONICAL
+    from modeling_nclama.toolchain.tasks import CANONICAL
 
     wrong, called = {}, 0
     for prompt, expected in CANONICAL:
@@ -121,7 +121,7 @@ def test_generate_streams_token_by_token(client):
 
 def _reference_answer(model, tokenizer, prompt: str) -> str:
     import torch
-    from modeling_nclama.evaluation import answer_text
+    from modeling_nclama.toolchain.evaluation import answer_text
 
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -455,9 +455,9 @@ def test_a_chat_model_is_asked_in_its_chat_template_and_traced(chat_client):
 def _chat_answer(folder: Path, prompt: str, library: bool = True) -> str:
     """What the model in ``folder`` answers to ``prompt`` in its chat template, computed here."""
     import torch
-    from modeling_nclama.evaluation import answer_text
-    from modeling_nclama.tasks import chat_prompt
-    from modeling_nclama.training import prompt_ids
+    from modeling_nclama.toolchain.evaluation import answer_text
+    from modeling_nclama.toolchain.tasks import chat_prompt
+    from modeling_nclama.toolchain.training import prompt_ids
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)

@@ -1,5 +1,5 @@
 """The compiled standard library, run by the machine, against the native Python functions of
-``modeling_nclama.stdlib`` (hard mode: 1000 random inputs per function, one vectorized batch each; soft mode: a few
+``modeling_nclama.toolchain.stdlib`` (hard mode: 1000 random inputs per function, one vectorized batch each; soft mode: a few
 small inputs per function, same answers as hard mode), and the numbers programs against Python's own arithmetic."""
 import inspect
 import math
@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from modeling_nclama import Library, MachineError, stdlib
+from modeling_nclama import Library, MachineError, standard_library
+from modeling_nclama.toolchain import stdlib
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -239,7 +240,7 @@ def std1024():
     """The standard library at V = 1024, the value size of the shipped model (every number below 1000 is one value)."""
     from modeling_nclama import Library
 
-    return Library.standard(value_size=1024)
+    return standard_library(value_size=1024)
 
 
 def test_sum_list_tape_at_v1024_against_python_sum(std1024):

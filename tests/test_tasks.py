@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from modeling_nclama import tasks
-from modeling_nclama.tasks import (ALL_TASKS, CANONICAL, CLRS_TASK, TASKS, TEMPLATES, TRAINING_RANGES,
+from modeling_nclama.toolchain import tasks
+from modeling_nclama.toolchain.tasks import (ALL_TASKS, CANONICAL, CLRS_TASK, TASKS, TEMPLATES, TRAINING_RANGES,
                                    clrs_insertion_sort, make_dataset, render, templates)
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from modeling_nclama.tokenization import (
+from modeling_nclama.toolchain.tokenization import (
     BOS, DEFAULT_VOCAB_SIZE, EOS, LLAMA3_PATTERN, MIN_VOCAB_SIZE, PAD, continuation_ids, corpus, digit_strings,
     load_tokenizer, number_token_values, reader_tokens, save_tokenizer, token_texts, train_tokenizer,
 )
@@ -135,7 +135,7 @@ def test_pre_tokenization_is_llama3_regex(tok):
 
 
 def _byte_map():
-    from modeling_nclama.tokenization import _bytes_to_unicode
+    from modeling_nclama.toolchain.tokenization import _bytes_to_unicode
 
     return _bytes_to_unicode()
 

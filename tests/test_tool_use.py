@@ -1,8 +1,8 @@
 """The tool-use baseline: calls written from task rows, and the evaluator that answers them."""
 import pytest
 
-from modeling_nclama.tasks import make_dataset, templates
-from modeling_nclama.tool_use import TOOL_TASKS, answer_call, tool_call, tool_text
+from modeling_nclama.toolchain.tasks import make_dataset, templates
+from modeling_nclama.toolchain.tool_use import TOOL_TASKS, answer_call, tool_call, tool_text
 
 
 def test_every_template_gives_a_call_whose_answer_is_right():

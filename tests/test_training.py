@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from modeling_nclama.cli import main
-from modeling_nclama.tasks import TASKS, TRAINING_RANGES, make_dataset
-from modeling_nclama.training import (
+from modeling_nclama.toolchain.cli import main
+from modeling_nclama.toolchain.tasks import TASKS, TRAINING_RANGES, make_dataset
+from modeling_nclama.toolchain.training import (
     TASK_PROGRAMS, Collator, RecipeError, apply_overrides, apply_trainable, build_model, build_probes, load_recipe,
     probe_model, tokenize, validate_recipe,
 )
@@ -130,8 +130,8 @@ def test_committed_recipes():
 
 # ---------------------------------------------------------------------------------------------------- data
 def test_data_tokenization_masks_the_prompt_and_pads_per_batch():
-    from modeling_nclama.tokenization import BOS, EOS
-    from modeling_nclama.training import _examples
+    from modeling_nclama.toolchain.tokenization import BOS, EOS
+    from modeling_nclama.toolchain.training import _examples
 
     data = validate_recipe({"model": GOOD_MODEL, "data": {"tasks": ["add", "sort", "gcd"], "n": 7, "seed": 3,
                                                           "clrs_insertion_sort": 2}})["data"]
@@ -277,7 +277,7 @@ def test_torchrun_two_processes_on_cpu(baseline, tmp_path):
     })
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "modeling_nclama.cli", "train", "--recipe", str(recipe), "--output-dir", str(tmp_path / "out")]
+               "-m", "modeling_nclama.toolchain.cli", "train", "--recipe", str(recipe), "--output-dir", str(tmp_path / "out")]
     run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True)
     try:
@@ -296,7 +296,7 @@ def test_torchrun_two_processes_on_cpu(baseline, tmp_path):
 
 
 def test_training_arguments_defaults():
-    from modeling_nclama.training import training_arguments
+    from modeling_nclama.toolchain.training import training_arguments
 
     nc = training_arguments({}, "unused", "nclama")
     assert nc.ddp_find_unused_parameters is True and nc.use_cpu is not torch.cuda.is_available()
@@ -326,8 +326,8 @@ def test_the_token_tables_get_their_own_learning_rate(make_llama, user_lib):
     from transformers import TrainingArguments
 
     from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
-    from modeling_nclama.tokenization import default_tokenizer, reader_tokens
-    from modeling_nclama.training import heads_optimizer
+    from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
+    from modeling_nclama.toolchain.training import heads_optimizer
 
     tok = default_tokenizer()
     model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),
@@ -386,7 +386,7 @@ def test_a_frozen_decoder_needs_no_backward(make_llama, user_lib):
     (the step's backward runs through the heads alone); residual injection at a middle layer would put every later
     layer in the backward."""
     from modeling_nclama.modeling_nclama import HeadsTraining, NCLlamaForCausalLM
-    from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+    from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 
     tok = default_tokenizer()
     batch = tok(["12+34=46", "What is 5 plus 3? 8"], return_tensors="pt", padding=True)
@@ -415,7 +415,7 @@ def test_a_frozen_decoder_needs_no_backward(make_llama, user_lib):
 def test_chat_form_training_data_and_probes():
     from test_chat import chatml_tokenizer
 
-    from modeling_nclama.training import build_train_dataset
+    from modeling_nclama.toolchain.training import build_train_dataset
 
     tok = chatml_tokenizer()
     data = validate_recipe({"model": GOOD_MODEL, "data": {"tasks": ["add", "less_than"], "n": 40, "seed": 2,
@@ -439,8 +439,8 @@ def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib
     """The stand-in returns what the decoder computes (right-padded batches, each example keyed by its tokens), runs
     the decoder only for examples it has not kept, and the step's loss and gradients are those of the real decoder."""
     from modeling_nclama.modeling_nclama import HeadsTraining, NCLlamaForCausalLM
-    from modeling_nclama.tokenization import default_tokenizer, reader_tokens
-    from modeling_nclama.training import FrozenDecoderCache
+    from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
+    from modeling_nclama.toolchain.training import FrozenDecoderCache
 
     tok = default_tokenizer()
     model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),

@@ -15,11 +15,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING, MODEL_MAPPING_NAMES
 
-from modeling_nclama import Library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, NCLlamaModel, library_settings
 from modeling_nclama.configuration_nclama import NCLlamaConfig
-from modeling_nclama.tokenization import default_tokenizer, reader_tokens
+from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 from transformers_common import load
+from modeling_nclama import standard_library
 
 common = load("test_modeling_common")
 config_common = load("test_configuration_common")
@@ -29,7 +29,7 @@ generation_common = load("generation.test_utils")  # the empty stand-in: see tes
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOKENIZER = default_tokenizer()
-LIBRARY = Library.standard(256)
+LIBRARY = standard_library(256)
 PROMPTS = ["81273+4406=", "Sort the list [5, 3, 9, 1].", "gcd(84, 36)=", "Is 7 less than 12?", "max([4, 19, 2])=",
            "What is 6 times 7?", "The sum of [3, 4, 5] is", "9-5="]
 

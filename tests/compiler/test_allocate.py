@@ -3,9 +3,9 @@ import random
 
 import pytest
 
-from modeling_nclama.compiler import compile_allocated, compile_source
-from modeling_nclama.compiler.allocate import liveness
-from modeling_nclama.compiler.lower import Label, Op, VReg, XReg
+from modeling_nclama.toolchain.compiler import compile_allocated, compile_source
+from modeling_nclama.toolchain.compiler.allocate import liveness
+from modeling_nclama.toolchain.compiler.lower import Label, Op, VReg, XReg
 
 from .reference import run
 
@@ -83,7 +83,7 @@ def test_callees_in_order_of_first_appearance():
 
 
 def test_targets_are_lines_and_in_range():
-    for fn in compile_allocated(open("modeling_nclama/stdlib.py").read(), value_size=V):
+    for fn in compile_allocated(open("modeling_nclama/toolchain/stdlib.py").read(), value_size=V):
         for e in fn.ops:
             if e.branch != "never":
                 assert isinstance(e.target, int) and 0 <= e.target < len(fn.ops)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from modeling_nclama import program as P
-from modeling_nclama.compiler import CompileError, compile_allocated, compile_source, stdlib_source
+from modeling_nclama.toolchain.assembly import parse_assembly
+from modeling_nclama.toolchain.compiler import CompileError, compile_allocated, compile_source, stdlib_source
 
 V = 256
 
@@ -71,7 +72,7 @@ def test_callees_by_first_appearance():
 def test_round_trip_of_every_stdlib_program(stdlib_programs):
     for p in stdlib_programs:
         text = P.format_assembly(p)
-        q = P.parse_assembly(text, num_registers=p.num_registers, num_args=p.num_args, value_size=V)
+        q = parse_assembly(text, num_registers=p.num_registers, num_args=p.num_args, value_size=V)
         assert q.name == p.name and q.params == p.params and q.returns == p.returns
         assert q.callees == p.callees
         assert set(q.weights) == set(p.weights)

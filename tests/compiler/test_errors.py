@@ -1,7 +1,7 @@
 """Every unsupported construct is a CompileError naming it, at the right line and column."""
 import pytest
 
-from modeling_nclama.compiler import CompileError, compile_source
+from modeling_nclama.toolchain.compiler import CompileError, compile_source
 
 V = 256
 

@@ -5,7 +5,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modeling_nclama import program as P
-from modeling_nclama.compiler import CompileError, compile_source, stdlib_source
+from modeling_nclama.toolchain.assembly import parse_assembly
+from modeling_nclama.toolchain.compiler import CompileError, compile_source, stdlib_source
 
 V = 256
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -34,7 +35,7 @@ def check(source):
         return
     for p in programs:
         assert p.num_lines >= 1
-        P.parse_assembly(P.format_assembly(p), num_registers=p.num_registers, num_args=p.num_args, value_size=V)
+        parse_assembly(P.format_assembly(p), num_registers=p.num_registers, num_args=p.num_args, value_size=V)
 
 
 @SETTINGS

@@ -1,6 +1,6 @@
 """Pass 2 (lower): the IR's control flow, memory layout and calling convention."""
-from modeling_nclama.compiler import compile_to_ir, format_ir
-from modeling_nclama.compiler.lower import Const, Label, Op, XReg
+from modeling_nclama.toolchain.compiler import compile_to_ir, format_ir
+from modeling_nclama.toolchain.compiler.lower import Const, Label, Op, XReg
 
 V = 256
 

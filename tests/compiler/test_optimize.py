@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from modeling_nclama import stdlib
-from modeling_nclama.compiler import compile_allocated, compile_source, compile_to_ir, stdlib_source
+from modeling_nclama.toolchain import stdlib
+from modeling_nclama.toolchain.compiler import compile_allocated, compile_source, compile_to_ir, stdlib_source
 
 from .reference import run
 from .test_stdlib import CASES

@@ -1,8 +1,8 @@
 """Pass 1 (parse): validation, signatures and type inference."""
 import pytest
 
-from modeling_nclama.compiler import CompileError, stdlib_source
-from modeling_nclama.compiler.parse import INT, LIST, parse_source
+from modeling_nclama.toolchain.compiler import CompileError, stdlib_source
+from modeling_nclama.toolchain.compiler.parse import INT, LIST, parse_source
 
 V = 256
 

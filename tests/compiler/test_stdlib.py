@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from modeling_nclama import stdlib
-from modeling_nclama.compiler import compile_source, stdlib_source
+from modeling_nclama.toolchain import stdlib
+from modeling_nclama.toolchain.compiler import compile_source, stdlib_source
 
 from .reference import run
 

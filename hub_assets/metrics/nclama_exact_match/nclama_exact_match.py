@@ -1,7 +1,7 @@
 """NCLlama exact match: the evaluation rule of the NCLlama project as an `evaluate` metric.
 
 Self-contained on purpose: `evaluate.load` loads this file by path (offline, no Hub), so it cannot import the
-`modeling_nclama` package. It implements the same rule as `modeling_nclama.evaluation.exact_match`.
+`modeling_nclama` package. It implements the same rule as `modeling_nclama.toolchain.evaluation.exact_match`.
 """
 import datasets
 import evaluate

@@ -7,7 +7,7 @@ the task or the wording. The answer is always computed here, in Python, from the
 Text conventions:
 
 - ``answer`` is what a model must write after ``prompt``: the generated text up to the end of sequence or the first
-  newline, stripped (:func:`modeling_nclama.evaluation.exact_match`).
+  newline, stripped (:func:`modeling_nclama.toolchain.evaluation.exact_match`).
 - ``text`` (what the language model trains on) is ``prompt + separator + answer``: the separator is empty when the
   prompt ends with ``=`` (``81273+4406=85679``, ``gcd(84, 36)=12``) and one space otherwise
   (``What is 81273 plus 4406? 85679``, ``sort: 5 3 9 1 -> 1 3 5 9``). ``text`` carries no end-of-sequence token:

@@ -38,7 +38,7 @@ from the assistant's turn.
 A frozen decoder (``trainable: ["nc_heads.*"]``) with the heads on the last layer (``nc_layer: -1``, so no residual
 injection) needs no backward through it: nothing the decoder computes requires a gradient, and a step costs the
 decoder's forward, the interpreter and the heads' backward. Batches are padded per batch (:class:`Collator`).
-Data parallel on CPU: ``torchrun --nproc_per_node 2 -m modeling_nclama.cli train ...`` (gloo backend).
+Data parallel on CPU: ``torchrun --nproc_per_node 2 -m modeling_nclama.toolchain.cli train ...`` (gloo backend).
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ import torch
 from transformers import TrainerCallback
 
 from .tasks import ALL_TASKS, CLRS_TASK, SPLITS, TASKS, TRAINING_RANGES, validate
+from .compiler import standard_library
 
 __all__ = [
     "RECIPES", "TASK_PROGRAMS", "RecipeError", "load_recipe", "validate_recipe", "apply_overrides", "build_model",
@@ -64,7 +65,7 @@ __all__ = [
     "build_probes", "probe_model", "train", "chat_tokens", "prompt_ids", "FrozenDecoderCache",
 ]
 
-RECIPES = Path(__file__).resolve().parents[1] / "configuration" / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "configuration" / "recipes"
 
 #: The library programs that answer each task, the standard ones first (numbers and lists of numbers of any length
 #: and sign), then those on values below V that small-V experiments call. Call accuracy compares the top call at the
@@ -149,7 +150,7 @@ def _tasks(where: str, value: Any, known: Sequence[str] = ALL_TASKS) -> list[str
 
 def _nc_settings(where: str, value: Any) -> dict:
     """``nc`` settings: ``top_k`` or ``nc_top_k`` alike; names checked against NCLlamaConfig."""
-    from .configuration_nclama import NCLlamaConfig
+    from ..configuration_nclama import NCLlamaConfig
 
     if value is None:
         return {}
@@ -309,7 +310,7 @@ def _training(where: str, value: Any) -> dict:
             _flag(f"{where}.{key}", value[key])
             continue
         if key in _HEADS_TRAINING:
-            from .modeling_nclama import HeadsTraining
+            from ..modeling_nclama import HeadsTraining
 
             try:
                 HeadsTraining(**{key: value[key]})
@@ -446,10 +447,10 @@ def _default_tokenizer(vocab_size: int):
 
 
 def _standard_library(settings: dict, default_value_size: int = 256):
-    from .library import Library
+    from ..library import Library
 
     settings = dict(settings)
-    return Library.standard(settings.pop("value_size", default_value_size), **settings)
+    return standard_library(settings.pop("value_size", default_value_size), **settings)
 
 
 def _result_words(nc: dict, tokenizer=None) -> list[str]:
@@ -494,7 +495,7 @@ def build_model(spec: dict):
     """(model, tokenizer, kind) for a validated ``model`` section; kind is ``llama`` or ``nclama``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from .modeling_nclama import NCLlamaForCausalLM, library_settings
+    from ..modeling_nclama import NCLlamaForCausalLM, library_settings
     from .tokenization import reader_tokens
 
     if "from_pretrained" in spec:
@@ -522,7 +523,7 @@ def build_model(spec: dict):
     torch.manual_seed(spec["seed"])
     if spec["kind"] == "llama":
         return LlamaForCausalLM(LlamaConfig(**settings)), tokenizer, "llama"
-    from .configuration_nclama import NCLlamaConfig
+    from ..configuration_nclama import NCLlamaConfig
 
     library = _standard_library(spec["library"], preset_nc.pop("nc_value_size", 256))
     nc = {k: v for k, v in {**preset_nc, **spec["nc"]}.items() if k not in DERIVED_NC}
@@ -932,7 +933,7 @@ def _leave_process_group() -> None:
 def _restore_soft_programs(model, checkpoint: str) -> None:
     """Soft mode keeps the trained programs in the checkpoint's library files, not in its model weights: attach
     them before the Trainer restores the rest."""
-    from .library import Library
+    from ..library import Library
 
     if getattr(model.config, "nc_mode", None) == "soft" and model.library is not None:
         model.config.nc_library_fingerprint = None
@@ -959,7 +960,7 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
     if heads_training:
         if kind != "nclama":
             raise RecipeError(f"training: {', '.join(heads_training)} train an NCLlama's heads; this model is a plain LLaMA")
-        from .modeling_nclama import HeadsTraining
+        from ..modeling_nclama import HeadsTraining
 
         model.heads_training = HeadsTraining(**heads_training)
     trainable, total = apply_trainable(model, recipe["trainable"])

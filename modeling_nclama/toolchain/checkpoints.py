@@ -23,13 +23,13 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from .bases import PROVENANCE as BASE_PROVENANCE
-from .configuration_nclama import NCLlamaConfig
-from .library import Library
-from .modeling_nclama import NCLlamaForCausalLM, library_settings
+from ..configuration_nclama import NCLlamaConfig
+from ..modeling_nclama import NCLlamaForCausalLM, library_settings
 from .tokenization import default_tokenizer, reader_tokens
+from .compiler import standard_library
 
-PRESETS = Path(__file__).resolve().parents[1] / "configuration" / "models"
-MODEL_CARD = Path(__file__).resolve().parents[1] / "hub_assets" / "templates" / "model_card.md"
+PRESETS = Path(__file__).resolve().parents[2] / "configuration" / "models"
+MODEL_CARD = Path(__file__).resolve().parents[2] / "hub_assets" / "templates" / "model_card.md"
 BASELINE_CARD = MODEL_CARD.with_name("baseline_card.md")
 EVAL_RESULTS = "eval_results.json"  # written by evaluation: {"rows": [{"task": ..., "length": ..., "exact_match": ...}]}
 ADVERSARIAL_RESULTS = "adversarial_results.json"  # written by evaluation.evaluate_adversarial, beside EVAL_RESULTS
@@ -65,7 +65,7 @@ def init_model(name: str, output: Union[str, Path], *, tokenizer: Optional[str] 
     tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else default_tokenizer(vocab_size=settings["vocab_size"])
     if len(tok) != settings["vocab_size"]:
         raise ValueError(f"preset {name} has vocab_size {settings['vocab_size']}, the tokenizer has {len(tok)} tokens")
-    library = Library.standard(settings.pop("nc_value_size", 256))
+    library = standard_library(settings.pop("nc_value_size", 256))
     nc = {k: settings.pop(k) for k in list(settings) if k.startswith("nc_")}
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     config = NCLlamaConfig(**{**settings, **ids}, **library_settings(library, reader_tokens(tok), **nc))

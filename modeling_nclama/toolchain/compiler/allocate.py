@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from ..program import Instruction
+from ...program import Instruction
 from .lower import ALU, Const, Entry, IRFunction, Label, Op, Operand, Reg, RReg, VReg, XReg
 
 

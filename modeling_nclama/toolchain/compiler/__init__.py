@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .. import program
+from ... import program
+from ...library import Library
+from ...program import DEFAULT_SHARPNESS
 from .allocate import AllocatedFunction, allocate_function
 from .assemble import assemble_functions
 from .errors import CompileError
@@ -25,8 +27,8 @@ from .optimize import optimize_function
 from .parse import parse_source
 
 __all__ = [
-    "CompileError", "compile_source", "compile_to_ir", "compile_allocated", "stdlib_source",
-    "format_ir",
+    "CompileError", "compile_library", "compile_source", "compile_to_ir", "compile_allocated", "format_ir",
+    "standard_library", "stdlib_source",
 ]
 
 
@@ -84,8 +86,19 @@ def compile_source(
 
 
 def stdlib_source() -> str:
-    """The text of ``modeling_nclama/stdlib.py`` (read, not imported)."""
+    """The text of ``modeling_nclama/toolchain/stdlib.py`` (read, not imported)."""
     from pathlib import Path
 
     return (Path(__file__).resolve().parent.parent / "stdlib.py").read_text()
 
+
+
+def compile_library(source: str, value_size: int = 256, *, sharpness: float = DEFAULT_SHARPNESS, **settings) -> Library:
+    """Compile every function of ``source`` (Python text; never executed) into a :class:`Library` (``settings``:
+    its ``memory_size``, ``stack_depth``, ``max_steps``)."""
+    return Library(compile_source(source, value_size=value_size, sharpness=sharpness), **settings)
+
+
+def standard_library(value_size: int = 256, **settings) -> Library:
+    """The standard library (``modeling_nclama/toolchain/stdlib.py``), compiled."""
+    return compile_library(stdlib_source(), value_size, **settings)

@@ -1,7 +1,7 @@
 """The standard library of NCLlama, as plain Python in the compiler's subset.
 
 This file is both importable (tests run these functions natively, as the reference) and read as text by the
-compiler (``modeling_nclama.compiler.compile_source``); it must not import anything.
+compiler (``modeling_nclama.toolchain.compiler.compile_source``); it must not import anything.
 
 Values are unsigned: every int is in ``[0, V)`` and arithmetic wraps modulo ``V`` on the machine. So the code never
 forms a negative number (``while j > 0 and xs[j - 1] > key``, not ``j >= 0``) and avoids products that could

@@ -40,8 +40,9 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .library import Library
-from .program import BRANCHES, OPS, Program
+from ..library import Library
+from ..program import BRANCHES, OPS, Program
+from .compiler import compile_library
 
 __all__ = [
     "stdlib_function_source",
@@ -61,7 +62,7 @@ __all__ = [
 
 
 def stdlib_function_source(name: str) -> str:
-    """The source text of one function of ``modeling_nclama/stdlib.py`` (read with ``ast``, never imported/executed).
+    """The source text of one function of ``modeling_nclama/toolchain/stdlib.py`` (read with ``ast``, never imported/executed).
 
     Compiling one function alone gives a small machine (few registers, few lines), which keeps soft execution cheap;
     the compiled code of the function is the same as in ``Library.standard``."""
@@ -198,7 +199,7 @@ def fibonacci_gradients(
         raise ValueError(f"max_depth {max_depth} must be below value_size {value_size} (n is one value)")
     if threads:
         torch.set_num_threads(threads)
-    lib = Library.from_source(stdlib_function_source("fib_recursive"), value_size=value_size, memory_size=2, stack_depth=max_depth + 2)
+    lib = compile_library(stdlib_function_source("fib_recursive"), value_size=value_size, memory_size=2, stack_depth=max_depth + 2)
     compiled = lib["fib_recursive"]
     softened = compiled.soften(sharpness)
     rows = []
@@ -402,7 +403,7 @@ def repair_program(
     if threads:
         torch.set_num_threads(threads)
     source = source if source is not None else stdlib_function_source(name)
-    lib = Library.from_source(source, value_size=value_size, memory_size=memory_size, stack_depth=8, max_steps=10_000)
+    lib = compile_library(source, value_size=value_size, memory_size=memory_size, stack_depth=8, max_steps=10_000)
     original = lib[name]
     if original.returns != "int":
         raise ValueError(f"repair_program trains on int results; {name} returns {original.returns}")
@@ -658,8 +659,8 @@ def fibonacci_training_curves(
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     source = stdlib_function_source("fib_recursive")
-    lib = Library.from_source(source, value_size=value_size, memory_size=2, stack_depth=max_depth + 2)
-    deep = Library.from_source(source, value_size=value_size, memory_size=2, stack_depth=held_out_max + 2)
+    lib = compile_library(source, value_size=value_size, memory_size=2, stack_depth=max_depth + 2)
+    deep = compile_library(source, value_size=value_size, memory_size=2, stack_depth=held_out_max + 2)
     original = lib["fib_recursive"]
     line, field, value = corrupt
     corrupted = _corrupt(original, line, field, value)

@@ -44,13 +44,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .library import Library, LibraryError
-from .machine import MachineError
+from ..library import Library, LibraryError
+from ..machine import MachineError
 from .tasks import SPLITS, TASKS
+from .compiler import standard_library
 
 
 def _library(where: str, value_size: int) -> Library:
-    return Library.standard(value_size) if where == "std" else Library.load(where)
+    return standard_library(value_size) if where == "std" else Library.load(where)
 
 
 def _parse_arg(text: str):
@@ -472,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a recipe with transformers.Trainer",
                        description="Train from a recipe (configuration/recipes/*.yaml). Data parallel on CPU: "
-                                   "torchrun --nproc_per_node 2 -m modeling_nclama.cli train ...")
+                                   "torchrun --nproc_per_node 2 -m modeling_nclama.toolchain.cli train ...")
     p.add_argument("--recipe", required=True, help="a recipe file, or a name in configuration/recipes")
     p.add_argument("--output-dir", required=True, help="checkpoints, the final model, recipe.yaml, train_log.json")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")

@@ -25,8 +25,8 @@ import ast
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ..ops import PRIMITIVES, apply_int
-from ..program import format_line
+from ...ops import PRIMITIVES, apply_int
+from ...program import format_line
 from .errors import CompileError
 from .parse import BINOPS, CMPOPS, FunctionInfo, ParsedModule, negative_constant, range_step
 

@@ -38,7 +38,7 @@ from typing import Iterable, Iterator, Sequence
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .reader import OperandReader, Style, token_roles
+from ..reader import OperandReader, Style, token_roles
 
 __all__ = [
     "BOS", "EOS", "PAD", "LLAMA3_PATTERN", "MIN_VOCAB_SIZE", "DEFAULT_VOCAB_SIZE", "corpus", "train_tokenizer",

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ops import PRIMITIVES, apply_int
+from ...ops import PRIMITIVES, apply_int
 from .allocate import remove_dead, remove_unreachable
 from .lower import ALU, Const, Entry, IRFunction, Label, Op, Operand, Reg, VReg, XReg
 

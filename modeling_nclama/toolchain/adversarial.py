@@ -2,10 +2,10 @@
 with the wrong operands, or keeps writing after its answer, goes wrong.
 
 Every row is ``{"prompt", "answer", "case", "computable", "task"}``: ``answer`` is what a model must write after
-``prompt`` (the rule of :func:`modeling_nclama.evaluation.exact_match`), or ``None`` where there is nothing to
-compute (``computable`` false); ``task`` is the task of :mod:`modeling_nclama.tasks` that answers it (``None`` where
-none does). Computable rows are renderings of the tasks' training templates (:func:`modeling_nclama.tasks.render`),
-so their answers come from :func:`modeling_nclama.tasks.solve`. The cases (:data:`CASES`):
+``prompt`` (the rule of :func:`modeling_nclama.toolchain.evaluation.exact_match`), or ``None`` where there is nothing to
+compute (``computable`` false); ``task`` is the task of :mod:`modeling_nclama.toolchain.tasks` that answers it (``None`` where
+none does). Computable rows are renderings of the tasks' training templates (:func:`modeling_nclama.toolchain.tasks.render`),
+so their answers come from :func:`modeling_nclama.toolchain.tasks.solve`. The cases (:data:`CASES`):
 
 - ``negative_operands``: training wordings with negative operands ("What is -81273 plus 4406?", "Is -5 less than 3?",
   "[-3, 4]"); a symbol operator never stands right before a negative number (no "5--3=").
@@ -23,7 +23,7 @@ so their answers come from :func:`modeling_nclama.tasks.solve`. The cases (:data
   minus 4406?" -> "76867").
 
 :func:`adversarial_rows` generates the set (deterministic given its seed); ``configuration/adversarial.jsonl`` is
-``write_adversarial`` of seed 0, which :func:`modeling_nclama.evaluation.evaluate_adversarial` and ``nclama eval
+``write_adversarial`` of seed 0, which :func:`modeling_nclama.toolchain.evaluation.evaluate_adversarial` and ``nclama eval
 MODEL --adversarial`` read.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = ["CASES", "ADVERSARIAL_PATH", "DEFAULT_N_PER_CASE", "adversarial_rows"
 CASES: tuple[str, ...] = ("negative_operands", "negative_results", "large_list_items", "one_item_lists", "empty_lists",
                           "answer_ends", "nothing_to_compute", "two_questions")
 #: The committed set: ``write_adversarial(ADVERSARIAL_PATH)`` (seed 0).
-ADVERSARIAL_PATH = Path(__file__).resolve().parents[1] / "configuration" / "adversarial.jsonl"
+ADVERSARIAL_PATH = Path(__file__).resolve().parents[2] / "configuration" / "adversarial.jsonl"
 DEFAULT_N_PER_CASE = 70
 
 _SIGNED = ("add", "sub", "mul", "less_than")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .. import program
+from ... import program
 from .allocate import AllocatedFunction
 from .errors import CompileError
 

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from .ops import STRUCTURED, pushforward
+from ..ops import STRUCTURED, pushforward
+from .compiler import compile_library, standard_library
 
 BENCH_OPS: tuple[str, ...] = ("add", "sub", "lt", "eq", "min", "mul", "mod")
 
@@ -126,14 +127,14 @@ def bench_machine(batch: int = 4096, soft_batch: int = 4, value_size: int = 256,
     import random
 
     from . import stdlib
-    from .library import Library
+    from ..library import Library
 
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
         rng = random.Random(seed)
-        lib = Library.standard(value_size)
+        lib = standard_library(value_size)
         rows = []
         for label, (name, build) in _machine_cases(rng, value_size).items():
             inputs = build(batch)
@@ -172,9 +173,9 @@ def bench_soft_fib(depths: Sequence[int], value_size: int) -> list[dict]:
     """Soft execution of the recursive ``fib`` by depth, with gradients: steps/s and the memory autograd keeps
     (distinct storages saved for backward, counted by saved-tensor hooks)."""
     from .analysis import SavedBytes, stdlib_function_source
-    from .library import Library
+    from ..library import Library
 
-    lib = Library.from_source(stdlib_function_source("fib_recursive"), value_size, memory_size=8)
+    lib = compile_library(stdlib_function_source("fib_recursive"), value_size, memory_size=8)
     program = lib["fib_recursive"]
     rows = []
     for depth in depths:
@@ -218,8 +219,8 @@ def _preset_case(name: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from .checkpoints import preset
-    from .library import Library
-    from .modeling_nclama import NCLlamaForCausalLM
+    from ..library import Library
+    from ..modeling_nclama import NCLlamaForCausalLM
     from .tokenization import default_tokenizer, reader_tokens
 
     tok = default_tokenizer()
@@ -227,7 +228,7 @@ def _preset_case(name: str):
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     torch.manual_seed(0)
     llama = LlamaForCausalLM(LlamaConfig(**{**settings, **ids}))
-    return llama, tok, NCLlamaForCausalLM.from_llama(llama, Library.standard(256), reader_tokens=reader_tokens(tok))
+    return llama, tok, NCLlamaForCausalLM.from_llama(llama, standard_library(256), reader_tokens=reader_tokens(tok))
 
 
 def _base_case(folder: str):
@@ -236,13 +237,13 @@ def _base_case(folder: str):
     at its default."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from .library import Library
-    from .modeling_nclama import NCLlamaForCausalLM
+    from ..library import Library
+    from ..modeling_nclama import NCLlamaForCausalLM
     from .tokenization import reader_tokens
 
     tok = AutoTokenizer.from_pretrained(folder)
     llama = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model = NCLlamaForCausalLM.from_llama(llama, Library.standard(1024), reader_tokens=reader_tokens(tok, words=[" yes", " no"]),
+    model = NCLlamaForCausalLM.from_llama(llama, standard_library(1024), reader_tokens=reader_tokens(tok, words=[" yes", " no"]),
                                           nc_call_reader="hidden")
     return llama, tok, model
 

@@ -1,4 +1,4 @@
-"""Evaluation (toolchain): exact match of greedy generations on the tasks of :mod:`modeling_nclama.tasks`, per task
+"""Evaluation (toolchain): exact match of greedy generations on the tasks of :mod:`modeling_nclama.toolchain.tasks`, per task
 and length, for any causal language model of transformers.
 
 With ``chat=True`` the prompts are asked in the tokenizer's chat template (``tasks.chat_prompt``: the question in the
@@ -8,7 +8,7 @@ The rule (the same in the ``evaluate`` metric ``hub_assets/metrics/nclama_exact_
 up to its first newline or end-of-sequence marker, stripped; a prediction is right when its answer equals the
 reference's.
 
-:func:`evaluate_adversarial` scores the adversarial set (:mod:`modeling_nclama.adversarial`) per case, and, for a model
+:func:`evaluate_adversarial` scores the adversarial set (:mod:`modeling_nclama.toolchain.adversarial`) per case, and, for a model
 with ``generate_with_trace``, counts the wrong answers written while the library's gate was open.
 :func:`evaluate_against_base` checks that a converted model is its base on prose (``configuration/prose.json``).
 """
@@ -112,7 +112,7 @@ def evaluate_model(model, tokenizer, *, tasks: Sequence[str] = TASKS, lengths: O
 
     Works for any causal LM whose ``generate`` takes ``input_ids``/``attention_mask`` (LlamaForCausalLM,
     NCLlamaForCausalLM): prompts are left-padded in batches, generation is greedy and stops at EOS or a newline,
-    and only the new tokens are decoded. ``lengths`` (default: each task's :data:`~modeling_nclama.tasks.EVAL_LENGTHS`)
+    and only the new tokens are decoded. ``lengths`` (default: each task's :data:`~modeling_nclama.toolchain.tasks.EVAL_LENGTHS`)
     apply to every task; ``max_new_tokens`` defaults to what the longest right answer of each batch needs.
     With ``tool_calls`` the model is the tool-use baseline: it writes a call, which ``tool_use.answer_call``
     answers, and that answer is scored. ``max_value`` caps list items (``tasks.make_dataset``). With ``chat`` the
@@ -213,7 +213,7 @@ def _traces(model) -> bool:
 
 def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: Optional[int] = None,
                          progress: bool = True, batch_size: int = 16, chat: bool = False) -> dict:
-    """Greedy generation on the rows of the adversarial set (:mod:`modeling_nclama.adversarial`), scored per case.
+    """Greedy generation on the rows of the adversarial set (:mod:`modeling_nclama.toolchain.adversarial`), scored per case.
 
     Each row is generated as :func:`evaluate_model` generates (greedy, stops at EOS or a newline; ``max_new_tokens``
     defaults to what the row's right answer needs, :data:`NOTHING_BUDGET` where there is none). A model with
@@ -355,7 +355,7 @@ def write_adversarial_results(result: dict, out_dir: Union[str, Path]) -> tuple[
 
 
 # ---------------------------------------------------------------------- against the base
-PROSE_PATH = Path(__file__).resolve().parents[1] / "configuration" / "prose.json"
+PROSE_PATH = Path(__file__).resolve().parents[2] / "configuration" / "prose.json"
 BASE_RESULTS = "base_results.json"
 
 
