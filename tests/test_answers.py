@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, _plain, call_budget
+from modeling_nclama.calls import _plain, call_budget
+from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
 from modeling_nclama.reader import Style
 from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 from modeling_nclama import standard_library
@@ -47,14 +48,14 @@ def test_results_are_written_with_their_sign_and_the_space_before_them(tok, make
     "?"; a list keeps the prompt's style; result words carry their own space."""
     model = open_model(tok, make_llama, lib, nc_answer_lead=True, nc_result_words={"long_cmp": [" yes", " no", " no"]})
     eos = [tok.eos_token_id]
-    plain, lead = model._text_tokens("long_sub", -76867, Style())
+    plain, lead = model.calls.text_tokens("long_sub", -76867, Style())
     assert plain == tok("-76867", add_special_tokens=False)["input_ids"] + eos
     assert lead == tok(" -76867", add_special_tokens=False)["input_ids"] + eos
-    plain, lead = model._text_tokens("sort_numbers", [-9, -5, 1, 1200], Style(bracketed=True))
+    plain, lead = model.calls.text_tokens("sort_numbers", [-9, -5, 1, 1200], Style(bracketed=True))
     assert plain == tok("[-9, -5, 1, 1200]", add_special_tokens=False)["input_ids"] + eos
     assert lead == tok(" [-9, -5, 1, 1200]", add_special_tokens=False)["input_ids"] + eos
-    assert model._text_tokens("long_cmp", 0, Style()) == (tok(" yes", add_special_tokens=False)["input_ids"] + eos,) * 2
-    assert model._text_tokens("long_add", None, Style()) == ([], [])  # a failed call proposes nothing
+    assert model.calls.text_tokens("long_cmp", 0, Style()) == (tok(" yes", add_special_tokens=False)["input_ids"] + eos,) * 2
+    assert model.calls.text_tokens("long_add", None, Style()) == ([], [])  # a failed call proposes nothing
 
 
 def test_the_call_site_token_chooses_the_writing(tok, make_llama, lib):
@@ -78,7 +79,7 @@ def test_operands_are_passed_by_the_kinds_programs_declare(tok, make_llama, lib)
     names = model.config.nc_programs
 
     def menu(text):
-        return {(names[c.call.program], c.call.arguments) for c in model._menu(model._operands(tok(text)["input_ids"])).choices}
+        return {(names[c.call.program], c.call.arguments) for c in model.calls.menu(model.calls.operands(tok(text)["input_ids"])).choices}
 
     assert ("long_sub", (4406, -81273)) in menu("What is 4406 minus -81273?")
     assert ("long_gcd", (2000, 3000)) in menu("gcd(2000, 3000)=")
@@ -95,7 +96,7 @@ def test_a_call_the_machine_cannot_take_keeps_its_mass_and_proposes_nothing(tok,
     model = open_model(tok, make_llama, lib, nc_programs=["long_mul", "long_add"])
     text = "What is " + "7" * 130 + " times " + "9" * 130 + "?"
     ids = tok(text)["input_ids"]
-    (choice,) = [c for c in model._menu(model._operands(ids)).choices if c.call.program == 0 and c.operands == (0, 1)]
+    (choice,) = [c for c in model.calls.menu(model.calls.operands(ids)).choices if c.call.program == 0 and c.operands == (0, 1)]
     assert choice.problem is not None and "memory" in choice.problem
     with torch.no_grad():
         model.nc_heads.call_keywords.weight[:, 0] = 5.0  # every word says long_mul

@@ -17,7 +17,8 @@ from modeling_nclama import standard_library
 from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
 from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 
-RUNTIME_FILES = {"configuration_nclama.py", "modeling_nclama.py", "library.py", "machine.py", "program.py", "ops.py", "reader.py"}
+RUNTIME_FILES = {"configuration_nclama.py", "modeling_nclama.py", "heads.py", "calls.py", "mixture.py", "tracing.py",
+                 "library.py", "machine.py", "program.py", "ops.py", "reader.py"}
 PROMPT = "What is 81273 plus 4406?"
 
 LOAD_AND_PRINT = """

@@ -82,7 +82,7 @@ def test_template_positions_and_call_sites(tok, make_llama, lib):
     sites = {position for (_, position), calls in record.items() if calls}
     assert len(ids[0]) - 1 in sites and not any(silent[s] for s in sites)
     # the question's operands, never the template's tokens
-    assert [o.items for o in model._operands(ids[0].tolist())] == [("3",), ("4",)]
+    assert [o.items for o in model.calls.operands(ids[0].tolist())] == [("3",), ("4",)]
 
 
 def test_content_that_starts_like_a_role_name_is_content(tok, make_llama, lib):
@@ -140,12 +140,12 @@ def test_a_result_word_in_the_assistants_turn_is_written_without_the_space(tok, 
     model = chat_model(tok, make_llama, lib, nc_result_words=words)
     eos = [tok.eos_token_id]
     on, spaced_on, up, spaced_up = (tok(w, add_special_tokens=False)["input_ids"] for w in ("on", " on", "up", " up"))
-    assert model._text_tokens("long_cmp", 0, Style()) == (on + eos, spaced_on + eos)
-    assert model._text_tokens("long_cmp", 2, Style()) == (up + eos, spaced_up + eos)
+    assert model.calls.text_tokens("long_cmp", 0, Style()) == (on + eos, spaced_on + eos)
+    assert model.calls.text_tokens("long_cmp", 2, Style()) == (up + eos, spaced_up + eos)
     spaced_only = NCLlamaForCausalLM.from_llama(
         make_llama(tok), lib, reader_tokens=reader_tokens(tok, words=[" on", " up"]), nc_programs=PROGRAMS,
         nc_answer_lead=True, nc_result_words=words, nc_operand_reader="context")
-    assert spaced_only._text_tokens("long_cmp", 2, Style()) == (spaced_up + eos,) * 2
+    assert spaced_only.calls.text_tokens("long_cmp", 2, Style()) == (spaced_up + eos,) * 2
     # the unspaced forms join the table only for a tokenizer with a chat template, and only where they are one token
     assert _result_words({"nc_result_words": words, "nc_answer_lead": True}, tok) == [" on", " up", "on", "up"]
     yes_no = {"nc_result_words": {"long_cmp": [" yes", " no"]}, "nc_answer_lead": True}

@@ -4,7 +4,9 @@ import torch
 
 from forcing import force
 from modeling_nclama import LibraryError, compile_library, standard_library
-from modeling_nclama.modeling_nclama import HeadsTraining, NCLlamaForCausalLM
+from modeling_nclama.heads import HeadsTraining
+from modeling_nclama import mixture
+from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
 from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 
 PROMPTS = ["81273+4406=", "Sort the list [5, 3, 9, 1].", "gcd(84, 36)="]
@@ -100,8 +102,8 @@ def test_the_learning_floor_trains_the_proposal_on_the_answer_alone():
     gate = torch.tensor([[0.0, 0.02, 0.5, 0.0], [0.1, 0.0, 0.0, 0.0]])
     labels = torch.tensor([[5, 3, 7, 1], [-100, 2, -100, 4]])
     interpreted = Interpreted(proposal, None, None, gate, None, None, None, None)
-    q = NCLlamaForCausalLM._proposed_answer(lm_logits, interpreted, [], labels)
-    loss = NCLlamaForCausalLM._learning_floor_loss(q, interpreted, labels, 0.1)
+    q = mixture.proposed_answer(lm_logits, interpreted, [], labels)
+    loss = mixture.learning_floor_loss(q, interpreted, labels, 0.1)
     assert loss.item() == 0.0
     (grad,) = torch.autograd.grad(loss, proposal)
     expected = torch.zeros(B, N, V)
@@ -114,8 +116,8 @@ def test_the_learning_floor_trains_the_proposal_on_the_answer_alone():
     assert torch.allclose(grad, expected, atol=1e-6) and expected[0, 2].abs().sum() == 0  # gate 0.5: none
     # closers: the mass on closing tokens is shared among them as the LM prefers them
     closers = torch.tensor([5, 7])
-    q = NCLlamaForCausalLM._proposed_answer(lm_logits, interpreted, [closers], labels)
-    loss = NCLlamaForCausalLM._learning_floor_loss(q, interpreted, labels, 0.1)
+    q = mixture.proposed_answer(lm_logits, interpreted, [closers], labels)
+    loss = mixture.learning_floor_loss(q, interpreted, labels, 0.1)
     (grad,) = torch.autograd.grad(loss, proposal)
     assert grad[0, 1, 5] != 0 and grad[0, 1, 7] != 0  # the answer's closer (7) learns from both closers' mass
 
@@ -150,8 +152,8 @@ def test_the_gate_target_is_cross_entropy_toward_the_right_expert():
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     for site_weights in (sites, None):
         interpreted = Interpreted(proposal, None, mass, None, None, None, None, None, z, site_weights)
-        q = NCLlamaForCausalLM._proposed_answer(lm_logits, interpreted, [], labels)
-        loss = NCLlamaForCausalLM._gate_target_loss(q, lm_logits, interpreted, labels)
+        q = mixture.proposed_answer(lm_logits, interpreted, [], labels)
+        loss = mixture.gate_target_loss(q, lm_logits, interpreted, labels)
         expected = 0.0
         for (b, t), target in targets.items():
             weights = site_weights[b, t] if site_weights is not None else torch.eye(N)[t]
@@ -314,9 +316,9 @@ def test_fusion_equals_the_dense_mixture_values_and_gradients():
     gate[0, 0] = 0.0  # a closed gate still gets the mixture's gradient
     gate.requires_grad_(True)
     proposal = torch.zeros(B, N, V, dtype=torch.float64).scatter_add(2, tokens, weight)
-    got = NCLlamaForCausalLM._fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None, None, None, None))
-    mixture = (1 - gate * proposal.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * proposal
-    expected = mixture.log() + torch.logsumexp(logits, -1, keepdim=True)
+    got = mixture.fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None, None, None, None))
+    dense = (1 - gate * proposal.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * proposal
+    expected = dense.log() + torch.logsumexp(logits, -1, keepdim=True)
     assert torch.allclose(got, expected, atol=1e-10)
     probe = torch.randn(B, N, V, dtype=torch.float64)
     grads = torch.autograd.grad((got * probe).sum(), (logits, weight, gate), retain_graph=True)
@@ -326,13 +328,13 @@ def test_fusion_equals_the_dense_mixture_values_and_gradients():
     # brackets from the LM: the proposal's mass on the closing tokens, and on the opening ones, is shared within each
     # group as the LM's softmax does
     groups = [torch.tensor([1, 7, 9]), torch.tensor([2, 4])]
-    got = NCLlamaForCausalLM._fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None, None, None, None), groups)
+    got = mixture.fuse(logits, Interpreted(proposal, tokens, weight.sum(-1), gate, None, None, None, None), groups)
     shared = proposal.clone()
     for group in groups:
         shared[..., group] = proposal[..., group].sum(-1, keepdim=True) * torch.softmax(logits[..., group], -1)
     assert torch.allclose(shared.sum(-1), proposal.sum(-1)) and not torch.allclose(shared, proposal)
-    mixture = (1 - gate * shared.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * shared
-    expected = mixture.log() + torch.logsumexp(logits, -1, keepdim=True)
+    dense = (1 - gate * shared.sum(-1)).unsqueeze(-1) * torch.softmax(logits, -1) + gate.unsqueeze(-1) * shared
+    expected = dense.log() + torch.logsumexp(logits, -1, keepdim=True)
     assert torch.allclose(got, expected, atol=1e-10)
     grads = torch.autograd.grad((got * probe).sum(), (logits, weight, gate), retain_graph=True)
     expected_grads = torch.autograd.grad((expected * probe).sum(), (logits, weight, gate))
@@ -341,18 +343,18 @@ def test_fusion_equals_the_dense_mixture_values_and_gradients():
 
 
 def test_a_full_result_cache_starts_over(model, tok, monkeypatch):
-    import modeling_nclama.modeling_nclama as modeling
+    import modeling_nclama.calls as calls
 
     force(model, "long_add", site=4)
     batch = tok(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
         expected = model(**batch).logits
-        monkeypatch.setattr(modeling, "_RESULT_CACHE_SIZE", 3)  # fewer than one forward's calls
-        model._results.clear(), model._menus.clear()
+        monkeypatch.setattr(calls, "RESULT_CACHE_SIZE", 3)  # fewer than one forward's calls
+        model.calls.results.clear(), model.calls.menus.clear()
         model(**tok(PROMPTS[:1], return_tensors="pt"))  # some results cached...
-        model._menus.clear()  # ...and the next forward needs those and more
+        model.calls.menus.clear()  # ...and the next forward needs those and more
         got = model(**batch).logits
-    assert torch.equal(got, expected) and len(model._results) > 3
+    assert torch.equal(got, expected) and len(model.calls.results) > 3
 
 
 def test_continued_sites_follow_the_recurrence_in_one_pass_or_in_steps():
@@ -396,7 +398,7 @@ def site_calls(model, ids):
     record = {}
     with torch.no_grad():
         model._run_decoder(True, None, record, input_ids=torch.tensor([ids]), use_cache=False)
-    candidates = model._operands(ids)
+    candidates = model.calls.operands(ids)
     return {(model.config.nc_programs[c.call.program], tuple(candidates.index(o) for o in c.operands)): c.probability
             for c in record[(0, len(ids) - 1)]}
 
@@ -415,7 +417,7 @@ def test_the_context_reader_reads_operands_by_their_surroundings_at_any_length(l
             table.weight.normal_()
     short = tok("Subtract 12 from 345.")["input_ids"]
     got = site_calls(model, short)
-    candidates = model._operands(short)
+    candidates = model.calls.operands(short)
     assert [o.items for o in candidates] == [("12",), ("345",)]
     none = model.config.vocab_size
     context = [(short[o.start - 1], short[o.end], len(candidates) - 1 - i) for i, o in enumerate(candidates)]

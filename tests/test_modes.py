@@ -136,7 +136,7 @@ def test_unlikely_calls_are_not_executed(convert, tok, mode):
     force(model, "add", site=last_site(tok))
     assert answer(model, tok) != "7"  # at the answer's site no call reached 0.4: none ran
     if mode == "hard":  # the only call that ran: where "3" was the only operand, add(3, 3) had probability 1
-        assert [call.arguments for call in model._results] == [(3, 3)]
+        assert [call.arguments for call in model.calls.results] == [(3, 3)]
 
 
 def test_a_call_the_machine_cannot_take_keeps_its_mass_and_proposes_nothing(convert, tok):

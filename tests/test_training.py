@@ -385,7 +385,8 @@ def test_a_frozen_decoder_needs_no_backward(make_llama, user_lib):
     """With only the heads trainable and the heads on the last layer, no decoder layer's output requires a gradient
     (the step's backward runs through the heads alone); residual injection at a middle layer would put every later
     layer in the backward."""
-    from modeling_nclama.modeling_nclama import HeadsTraining, NCLlamaForCausalLM
+    from modeling_nclama.heads import HeadsTraining
+    from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
     from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 
     tok = default_tokenizer()
@@ -438,7 +439,8 @@ def test_chat_form_training_data_and_probes():
 def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib):
     """The stand-in returns what the decoder computes (right-padded batches, each example keyed by its tokens), runs
     the decoder only for examples it has not kept, and the step's loss and gradients are those of the real decoder."""
-    from modeling_nclama.modeling_nclama import HeadsTraining, NCLlamaForCausalLM
+    from modeling_nclama.heads import HeadsTraining
+    from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
     from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
     from modeling_nclama.toolchain.training import FrozenDecoderCache
 

@@ -15,7 +15,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING, MODEL_MAPPING_NAMES
 
-from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, NCLlamaModel, library_settings
+from modeling_nclama.calls import library_settings
+from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, NCLlamaModel
 from modeling_nclama.configuration_nclama import NCLlamaConfig
 from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 from transformers_common import load

@@ -21,11 +21,10 @@ at exactly 0: a model converted from LLaMA gives that LLaMA's logits.
 """
 
 import inspect
-import itertools
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -46,50 +45,11 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_nclama import NCLlamaConfig
 from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
-from .machine import MachineError
-from .reader import Operand, OperandReader, Style
-
-_RESULT_CACHE_SIZE = 100_000  # executed calls kept (their result tokens)
-_MENU_CACHE_SIZE = 20_000  # operand sets whose fitting calls are kept in tensor form
-_LM_FLOOR = 1e-6  # the least mass the language model keeps in the output mixture
-_UNLIKELY = "not run: its proposal would weigh less than nc_min_call_probability"
-_CONTINUES = 1e4  # a continuation logit whose sigmoid is 1.0 in float32: the position is never a call site
-
-
-def call_budget(kinds: Sequence[str], arguments: Sequence, max_steps: int) -> int:
-    """The step budget of one call: ``1000 + 64 s^2`` steps for operands of size ``s`` (an int parameter counts its
-    value, a list or a number of any length its machine cells), at most ``max_steps``. The standard library's
-    programs are at most quadratic in that size (the costliest per cell, long_gcd, takes about 23 s^2: 15,000 steps
-    for two 12-digit numbers), so a call that runs out was not going to answer, and a wrong call on small operands
-    stops early instead of running to ``max_steps``."""
-    size = 0
-    for kind, argument in zip(kinds, arguments):
-        if kind == "int":
-            size += argument
-        elif kind == "tape":
-            size += len(str(abs(argument))) + 1
-        elif kind == "numbers":
-            size += 1 + len(argument) * (1 + max((len(str(abs(v))) for v in argument), default=1))
-        else:
-            size += 1 + len(argument)
-    return int(min(max_steps, 1000 + 64 * size * size))
-
-
-def library_settings(library: Library, reader_tokens: dict, **nc_settings) -> dict:
-    """The ``nc_*`` configuration of a model that calls ``library``: its programs, machine, fingerprint and operand
-    slots, plus the reader's table; ``nc_settings`` override or add to them. What each program takes and returns
-    (an int, a list of values, a number of any length, a list of such numbers) is read from its compiled signature."""
-    programs = nc_settings.pop("nc_programs", library.names)
-    settings = {
-        "nc_programs": programs,
-        "nc_value_size": library.value_size,
-        "nc_memory_size": library.machine.memory_size,
-        "nc_stack_depth": library.machine.stack_depth,
-        "nc_max_operands": max(library[p].arity for p in programs),
-        "nc_library_fingerprint": library.fingerprint(),
-        "nc_reader_tokens": reader_tokens,
-    }
-    return {**settings, **nc_settings}
+from .calls import UNLIKELY, CallTable, _real, library_settings
+from .heads import CONTINUES, HeadsTraining, NCInterpreterHeads
+from .mixture import fuse, gate_target_loss, learning_floor_loss, proposed_answer
+from .reader import OperandReader
+from .tracing import RecordedCall, explain
 
 
 @dataclass
@@ -160,252 +120,9 @@ class InterpreterState:
         return state
 
 
-@dataclass
-class HeadsTraining:
-    """How the interpreter heads learn, beside the likelihood (training only: set on ``model.heads_training`` by a
-    training recipe's ``training`` section; not part of the model's configuration, never saved).
-
-    gate_learning_floor: in training (with labels), the gate head learns as if the gate's scale were at least this,
-        and where the gate is below it the library's proposal learns each answer token on its own, as an expert of
-        the mixture (an added loss term of value 0, gradient ``-(floor - g) d log q(y)``). A converted model starts
-        with the gate closed, where those heads get no gradient from the mixture: with a floor they learn where and
-        what the library answers while the gate is still closed. In [0, 1]; 0: off.
-    gate_target_weight: the weight of a loss that teaches the gate, from the answers alone, to choose the expert
-        that answers right: at each answer token the library proposes (at least half its mass), the gate of the call
-        site it answers is trained by binary cross-entropy toward 1 if the proposal gives the token at least 1/2,
-        toward 0 if not and the LM does. The mixture's own gradient opens a gate only where the library does better
-        than the LM; this breaks the tie toward the library, which runs the same at every length. >= 0; 0: off.
-    """
-
-    gate_learning_floor: float = 0.0
-    gate_target_weight: float = 0.0
-
-    def __post_init__(self):
-        floor, weight = self.gate_learning_floor, self.gate_target_weight
-        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
-            raise ValueError(f"gate_learning_floor must be in [0, 1], got {floor!r}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(f"gate_target_weight must be a number >= 0, got {weight!r}")
-
-
 def interpreter_state(cache: Optional[Cache]) -> Optional[InterpreterState]:
     """The interpreter's state kept with ``cache`` (None: the cache holds nothing the interpreter read)."""
     return getattr(cache, "nc_state", None) if cache is not None else None
-
-
-class NCInterpreterHeads(nn.Module):
-    """Gate, call, operand (pointer or context) and site-continuation heads, on the decoder's hidden
-    state or on token tables, and the optional residual injection of the library's proposal."""
-
-    def __init__(self, config: NCLlamaConfig):
-        super().__init__()
-        hidden, dim = config.hidden_size, config.nc_pointer_dim
-        self.slots, self.dim = config.nc_max_operands, dim
-        self.gate = nn.Linear(hidden, 1)
-        self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
-        programs = max(1, len(config.nc_programs))
-        if config.nc_call_reader == "hidden":
-            self.call = nn.Linear(hidden, programs)
-        else:
-            self.call_keywords = nn.Embedding(config.vocab_size, programs)
-        self.bos_token_id = config.bos_token_id
-        # the tokens that end a sentence ("?", "].", "."): the words a call reads are those of its own sentence
-        reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
-        self.sentence_ends = sorted(reader.sentence_ends)
-        # minus tokens ("-", " -", "[-"): a sign is the first token of the number it writes, so no answer starts at
-        # one (else an answer "-76867" could be the LM's "-" followed by a call for 76867 with its operands reversed)
-        self.sign_tokens = sorted(reader.signs)
-        # the chat template's own tokens (nc_chat_tokens): no words, sentence ends or call sites, except that a break
-        # ("\n" after "<|im_start|>assistant") is where the assistant's answer is called
-        chat = {int(token): role for token, role in config.nc_chat_tokens.items()}
-        self.chat_tokens = sorted(chat)
-        self.chat_markers = sorted(token for token, role in chat.items() if role == "marker")
-        self.chat_breaks = sorted(token for token, role in chat.items() if role == "break")
-        if config.nc_operand_reader == "pointer":
-            self.operand_query = nn.Linear(hidden, self.slots * dim)
-            self.operand_key = nn.Linear(hidden, dim)
-        else:  # context: per (program, slot); the last row of a token table: no token
-            self.operand_before = nn.Embedding(config.vocab_size + 1, programs * self.slots)
-            self.operand_after = nn.Embedding(config.vocab_size + 1, programs * self.slots)
-            self.operand_rank = nn.Embedding(config.nc_max_candidates, programs * self.slots)
-        if config.nc_site_reader == "hidden":
-            self.site_continue = nn.Linear(hidden, 1)
-        else:
-            self.site_token = nn.Embedding(config.vocab_size + 1, 1)  # the position's own token
-            self.site_previous = nn.Embedding(config.vocab_size + 1, 1)  # the token before it
-            # every digit token reads one shared row (the last): a digit continues a number whatever its value
-            self.digit_tokens = sorted(int(t) for t, text in config.nc_reader_tokens.items()
-                                       if text.isascii() and text.isdigit())
-        if config.nc_residual_injection:
-            self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
-        if config.nc_answer_lead:  # per call-site token: the result is written with the space before it
-            self.answer_lead = nn.Embedding(config.vocab_size, 1)  # zero at init: either way alike
-
-    def resize_token_tables(self, vocab_size: int) -> None:
-        """Follow the model's vocabulary to ``vocab_size`` tokens: the tables indexed by token id keep the rows of
-        the tokens that remain, new tokens get zero rows (no evidence either way), and the tables' extra last row
-        (no token; every digit) stays last."""
-        for name in ("call_keywords", "answer_lead", "operand_before", "operand_after", "site_token", "site_previous"):
-            old = getattr(self, name, None)
-            if old is None:
-                continue
-            extra = 1 if name.startswith(("operand_", "site_")) else 0
-            rows = old.num_embeddings - extra
-            table = nn.Embedding(vocab_size + extra, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
-            with torch.no_grad():
-                table.weight.zero_()
-                kept = min(rows, vocab_size)
-                table.weight[:kept] = old.weight[:kept]
-                if extra:
-                    table.weight[-1] = old.weight[-1]
-            table.weight.requires_grad_(old.weight.requires_grad)
-            setattr(self, name, table)
-        self.digit_tokens = [t for t in getattr(self, "digit_tokens", ()) if t < vocab_size]
-        for name in ("sentence_ends", "sign_tokens", "chat_tokens", "chat_markers", "chat_breaks"):
-            setattr(self, name, [t for t in getattr(self, name) if t < vocab_size])
-
-    def lead_probability(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, N] probability that a call made at each position of ``ids`` writes its result with the space before
-        it (``nc_answer_lead``)."""
-        return torch.sigmoid(self.answer_lead(ids).float().squeeze(-1))
-
-    def gate_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[B, T] logit of each position's own gate opening (before the scale)."""
-        return self.gate(hidden).float().squeeze(-1)
-
-    def gate_probability(self, logits: torch.Tensor, learning_floor: float = 0.0) -> torch.Tensor:
-        """[B, T] probability of answering from the library, from the gate logits. The scale is clamped to [0, 1] in
-        the forward pass but passes gradients straight through, so a closed gate can open (``learning_floor``:
-        ``HeadsTraining.gate_learning_floor``)."""
-        scale = self.gate_scale.clamp(0.0, 1.0)
-        if scale.requires_grad:
-            scale = self.gate_scale + (scale - self.gate_scale).detach()
-        opening = torch.sigmoid(logits)
-        gate = opening * scale
-        if self.training and learning_floor > 0:  # same value; the gate head learns as if scale >= floor
-            lift = (scale.detach().clamp(min=learning_floor) - scale.detach())
-            gate = gate + (opening - opening.detach()) * lift
-        return gate
-
-    def template_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, T] whether each position of ``ids`` is the chat template's: a marker of ``nc_chat_tokens`` and the
-        template tokens after it, up to the first break ("\n") or the first token that is not the template's (a
-        position's own and earlier tokens decide, as for everything a position reads; the message after a header
-        is content even where it starts with a token the header also has)."""
-        if not self.chat_markers:
-            return torch.zeros_like(ids, dtype=torch.bool)
-        index = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        marker = torch.isin(ids, torch.tensor(self.chat_markers, dtype=torch.long, device=ids.device))
-        other = ~torch.isin(ids, torch.tensor(self.chat_tokens, dtype=torch.long, device=ids.device))
-        after_break = torch.nn.functional.pad(torch.isin(ids, torch.tensor(self.chat_breaks, dtype=torch.long,
-                                                                           device=ids.device))[:, :-1], (1, 0))
-        last_marker = torch.where(marker, index, -1).cummax(1).values
-        last_end = torch.where((other | after_break) & ~marker, index, -1).cummax(1).values
-        return last_marker > last_end
-
-    def silent_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, T] the positions that make no call: the chat template's markers and headers (a break, the "\n" that
-        opens a turn's content, may: the assistant's answer is called there)."""
-        breaks = torch.tensor(self.chat_breaks, dtype=torch.long, device=ids.device)
-        return self.template_positions(ids) & ~torch.isin(ids, breaks)
-
-    def segments(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None,
-                 history: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[B, N] the index of the sentence each position of ``ids`` is in: a new one starts at a beginning-of-sequence
-        token, after a token that ends a sentence and after the chat template (``after_end`` [B]: the token before
-        ``ids`` ended one; ``history`` [B, S]: the tokens before ``ids``, read instead). The template's positions
-        start and end none: they stay in the sentence before them, so that the assistant's turn reads the user's
-        question."""
-        return self._sentences(ids, after_end, history)[0]
-
-    def _sentences(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None,
-                   history: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``segments`` and the template positions of ``ids`` [B, N]."""
-        full = ids if history is None else torch.cat([history, ids], 1)
-        template = self.template_positions(full)
-        ends = torch.isin(full, torch.tensor(self.sentence_ends, dtype=torch.long, device=ids.device)) & ~template
-        starts = torch.nn.functional.pad(ends[:, :-1] | template[:, :-1], (1, 0))
-        if after_end is not None and history is None:
-            starts[:, 0] |= after_end
-        if self.bos_token_id is not None:
-            starts |= full == self.bos_token_id
-        starts &= ~template
-        counts = torch.cumsum(starts.long(), 1)
-        if history is not None and history.shape[1]:  # numbered from the sentence of the token before ids
-            counts = counts[:, history.shape[1]:] - counts[:, history.shape[1] - 1 : history.shape[1]]
-        return counts, template[:, full.shape[1] - ids.shape[1]:]
-
-    def keyword_evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None,
-                         after_end: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Keyword call reader: per position of ``ids`` [B, N] and program, the best score of the tokens of its
-        sentence so far [B, N, P] (``segments``; ``carried`` [B, P]: that of the position before ``ids``, whose
-        sentence ended if ``after_end``; ``history``: the tokens before ``ids``, from which that is read instead). A
-        running max restarted at each sentence: a later segment's scores are lifted above every earlier one's before
-        the cumulative max, which then never reaches back past its segment. The chat template's tokens are no words:
-        they score 0 and sort below every word of their sentence, so they carry the evidence of the words before
-        them. The max's own gradient would reach one token per program and position, so that a keyword learns only
-        once it already wins; in training the gradient is instead that of the softmax-weighted mean of the
-        segment's scores (the value stays the max): every token of the prompt learns at once, the likeliest winners
-        most."""
-        scores = self.call_keywords(ids).float()
-        segment, template = self._sentences(ids, after_end, history)
-        if carried is not None:  # the carried evidence counts as a token of the segment before the first one here
-            scores = torch.cat([carried.unsqueeze(1).float(), scores], 1)
-            segment = torch.cat([segment.new_zeros(ids.shape[0], 1), segment], 1)
-            template = torch.cat([template.new_zeros(ids.shape[0], 1), template], 1)
-        templated = bool(template.any())
-        if templated:
-            scores = scores.masked_fill(template.unsqueeze(-1), 0.0)
-        bound = scores.detach().abs().amax()
-        lift = (bound * 2 + 1) * segment.unsqueeze(-1)
-        keys = scores.detach() + lift
-        if templated:  # below every word of the segment, above every earlier segment
-            keys = torch.where(template.unsqueeze(-1), lift - bound - 0.5, keys)
-        where = torch.cummax(keys, dim=1).indices
-        best = scores.gather(1, where)
-        if torch.is_grad_enabled() and scores.requires_grad:
-            N = scores.shape[1]
-            same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & torch.ones(N, N, dtype=torch.bool).tril()  # [B, t, j]
-            if templated:  # the words only; a position with none before it in its sentence weighs itself (score 0)
-                same = same & ~template.unsqueeze(1)
-                same = same | (~same.any(2, keepdim=True) & torch.eye(N, dtype=torch.bool))
-            weights = torch.softmax(scores.unsqueeze(1).masked_fill(~same.unsqueeze(-1), float("-inf")), dim=2)
-            mean = (weights * scores.unsqueeze(1)).sum(2)  # [B, N, P]
-            best = best.detach() + (mean - mean.detach())
-        return best[:, 1:] if carried is not None else best
-
-    def continuation_logits(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """[B, N] logit that each new position (``ids[:, start:]``, hidden states ``hidden``) continues the answer of
-        the position before it: from the hidden state, or from the position's token and its predecessor (all digit
-        tokens alike); a minus sign always continues."""
-        signs = torch.isin(ids[:, start:], torch.tensor(self.sign_tokens, dtype=torch.long, device=ids.device))
-        return self._read_continuation(hidden, ids, start).masked_fill(signs, _CONTINUES)
-
-    def _read_continuation(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
-        if hasattr(self, "site_continue"):
-            return self.site_continue(hidden).float().squeeze(-1)
-        previous = torch.nn.functional.pad(ids, (1, 0), value=self.bos_token_id or 0)[:, start:-1]
-        vocab = self.site_token.num_embeddings - 1
-        digits = torch.tensor(self.digit_tokens, dtype=torch.long, device=ids.device)
-        classes = torch.arange(vocab, device=ids.device).index_fill(0, digits, vocab)  # a digit token -> the last row
-        return (self.site_token(classes[ids[:, start:]]) + self.site_previous(classes[previous])).float().squeeze(-1)
-
-    def context_logits(self, before: torch.Tensor, after: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-        """Context reader: the score of each candidate operand [G, O] for each program and slot [G, P, S, O], from
-        the token before it, the token after it (``vocab_size``: none) and its rank from the latest candidate."""
-        scores = self.operand_before(before) + self.operand_after(after) + self.operand_rank(rank)  # [G, O, P * S]
-        return scores.float().view(*before.shape, -1, self.slots).permute(0, 2, 3, 1)
-
-    def injection(self, interpreted: "Interpreted", embeddings: torch.Tensor) -> torch.Tensor:
-        """What residual injection adds to the hidden state: the expected embedding of the first result token of the
-        call made at the position itself, through a learned map. Neither gated nor sent through the site recurrence:
-        later layers may use a result that the output does not copy (a comparison's 0, 1 or 2 read as "yes" or
-        "no"). The calls' probabilities are held fixed here: a call is chosen for giving the answer, not for what its
-        result tells the LM (with signed results the LM learned to answer "Is a less than b?" from the sign of
-        a - b, and the call head to call long_sub for it)."""
-        tokens, probs = interpreted.own_tokens, interpreted.own_probs.detach()
-        weights = (probs * (tokens >= 0)).to(embeddings.dtype)  # [B, N, K]
-        return self.inject(torch.einsum("bnk,bnkh->bnh", weights, embeddings[tokens.clamp(min=0)]))
 
 
 class NCLlamaPreTrainedModel(LlamaPreTrainedModel):
@@ -480,15 +197,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.nc_heads = NCInterpreterHeads(config)
-        self.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
+        self.calls = CallTable(config)
         # Bracket token groups whose proposed mass the LM shares out; ids, not tensors: from_pretrained builds the
         # model on the meta device, where a tensor made here would hold no data.
         brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
         self._shared = [sorted(group) for on, group in brackets if on and group]
-        self.library: Optional[Library] = None
-        self._results: dict = {}  # hard calls' result tokens, for the step budget and window in _results_budget
-        self._menus: dict = {}  # per operands: the calls that fit and the results run so far
-        self._results_budget: Optional[tuple] = None
         self.heads_training = HeadsTraining()  # how the heads learn; set by training, never saved
         self.post_init()
 
@@ -528,8 +241,18 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
             library = library.with_programs(
                 [library[name].with_weights({**library[name].weights, **self.nc_program_weights[name]}) for name in c.nc_programs]
             )
-        self.library = library
-        self._results, self._menus = {}, {}
+        self.calls.library = library
+        self.calls.clear()
+
+    @property
+    def library(self) -> Optional[Library]:
+        """The attached library (``attach_library``), or None."""
+        return self.calls.library
+
+    @property
+    def reader(self) -> OperandReader:
+        """The operand reader: the numbers and lists in token ids, and results written back as tokens."""
+        return self.calls.reader
 
     def trained_library(self) -> Optional[Library]:
         """The attached library with the programs' current weights (in soft mode they train with the model)."""
@@ -582,11 +305,11 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         config = self.config
         config.nc_reader_tokens = {t: text for t, text in config.nc_reader_tokens.items() if int(t) < size}
         config.nc_chat_tokens = {t: role for t, role in config.nc_chat_tokens.items() if int(t) < size}
-        self.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
+        self.calls.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
         brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
         self._shared = [sorted(group) for on, group in brackets if on and group]
         self.nc_heads.resize_token_tables(size)
-        self._results, self._menus = {}, {}
+        self.calls.clear()
         return embeddings
 
     @classmethod
@@ -664,15 +387,15 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
             if outputs.cache is not None and interpreted.state is not None:  # kept for the next steps
                 outputs.cache.nc_state = interpreted.state
             shared = [torch.tensor(group, dtype=torch.long, device=logits.device) for group in self._shared]
-            lm_logits, logits = logits, self._fuse(logits, interpreted, shared)
+            lm_logits, logits = logits, fuse(logits, interpreted, shared)
             floor, target_weight = self.heads_training.gate_learning_floor, self.heads_training.gate_target_weight
             if labels is not None and self.training and (floor > 0 or target_weight > 0):
-                q = self._proposed_answer(lm_logits, interpreted, shared, labels)
+                q = proposed_answer(lm_logits, interpreted, shared, labels)
                 if floor > 0:
-                    heads_losses.append(self._learning_floor_loss(q, interpreted, labels, floor,
+                    heads_losses.append(learning_floor_loss(q, interpreted, labels, floor,
                                                                   kwargs.get("num_items_in_batch")))
                 if target_weight > 0:
-                    heads_losses.append(target_weight * self._gate_target_loss(q, lm_logits, interpreted, labels))
+                    heads_losses.append(target_weight * gate_target_loss(q, lm_logits, interpreted, labels))
         logits = slice_logits_to_keep(logits, logits_to_keep)  # after fusion: the interpreter needs every position
         loss = None
         if labels is not None:
@@ -751,94 +474,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
                            place(read.site_probs, width=min(self.config.nc_answer_window, T)),
                            place(read.gate_logits), place(read.sites, square=True))
 
-    @staticmethod
-    def _fuse(logits: torch.Tensor, interpreted: "Interpreted", shared: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        """LM logits -> log of the gated mixture with the library's proposal, up to the LM's log-normalizer (so that
-        a closed gate returns the LM logits themselves):
-
-            log((1 - g m) softmax(l) + g q) + logsumexp(l) = logaddexp(l + log(1 - g m), log(g q) + logsumexp(l)),
-
-        which is ``l + log(1 - g m)`` wherever the proposal ``q`` is 0: only the tokens the library proposes (a few
-        per position) need the full formula, so the vocabulary-wide work is one shift and one scatter. ``shared``:
-        groups of token ids (a list's closing tokens, its opening ones) whose proposed mass is shared within each
-        group as the LM's softmax does."""
-        logits32 = logits.float()
-        gate, tokens = interpreted.gate, interpreted.proposed_tokens
-        proposal = _shared_brackets(interpreted.proposal, logits32, shared)
-        if shared:
-            tokens = torch.cat([tokens, *(group.expand(*tokens.shape[:-1], -1) for group in shared)], -1)
-        # The language model keeps at least _LM_FLOOR of the mass (and the library's mass may exceed 1 by rounding):
-        # every token keeps a finite log-probability and gradient, even under a fully open gate.
-        lm_weight = torch.log1p(-(gate * interpreted.mass).clamp(max=1.0 - _LM_FLOOR)).unsqueeze(-1)
-        tokens, _ = tokens.sort(dim=-1)
-        first = torch.ones_like(tokens, dtype=torch.bool)
-        first[..., 1:] = tokens[..., 1:] != tokens[..., :-1]
-        proposed = proposal.gather(2, tokens)
-        from_library = gate.unsqueeze(-1) * proposed  # a token's whole mass, wherever it repeats
-        # log of the library term, -inf where it is 0 (clamped first, so no 0 * inf reaches the gradient)
-        log_library = torch.where(from_library > 0, from_library.clamp_min(1e-30).log(), float("-inf"))
-        lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
-        mixed = torch.logaddexp(logits32.gather(2, tokens) + lm_weight, log_library + lse)
-        # Where the library's term is 0 (a closed gate) the log above passes it no gradient, though the mixture's
-        # derivative there is q / p(token) for the gate and g / p(token) for q: add those first-order terms (value 0),
-        # so that a closed gate learns whether opening helps.
-        if torch.is_grad_enabled() and (gate.requires_grad or proposed.requires_grad):
-            closed = from_library <= 0
-            g = gate.unsqueeze(-1)
-            first_order = torch.where(closed, g * proposed.detach() - (g * proposed).detach() + (proposed - proposed.detach()) * g.detach(), 0.0)
-            mixed = mixed + first_order / (mixed - lse).detach().exp().clamp_min(1e-30)  # value 0, never 0/0
-        mixed = torch.where(first, mixed, mixed.detach())  # a repeated token is written again, but counted once
-        return (logits32 + lm_weight).scatter(2, tokens, mixed).to(logits.dtype)
-
-    @staticmethod
-    def _proposed_answer(lm_logits: torch.Tensor, interpreted: "Interpreted", shared: Sequence[torch.Tensor],
-                         labels: torch.Tensor) -> torch.Tensor:
-        """[B, N - 1] the library proposal's probability ``q(y)`` of each next token ``y`` (``labels`` shifted; a
-        shared bracket's mass split as the LM prefers), with its gradient: what the heads' own training terms read."""
-        index = labels[:, 1:].clamp(min=0).unsqueeze(-1)  # position t predicts token t + 1
-        proposal = _shared_brackets(interpreted.proposal[:, :-1], lm_logits[:, :-1].detach().float(), shared)
-        return proposal.gather(2, index).squeeze(-1)
-
-    @staticmethod
-    def _learning_floor_loss(q: torch.Tensor, interpreted: "Interpreted", labels: torch.Tensor, floor: float,
-                             num_items_in_batch: Optional[Union[int, torch.Tensor]] = None) -> torch.Tensor:
-        """A term of value 0 for the loss (``HeadsTraining.gate_learning_floor``): where the gate is below ``floor``, the library's
-        proposal learns the answer as an expert of the mixture on its own: gradient ``-(floor - g) d log q(y)`` per
-        answer token ``y`` (averaged like the loss), ``q`` the proposal. Not the mixture's own gradient at a gate
-        raised to the floor, ``(floor - g) (dq(y) - p_LM(y) dm) / p(y)``: where the LM already answers well, that one
-        is small, and its second term (the mass of wrong proposals, taken back) pays a head as well for proposing
-        nothing (a site without a call) as for finding the right call; the two balance and nothing is learned (the
-        comparison, whose answer the LM guesses right two times in three, was never called). Where no call proposes
-        ``y`` the term has no gradient."""
-        valid = labels[:, 1:] != -100
-        weight = (floor - interpreted.gate[:, :-1].detach()).clamp(min=0) / q.detach().clamp_min(1e-30)
-        total = -(weight * (q - q.detach()) * valid).sum()
-        return total / (num_items_in_batch if num_items_in_batch is not None else valid.sum().clamp(min=1))
-
-    @staticmethod
-    def _gate_target_loss(q: torch.Tensor, lm_logits: torch.Tensor, interpreted: "Interpreted",
-                          labels: torch.Tensor) -> torch.Tensor:
-        """The gate's own target (``HeadsTraining.gate_target_weight``): at each answer token ``y`` the library proposes (mass
-        >= 1/2), the gate is a choice between two experts, trained toward the right one: open (1) where the proposal
-        gives ``y`` at least 1/2, the LM or not (a tie goes to the library); closed (0) where it does not and the LM
-        does; no target where neither does (a gate closed there would stop its call from learning). The loss is the
-        binary cross-entropy of the own gate logit ``z_s`` of each site ``s`` answered, weighted by ``P(site s | t)``
-        (held fixed: the target teaches the gate, not where answers start), averaged over the tokens the library
-        proposes. Only the gate logits learn."""
-        targets = labels[:, 1:]  # position t predicts token t + 1
-        index = targets.clamp(min=0).unsqueeze(-1)
-        library_right = q.detach() >= 0.5
-        lm_right = torch.log_softmax(lm_logits[:, :-1].detach().float(), -1).gather(2, index).squeeze(-1) >= math.log(0.5)
-        answered = (targets != -100) & (interpreted.mass[:, :-1].detach() >= 0.5)
-        z = interpreted.gate_logits
-        losses = torch.stack([torch.nn.functional.softplus(-z), torch.nn.functional.softplus(z)])  # open, closed
-        if interpreted.sites is None:
-            losses = losses[:, :, :-1]
-        else:  # the sites of this pass
-            losses = torch.einsum("bts,kbs->kbt", interpreted.sites[:, :-1, -z.shape[1]:].detach(), losses)
-        to_open, to_close = answered & library_right, answered & ~library_right & lm_right
-        return ((losses[0] * to_open).sum() + (losses[1] * to_close).sum()) / answered.sum().clamp(min=1)
-
     @torch.no_grad()
     def generate_with_trace(self, input_ids: torch.LongTensor, max_trace_rows: int = 200, **generate_kwargs):
         """``generate`` for one prompt, plus its trace: per generated token, the gate, the call site answered (and
@@ -849,102 +484,10 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         sequence = self.generate(input_ids=input_ids, **generate_kwargs)
         return sequence, self.explain(sequence[0], input_ids.shape[1], max_trace_rows=max_trace_rows)
 
-    @torch.no_grad()
     def explain(self, sequence: torch.LongTensor, prompt_length: int, max_trace_rows: int = 200) -> list[dict]:
         """What the interpreter did for each token of ``sequence`` after the first ``prompt_length`` (see
-        ``generate_with_trace``). Recomputed in one forward pass, which equals what generation computed."""
-        if self.library is None:
-            raise LibraryError("the model has no library attached")
-        mode = self.config.nc_mode
-        ids = sequence.tolist()
-        record: dict = {}
-        _, interpreted = self._run_decoder(True, None, record, input_ids=sequence[None], use_cache=False)
-        gate = interpreted.gate[0]
-        rows = []
-        done: dict = {}  # each distinct call runs (and is traced) once, however many tokens answer its site
-
-        def run(name: str, args: list, mode: Optional[str] = None, max_steps: Optional[int] = None):
-            """``run_batch`` of one call (``mode`` None), else ``run`` with its trace in ``mode``; remembered."""
-            key = (name, repr(args), mode, max_steps)
-            if key not in done:
-                try:
-                    done[key] = (self.library.run_batch(name, [args], max_steps=max_steps) if mode is None
-                                 else self.library.run(name, *args, mode=mode, trace=True, max_steps=max_steps))
-                except MachineError as error:
-                    done[key] = error
-            if isinstance(done[key], MachineError):
-                raise done[key]
-            return done[key]
-
-        for t in range(prompt_length - 1, len(ids) - 1):
-            p_site, offset = interpreted.site_probs[0, t].max(-1)
-            site = t - int(offset)
-            calls = []
-            for recorded in record.get((0, site), []):
-                name, args = self.config.nc_programs[recorded.call.program], _plain(recorded.call.arguments)
-                kinds = [kind for _, kind in self.library[name].params]
-                budget = call_budget(kinds, recorded.call.arguments, self.config.nc_max_steps)
-                if recorded.problem is not None:
-                    result, steps, status = None, 0, recorded.problem
-                elif mode == "hard":
-                    ran = run(name, args, max_steps=budget)
-                    result, steps, status = ran.values[0], ran.steps[0], ran.status[0]
-                    if status == "max_steps":
-                        status = f"max_steps: did not finish within its budget of {budget} steps"
-                else:  # what the soft machine's most likely result is, and its (expected) steps
-                    try:
-                        result, trace = run(name, args, "soft", self.config.nc_max_steps)
-                        steps, status = len(trace.steps), "ok"
-                    except MachineError as error:
-                        result, steps, status = None, None, str(error)
-                calls.append({
-                    "program": name,
-                    "probability": recorded.probability,
-                    "operands": [
-                        {"start": o.start, "end": o.end, "text": " ".join(o.items)} if o is not None else {"value": a}
-                        for o, a in zip(recorded.operands, args)
-                    ],
-                    "arguments": args,
-                    "result": result,
-                    "result_tokens": recorded.tokens,
-                    "steps": steps,
-                    "status": status,
-                })
-            row = {
-                "position": t + 1,
-                "token": ids[t + 1],
-                "gate": float(gate[t]),
-                # the gate as the mixture applies it (g m in _fuse): a call that failed or did not run proposes
-                # nothing, so an open gate with no result leaves the token to the language model
-                "library_weight": min(float(gate[t] * interpreted.mass[0, t]), 1.0),
-                "site": site,
-                "site_probability": float(p_site),
-                "offset": t - site,
-                "calls": calls,
-            }
-            reason = self._no_call_reason(ids[: site + 1], calls)
-            if reason is not None:
-                row["no_call_reason"] = reason
-            if calls and calls[0]["status"] == "ok":
-                _, trace = run(calls[0]["program"], calls[0]["arguments"], mode, self.config.nc_max_steps)
-                row["machine_trace"] = trace.format(max_rows=max_trace_rows)
-            rows.append(row)
-        return rows
-
-    def _no_call_reason(self, prefix: list[int], calls: list[dict]) -> Optional[str]:
-        """Why the library does not answer at a call site whose prefix holds operands, or None where it answers (or
-        where there is nothing to read): no program takes operands of these kinds, or the likeliest call could not
-        run or failed."""
-        operands = self._operands(prefix)
-        if not operands:
-            return None
-        if not calls:
-            described = ", ".join(_describe(o) for o in operands[-3:])
-            return f"no library program takes these operands ({described}): the language model answered alone"
-        top = calls[0]
-        if top["status"] == "ok":
-            return None
-        return f"the library could not answer ({top['program']}: {top['status']}): the language model answered alone"
+        ``generate_with_trace`` and ``tracing.explain``)."""
+        return explain(self, sequence, prompt_length, max_trace_rows)
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         """Beam search: reorder the KV cache and the interpreter's state together."""
@@ -962,10 +505,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         proposal for the next token [B, N, vocab], the gate [B, N], and the state including them. ``record``, if
         given, receives the chosen calls of every position (``explain``)."""
         heads, config = self.nc_heads, self.config
-        if (config.nc_max_steps, config.nc_answer_window) != self._results_budget:  # the saved model's budget
-            # differs from training's: calls that ran out of steps may now finish, so no cached result stays
-            self._results, self._menus = {}, {}
-            self._results_budget = (config.nc_max_steps, config.nc_answer_window)
+        self.calls.check_budget()
         B, N = input_ids.shape
         W = config.nc_answer_window
         if state is None:
@@ -997,7 +537,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
             # A position none of whose calls was worth running starts no answer: inside a long answer every separator
             # keeps a little new-site mass whose calls are too unlikely to run, and that mass, proposing nothing,
             # would drain the answer's site (to about half after 64 list items). Training runs every call.
-            continuation = continuation.masked_fill(skipped.to(continuation.device), _CONTINUES)
+            continuation = continuation.masked_fill(skipped.to(continuation.device), CONTINUES)
         if heads.chat_markers:  # the chat template's markers and headers make no call
             probs = probs.masked_fill(heads.silent_positions(ids)[:, start:, None], 0.0)
         first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
@@ -1126,7 +666,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         heads, config = self.nc_heads, self.config
         B, N, _ = calls.shape
         K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
-        variants = self._variants
+        variants = self.calls.variants
         silent = heads.silent_positions(ids).tolist() if heads.chat_markers else None
         site_b, site_n, site_operands, site_menu, menus, menu_index = [], [], [], [], [], {}
         for b in range(B):
@@ -1134,8 +674,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
             menu = None
             for s in range(start, len(row)):
                 if s == start or row[s] in self.reader.triggers:  # other tokens never change what the prefix holds
-                    operands = self._operands(row[: s + 1])
-                    menu = self._menu(operands)
+                    operands = self.calls.operands(row[: s + 1])
+                    menu = self.calls.menu(operands)
                 if menu is None or silent is not None and silent[b][s]:
                     continue
                 if id(menu) not in menu_index:
@@ -1176,7 +716,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         run = (worth >= config.nc_min_call_probability).tolist()  # the calls whose proposal can weigh that much
         skipped[bi, ni] = torch.tensor([not any(go) for go in run])
         if config.nc_mode == "hard":
-            self._fill_menus(menus, site_menu, top.tolist(), run)
+            self.calls.fill_menus(menus, site_menu, top.tolist(), run)
             if len(menus) == 1:
                 chosen_tokens = menus[0].tokens[top]  # [G, k, variants, W]
             else:
@@ -1185,14 +725,14 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         if config.nc_mode == "soft" or record is not None:
             picked = [[menus[e].choices[c] if c < len(menus[e].choices) else None for c in cs] for e, cs in zip(site_menu, top.tolist())]
         if config.nc_mode == "soft":
-            chosen_tokens, factor = self._soft_results([[c.call if c and go else None for c, go in zip(row, ok)] for row, ok in zip(picked, run)])
+            chosen_tokens, factor = self.calls.soft_results([[c.call if c and go else None for c, go in zip(row, ok)] for row, ok in zip(picked, run)])
             chosen_p = chosen_p * factor
         if record is not None:
             for g, row in enumerate(picked):
                 operands = site_operands[g]
                 record[(site_b[g], start + site_n[g])] = [
                     RecordedCall(c.call, [operands[i] for i in c.operands], float(chosen_p[g, k]), _real(chosen_tokens[g, k, 0]),
-                                 c.problem or (None if run[g][k] else _UNLIKELY))
+                                 c.problem or (None if run[g][k] else UNLIKELY))
                     for k, c in enumerate(row) if c is not None
                 ]
         k = top.shape[1]
@@ -1220,226 +760,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
                 rank[g, i] = len(operands) - 1 - i
         return before, after, rank
 
-    def _operands(self, ids: list[int]) -> list[Operand]:
-        """The operands a call may read: what the reader finds, a list's items read only as the list (a 64-item list
-        offers one operand, not 65), the last ``nc_max_candidates`` of them (so the calls that fit stay few however
-        many numbers came before, an answer's own numbers included)."""
-        found = self.reader.read(ids)
-        lists = [(o.start, o.end) for o in found if o.kind == "list"]
-        found = [o for o in found if o.kind == "list" or not any(a <= o.start < b for a, b in lists)]
-        return found[-self.config.nc_max_candidates:]
-
-    @property
-    def _variants(self) -> int:
-        """How many ways each call's result is written: with and without the space before it (``nc_answer_lead``)."""
-        return 2 if self.config.nc_answer_lead else 1
-
-    def _menu(self, operands: list[Operand]) -> Optional["_Menu"]:
-        """Every call that fits these operands, in tensor form (memoized by the operands' contents: consecutive
-        positions mostly see the same operands), or None if there is none."""
-        key = tuple((o.kind, o.items, o.style) for o in operands)
-        if key not in self._menus:
-            if len(self._menus) >= _MENU_CACHE_SIZE:
-                self._menus.clear()
-            choices = self._enumerate(operands)
-            self._menus[key] = (_Menu(choices, self.nc_heads.slots, self.config.nc_answer_window, len(self.config.nc_programs),
-                                      self._variants) if choices else None)
-        return self._menus[key]
-
-    def _enumerate(self, operands: list[Operand]) -> list["_Choice"]:
-        """The calls whose parameters' kinds these operands have: an int or number (``tape``) parameter takes a
-        number, a list or ``numbers`` parameter a list, and a number that is the only operand is also a one-item
-        list ("sort: 55 ->"; among several numbers, one of them is not read as a list).
-        A call of the right kinds that the machine cannot take (a value outside [0, V) for an int, operands that
-        need more memory than the machine has) stays on the menu with its problem: it takes its share of the call
-        head's probability and proposes nothing, so that its mass does not go to a call that fits but computes
-        something else ("gcd(2000, 3000)=" on a machine of values below 1024 is not answered with gcd(3000, 3000))."""
-        library, config = self.library, self.config
-        alone = len(operands) == 1
-        out = []
-        for program_index, name in enumerate(config.nc_programs):
-            program = library[name]
-            if program.arity > config.nc_max_operands:
-                continue
-            fits_per_param = [[(i, value) for i, o in enumerate(operands)
-                               if (value := _argument(kind, o, alone)) is not None] for _, kind in program.params]
-            for picked in itertools.product(*fits_per_param):
-                # a result is written the way its operands were (a list operand's way first)
-                style = max((operands[i].style for i, _ in picked), key=lambda s: s.bracketed, default=Style())
-                arguments = tuple(v for _, v in picked)
-                problem = library.call_problem(name, _plain(arguments))
-                out.append(_Choice(LibraryCall(program_index, arguments, style), tuple(i for i, _ in picked),
-                                   None if problem is None else f"not run: {problem}"))
-        return out
-
-    def _fill_menus(self, menus: list["_Menu"], site_menu: list[int], top: list[list[int]], run: list[list[bool]]) -> None:
-        """Execute the chosen calls (those ``run`` marks) whose results the menus do not hold yet."""
-        missing = {}
-        for e, chosen, go in zip(site_menu, top, run):
-            menu = menus[e]
-            for c, ok in zip(chosen, go):
-                if ok and c < len(menu.choices) and not menu.done[c] and menu.choices[c].problem is None:
-                    missing[(e, c)] = menu.choices[c].call
-        if missing:
-            for (e, c), variants in zip(missing, self._token_lists(list(missing.values()))):
-                for v, tokens in enumerate(variants):
-                    menus[e].tokens[c, v, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-                menus[e].done[c] = True
-
-    def _token_lists(self, calls: list["LibraryCall"]) -> list[tuple[list[int], ...]]:
-        """Result tokens (at most the answer window; one list per way of writing it) of hard calls: cached, the
-        rest run as vectorized batches, one per step budget (``call_budget``)."""
-        names = self.config.nc_programs
-        todo = [call for call in dict.fromkeys(calls) if call not in self._results]
-        if len(self._results) + len(todo) > _RESULT_CACHE_SIZE:  # full: start over (these calls all run again)
-            self._results.clear()
-            todo = list(dict.fromkeys(calls))
-        by_budget: dict[int, list] = {}
-        for call in todo:
-            kinds = [kind for _, kind in self.library[names[call.program]].params]
-            by_budget.setdefault(call_budget(kinds, call.arguments, self.config.nc_max_steps), []).append(call)
-        for budget, group in by_budget.items():
-            result = self.library.run_calls([(names[c.program], _plain(c.arguments)) for c in group], max_steps=budget)
-            for call, value in zip(group, result.values):  # a failed call (value None) proposes nothing
-                written = self._text_tokens(names[call.program], value, call.style)
-                self._results[call] = tuple(tokens[: self.config.nc_answer_window] for tokens in written)
-        return [self._results[call] for call in calls]
-
-    def _hard_tokens(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, None]:
-        """Result tokens [G, k, variants, W] of hard calls (none for None), and no probability factor."""
-        flat = [call for row in picked for call in row]
-        results = iter(self._token_lists([call for call in flat if call is not None]))
-        empty = ((),) * self._variants
-        rows = [next(results) if call is not None else empty for call in flat]
-        W = self.config.nc_answer_window
-        out = torch.stack([_token_tensor(list(variants), W) for variants in rows]) if rows else torch.full((0, self._variants, W), -1)
-        return out.view(len(picked), -1, self._variants, W), None
-
-    def _soft_results(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Soft execution of the chosen calls (each distinct call once, one batched soft run per program): the
-        tokens of each call's most likely result [G, k, variants, W] and that result's probability [G, k] under the
-        differentiable machine (its cells' probabilities times the probability of halting), through which gradients
-        reach the program weights."""
-        W, R, M = self.config.nc_answer_window, self.library.machine.num_registers, self.library.machine.memory_size
-        by_program: dict[str, list] = {}
-        for call in dict.fromkeys(call for row in picked for call in row if call is not None):
-            by_program.setdefault(self.config.nc_programs[call.program], []).append(call)
-        token_lists, probability = {}, {}
-        for name, calls in by_program.items():
-            program = self.library[name]
-            args, memory = self.library.encode_soft(program, [_plain(c.arguments) for c in calls])
-            entry = torch.zeros(len(calls), len(self.library))
-            entry[:, self.library.machine.index[name]] = 1.0
-            run = self.library.run_soft(entry, args, memory, max_steps=self.config.nc_max_steps)
-            p_result, results = run.cells[:, R].max(-1)
-            for i, call in enumerate(calls):
-                value, p = int(results[i]), run.halted[i] * p_result[i]
-                if program.returns != "int":  # the list the result points at, read at its most likely length
-                    p_length, length = run.memory[i, min(value, M - 1)].max(-1)
-                    if value + 1 + int(length) > M:
-                        value, p = None, p * 0.0
-                    else:
-                        p_items, items = run.memory[i, value + 1 : value + 1 + int(length)].max(-1)
-                        value, p = self.library.from_cells(program.returns, items.tolist()), p * p_length * p_items.prod()
-                written = self._text_tokens(name, value, call.style)
-                token_lists[call] = tuple(tokens[:W] for tokens in written)
-                probability[call] = p
-        flat = [call for row in picked for call in row]
-        empty = ((),) * self._variants
-        tokens = torch.stack([_token_tensor(list(token_lists[c] if c is not None else empty), W) for c in flat])
-        factor = torch.stack([probability[c] if c is not None else torch.zeros(()) for c in flat])
-        return tokens.view(len(picked), -1, self._variants, W), factor.view(len(picked), -1)
-
-    def _text_tokens(self, name: str, value, style: Style) -> tuple[list[int], ...]:
-        """The tokens of a result, then the end of text, as the tokenizer writes its text: without the space before
-        it, and with it (``nc_answer_lead``). A failed call (None), or an int result of a program with result words
-        that has no word, proposes nothing."""
-        eos = self.config.eos_token_id
-        eos = [eos[0] if isinstance(eos, list) else eos] if eos is not None else []
-        eos = [token for token in eos if token < self.config.vocab_size]  # resize_token_embeddings may drop it
-        if value is None:
-            return ([],) * self._variants
-        if name in self.config.nc_result_words:  # a word per value (the word carries its own space)
-            words = self.config.nc_result_words[name]
-            if not (isinstance(value, int) and 0 <= value < len(words)) or words[value] not in self.reader.token_of_text:
-                return ([],) * self._variants
-            spaced = words[value]
-            # without the lead, the word without its space where the table has it ("no" beside " no": a chat answer
-            # starts on a new line); else the word as given, either way
-            bare = spaced.lstrip(" ") if spaced.lstrip(" ") in self.reader.token_of_text else spaced
-            written = [self.reader.token_of_text[spaced]] + eos
-            return (written,) if self._variants == 1 else ([self.reader.token_of_text[bare]] + eos, written)
-        if isinstance(value, int):
-            text = self.reader.value_text(value, style.decimal)
-        else:
-            text = self.reader.list_text(value, style)
-        try:
-            return tuple(self.reader.text_tokens(lead + text) + eos for lead in ("", " ")[: self._variants])
-        except ValueError:  # a token it needs is not in the vocabulary (resize_token_embeddings removed it)
-            return ([],) * self._variants
-
-
-def _describe(operand: Operand) -> str:
-    """An operand in a sentence: "a 12-digit number", "a list of 3 numbers"."""
-    if operand.kind == "list":
-        return f"a list of {len(operand.items)} number{'s' if len(operand.items) != 1 else ''}"
-    digits = len(operand.items[0].lstrip("-"))
-    return f"a {'negative ' if operand.items[0].startswith('-') else ''}{digits}-digit number"
-
-
-def _argument(kind: str, operand: Operand, alone: bool):
-    """What a parameter of ``kind`` receives from ``operand`` (an int or a number parameter a number, a list or
-    numbers parameter a list, or the number when it is ``alone``, the only operand: a one-item list), or None if
-    the operand is not of that kind. Whether the machine can hold it (an int parameter takes values in [0, V)) is
-    ``Library.call_problem``'s to say."""
-    if kind in ("int", "tape"):
-        return operand.number if operand.kind == "number" else None
-    if operand.kind == "list":
-        return tuple(operand.values)
-    return (operand.number,) if alone else None
-
-
-@dataclass(frozen=True)
-class LibraryCall:
-    """A call the interpreter can make: a program (index in ``nc_programs``) on arguments (ints, and tuples of ints
-    for lists); a result is written the way its operands were written."""
-
-    program: int
-    arguments: tuple
-    style: Style
-
-
-@dataclass(frozen=True)
-class _Choice:
-    call: LibraryCall
-    operands: tuple[int, ...]  # per parameter: the index of the operand it reads
-    problem: Optional[str] = None  # why the machine cannot take this call (it is then never run)
-
-
-class _Menu:
-    """The calls that fit one set of operands: programs [C], operand slots [C, S] (-1: unused slot) and the programs
-    among all P that have a call here [P] for scoring, and the result tokens [C, variants, W] of those executed so
-    far."""
-
-    def __init__(self, choices: list[_Choice], slots: int, window: int, num_programs: int, variants: int = 1):
-        self.choices = choices
-        self.programs = torch.tensor([c.call.program for c in choices])
-        self.fits = torch.zeros(num_programs, dtype=torch.bool).index_fill(0, self.programs, True)
-        self.slots = torch.tensor([list(c.operands) + [-1] * (slots - len(c.operands)) for c in choices]).view(len(choices), slots)
-        self.tokens = torch.full((len(choices), variants, window), -1, dtype=torch.long)
-        self.done = [False] * len(choices)
-
-
-@dataclass
-class RecordedCall:
-    """One of the top-k calls of a position, as ``explain`` reports it."""
-
-    call: LibraryCall
-    operands: list  # the Operand each parameter read
-    probability: float
-    tokens: list[int]
-    problem: Optional[str] = None  # why it was not run, if the machine cannot take it
-
 
 @dataclass
 class Interpreted:
@@ -1464,30 +784,6 @@ def _trainable(logits: torch.Tensor, sharpness: float) -> torch.Tensor:
     return torch.where(torch.isinf(logits), floor, logits).detach().clone()
 
 
-def _shared_brackets(proposal: torch.Tensor, logits: torch.Tensor, shared: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The proposal with its mass on each group of tokens (closing brackets, opening ones) shared within the group as
-    the LM's softmax does (no groups: unchanged)."""
-    for group in shared:
-        share = torch.softmax(logits[..., group], -1)
-        proposal = proposal.index_copy(2, group, proposal[..., group].sum(-1, keepdim=True) * share)
-    return proposal
-
-
-def _plain(arguments: tuple) -> list:
-    return [list(a) if isinstance(a, tuple) else a for a in arguments]
-
-
-def _token_tensor(token_lists: list[list[int]], window: int) -> torch.Tensor:
-    out = torch.full((len(token_lists), window), -1, dtype=torch.long)
-    for i, tokens in enumerate(token_lists):
-        out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-    return out
-
-
-def _real(tokens: torch.Tensor) -> list[int]:
-    return [t for t in tokens.tolist() if t >= 0]
-
-
 # generate() inspects the forward signature of a remote-code model at every step: give it the answer at once.
 NCLlamaForCausalLM.forward.__signature__ = inspect.signature(NCLlamaForCausalLM.forward)
 
@@ -1497,4 +793,4 @@ NCLlamaConfig.register_for_auto_class()
 NCLlamaModel.register_for_auto_class("AutoModel")
 NCLlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["NCLlamaForCausalLM", "NCLlamaModel", "NCLlamaPreTrainedModel", "NCInterpreterHeads"]
+__all__ = ["NCLlamaForCausalLM", "NCLlamaModel", "NCLlamaPreTrainedModel"]

@@ -24,7 +24,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from .bases import PROVENANCE as BASE_PROVENANCE
 from ..configuration_nclama import NCLlamaConfig
-from ..modeling_nclama import NCLlamaForCausalLM, library_settings
+from ..calls import library_settings
+from ..modeling_nclama import NCLlamaForCausalLM
 from .tokenization import default_tokenizer, reader_tokens
 from .compiler import standard_library
 

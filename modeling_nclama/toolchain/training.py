@@ -310,7 +310,7 @@ def _training(where: str, value: Any) -> dict:
             _flag(f"{where}.{key}", value[key])
             continue
         if key in _HEADS_TRAINING:
-            from ..modeling_nclama import HeadsTraining
+            from ..heads import HeadsTraining
 
             try:
                 HeadsTraining(**{key: value[key]})
@@ -447,8 +447,6 @@ def _default_tokenizer(vocab_size: int):
 
 
 def _standard_library(settings: dict, default_value_size: int = 256):
-    from ..library import Library
-
     settings = dict(settings)
     return standard_library(settings.pop("value_size", default_value_size), **settings)
 
@@ -495,7 +493,8 @@ def build_model(spec: dict):
     """(model, tokenizer, kind) for a validated ``model`` section; kind is ``llama`` or ``nclama``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from ..modeling_nclama import NCLlamaForCausalLM, library_settings
+    from ..calls import library_settings
+    from ..modeling_nclama import NCLlamaForCausalLM
     from .tokenization import reader_tokens
 
     if "from_pretrained" in spec:
@@ -960,7 +959,7 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
     if heads_training:
         if kind != "nclama":
             raise RecipeError(f"training: {', '.join(heads_training)} train an NCLlama's heads; this model is a plain LLaMA")
-        from ..modeling_nclama import HeadsTraining
+        from ..heads import HeadsTraining
 
         model.heads_training = HeadsTraining(**heads_training)
     trainable, total = apply_trainable(model, recipe["trainable"])
