@@ -246,8 +246,17 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
 
     @property
     def library(self) -> Optional[Library]:
-        """The attached library (``attach_library``), or None."""
+        """The attached library (``attach_library``), or None; ``model.library = None`` detaches it (the model is
+        then its LLaMA), ``model.library = lib`` attaches ``lib``."""
         return self.calls.library
+
+    @library.setter
+    def library(self, library: Optional[Library]) -> None:
+        if library is not None:
+            self.attach_library(library)
+        else:
+            self.calls.library = None
+            self.calls.clear()
 
     @property
     def reader(self) -> OperandReader:
