@@ -506,3 +506,17 @@ def test_how_the_heads_train_is_not_saved_with_the_model(model, tmp_path):
     text = (tmp_path / "config.json").read_text()
     assert "learning_floor" not in text and "target_weight" not in text and "sharpness" not in text
     assert NCLlamaForCausalLM.from_pretrained(tmp_path).heads_training == HeadsTraining()
+
+
+def test_the_library_can_be_detached_and_attached_again(model, lib, tok):
+    batch = tok(PROMPTS[:1], return_tensors="pt")
+    force(model, "long_add", site=batch["input_ids"].shape[1] - 1)
+    with torch.no_grad():
+        answered = model(**batch).logits
+        model.library = None  # the model is its LLaMA: nothing is proposed
+        alone = model(**batch).logits
+        with pytest.raises(LibraryError, match="no library attached"):
+            model.explain(batch["input_ids"][0], 2)
+        model.library = lib
+        again = model(**batch).logits
+    assert model.library is lib and torch.equal(again, answered) and not torch.equal(alone, answered)
