@@ -125,33 +125,38 @@ class NCLlamaConfig(LlamaConfig):
 
     model_type = "nclama"
 
-    nc_layer: int = -1
-    nc_mode: str = "hard"
-    nc_top_k: int = 4
-    nc_value_size: int = 256
-    nc_memory_size: int | None = None
-    nc_stack_depth: int = 32
-    nc_max_steps: int = 20_000
-    nc_programs: list | None = None
-    nc_library_fingerprint: str | None = None
-    nc_operand_reader: str = "pointer"
-    nc_call_reader: str = "hidden"
-    nc_site_reader: str = "hidden"
-    nc_gate_at: str = "position"
-    nc_max_operands: int = 2
-    nc_max_candidates: int = 8
-    nc_pointer_dim: int = 64
-    nc_reader_tokens: dict | None = None
-    nc_result_words: dict | None = None
-    nc_chat_tokens: dict | None = None
-    nc_decimal_places: int = 0
-    nc_closers_from_lm: bool = False
-    nc_openers_from_lm: bool = False
-    nc_answer_lead: bool = False
-    nc_answer_window: int = 64
-    nc_min_call_probability: float = 0.0
-    nc_residual_injection: bool = False
-    nc_base_model: str | None = None
+    # The library and its machine (set from the library by `library_settings`; a different library is refused)
+    nc_programs: list | None = None  # what the call head chooses among: more programs, more calls to score per position
+    nc_value_size: int = 256  # V, one machine value in [0, V): larger V, larger soft-mode tensors (hard mode: free)
+    nc_memory_size: int | None = None  # cells (default V - 1): bounds the longest list or tape a call can take
+    nc_stack_depth: int = 32  # call depth: deeper recursion, larger soft-mode stack distributions
+    nc_library_fingerprint: str | None = None  # sha256 of the library: refuses a library the heads were not trained on
+    # Execution of the calls
+    nc_mode: str = "hard"  # hard: exact, fast, programs fixed; soft: programs train, slow, drifts with depth
+    nc_top_k: int = 4  # calls run per position: more, the exact marginal over more calls, more machine runs
+    nc_min_call_probability: float = 0.0  # inference skips calls below it: faster, each probability off by at most this
+    nc_max_steps: int = 20_000  # a call's step cap (its budget scales with its operands): larger, slower misses
+    nc_answer_window: int = 64  # how many tokens a result may run: longer answers, a larger per-position menu
+    # The heads (what each decision reads)
+    nc_layer: int = -1  # the layer the heads read: the last needs no decoder backward, an inner one allows injection
+    nc_call_reader: str = "hidden"  # hidden: reads meaning, drifts with length; keywords: length-proof, a word table
+    nc_operand_reader: str = "pointer"  # pointer: attention from the hidden state; context: tokens around, length-proof
+    nc_site_reader: str = "hidden"  # hidden state, or the position's and previous tokens (length-proof)
+    nc_gate_at: str = "position"  # position: each token's own gate; site: the call site's, held for the whole answer
+    nc_max_operands: int = 2  # operand slots: programs of more parameters are never called
+    nc_max_candidates: int = 8  # the latest numbers and lists a call may read: more, larger menus
+    nc_pointer_dim: int = 64  # pointer attention's width (pointer reader only)
+    nc_residual_injection: bool = False  # the proposal added to layer nc_layer's output: later layers see results
+    nc_answer_lead: bool = False  # results written with or without the space before them: twice the proposals
+    # The reader and writer of tokens (built from the tokenizer by `tokenization.reader_tokens` / `chat_tokens`)
+    nc_reader_tokens: dict | None = None  # token id -> text for digits and list punctuation
+    nc_result_words: dict | None = None  # program -> the word of each int result (" yes"/" no")
+    nc_chat_tokens: dict | None = None  # the chat template's tokens: never operands or call sites
+    nc_decimal_places: int = 0  # 1-3: "0.549" is one fixed-point number; 0: two numbers
+    nc_closers_from_lm: bool = False  # the LM picks which closing bracket token ends a list the library ends
+    nc_openers_from_lm: bool = False  # the same for the opening bracket
+    # Provenance
+    nc_base_model: str | None = None  # the LLaMA converted, for the model card
 
     def __post_init__(self, **kwargs):
         if self.nc_memory_size is None:
