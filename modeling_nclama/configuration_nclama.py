@@ -14,12 +14,21 @@ NC_CALL_READERS = ("hidden", "keywords")
 NC_SITE_READERS = ("hidden", "tokens")
 NC_GATE_POSITIONS = ("position", "site")
 NC_CHAT_ROLES = ("marker", "header", "break")
+# Named designs of the heads and their execution. The defaults are the shipped design (nclama-tiny's); "paper" reads
+# every decision from the hidden state, as the paper's heads do, and is what BENCHMARKS.md's soft/hard sort, CLRS
+# and less-than rows measured (their recipes list it). ``NCLlamaForCausalLM.from_llama(..., design=...)``.
+NC_DESIGNS = {
+    "shipped": {},
+    "paper": dict(nc_layer=-1, nc_residual_injection=False, nc_call_reader="hidden", nc_operand_reader="pointer",
+                  nc_site_reader="hidden", nc_gate_at="position", nc_answer_lead=False, nc_top_k=4,
+                  nc_answer_window=64, nc_min_call_probability=0.0, nc_max_steps=20_000),
+}
 
 
 @strict
 class NCLlamaConfig(LlamaConfig):
     r"""
-    nc_layer (`int`, defaults to -1):
+    nc_layer (`int`, defaults to -2):
         Decoder layer whose output the interpreter heads read (0-based, or negative from the end; -1: the last
         layer, whose output the heads read after the final norm, as the LM head does).
     nc_mode (`str`, defaults to `"hard"`):
@@ -27,16 +36,16 @@ class NCLlamaConfig(LlamaConfig):
         choice's probability is that of the heads. `"soft"`: by the differentiable machine, each choice proposing its
         most likely result with the heads' probability times the machine's probability of that result; the programs'
         weights are then parameters of the model (`nc_program_weights`) and train with it.
-    nc_top_k (`int`, defaults to 4):
+    nc_top_k (`int`, defaults to 6):
         Number of (call, operands) combinations executed and marginalized per position.
-    nc_min_call_probability (`float`, defaults to 0.0):
-        A top-k call whose probability at its position is below this is not executed and proposes nothing (0: every
-        top-k call runs, the exact marginalization training needs). A trained model answers with calls of
-        probability near 1; skipping the unlikely ones (which may run to ``nc_max_steps``) makes inference fast,
-        changing no probability by more than this.
+    nc_min_call_probability (`float`, defaults to 0.01):
+        At inference, a top-k call whose probability at its position is below this is not executed and proposes
+        nothing (in training every top-k call runs: the exact marginalization training needs). A trained model
+        answers with calls of probability near 1; skipping the unlikely ones (which may run to ``nc_max_steps``)
+        makes inference fast, changing no probability by more than this.
     nc_value_size, nc_memory_size, nc_stack_depth:
         The machine the library was compiled for (`nc_memory_size` at most `nc_value_size - 1`).
-    nc_max_steps (`int`, defaults to 20000):
+    nc_max_steps (`int`, defaults to 200000):
         The most steps one call made by the model may run. Each call's own budget scales with its operands (see
         ``modeling_nclama.call_budget``: a 5-digit sum gets about a thousand steps, a 64-item sort about fifty
         thousand), capped here; a call that runs out proposes nothing and its trace says so.
@@ -44,27 +53,27 @@ class NCLlamaConfig(LlamaConfig):
         The library programs the call head chooses among, in order.
     nc_library_fingerprint (`str`, optional):
         sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
-    nc_operand_reader (`str`, defaults to `"pointer"`):
+    nc_operand_reader (`str`, defaults to `"context"`):
         `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
         attention. `"context"`: the same operands, chosen by what surrounds them instead of by hidden states: per program and
         operand slot, a learned score for the token before the operand, one for the token after it (or for none
         yet) and one for its rank from the latest operand. "Subtract B from A." gives the first slot of `long_sub`
         the number after " from" whatever its length, so the order of the operands holds far past the training
         lengths.
-    nc_call_reader (`str`, defaults to `"hidden"`):
+    nc_call_reader (`str`, defaults to `"keywords"`):
         What the call head reads. `"hidden"` (the paper's): a linear map of the position's hidden state.
         `"keywords"`: a learned score per (token, program), max-pooled over the tokens since the last
         beginning-of-sequence token: the call depends on which words the prompt holds, not on how far apart they
         are or how many digits surround them, so it is the same at any operand length. Either way the call's
         distribution is over the programs that fit the position's operands (a program that cannot run takes no
         mass).
-    nc_site_reader (`str`, defaults to `"hidden"`):
+    nc_site_reader (`str`, defaults to `"tokens"`):
         What decides whether a position continues the answer of the position before it or starts a new one.
         `"hidden"`: a linear map of the position's hidden state. `"tokens"`: the position's token and the token
         before it alone (a learned score for each token as the current one and as the previous one): a separator
         after a digit continues a list, the space after "?" starts an answer, wherever they stand, so that answers
         far longer than the training ones stay on their call.
-    nc_gate_at (`str`, defaults to `"position"`):
+    nc_gate_at (`str`, defaults to `"site"`):
         Where the gate is read. `"position"`: from each position's hidden state. `"site"`: the gate of the call
         site a position answers (the gate of each site weighted by the probability that the position answers it),
         so that the decision to answer from the library is taken once, where the call is made, and holds for the
@@ -108,14 +117,14 @@ class NCLlamaConfig(LlamaConfig):
         The same for the opening bracket: the library proposes that a list starts, the language model chooses which
         opening token starts it ("[" or " ["). After a prompt ending in "]." the answer's " [" carries its space, so
         the whole answer, bracket included, comes from the call made at the prompt's last token.
-    nc_answer_lead (`bool`, defaults to `False`):
+    nc_answer_lead (`bool`, defaults to `True`):
         A result may be written with the space before it, as the tokenizer merges it ("? -76867" is "?" " -" ...,
         "? 85679" is "?" " " ...): each call proposes its result with and without that space, weighted by a learned
         probability per call-site token, so the call made at the prompt's last token writes the whole answer, sign
         and separator included. Without it a negative result cannot follow a space.
-    nc_answer_window (`int`, defaults to 64):
+    nc_answer_window (`int`, defaults to 256):
         How many positions after a call its result may be emitted over.
-    nc_residual_injection (`bool`, defaults to `False`):
+    nc_residual_injection (`bool`, defaults to `True`):
         Add the expected embedding of the first result token of the call made at each position, through a
         zero-initialized linear map, to the output of layer `nc_layer`, so that later layers can use results the
         output does not copy (needs `nc_layer` below the last layer).
@@ -127,27 +136,27 @@ class NCLlamaConfig(LlamaConfig):
 
     # The library and its machine (set from the library by `library_settings`; a different library is refused)
     nc_programs: list | None = None  # what the call head chooses among: more programs, more calls to score per position
-    nc_value_size: int = 256  # V, one machine value in [0, V): larger V, larger soft-mode tensors (hard mode: free)
+    nc_value_size: int = 1024  # V, one machine value in [0, V): larger V, larger soft-mode tensors (hard mode: free)
     nc_memory_size: int | None = None  # cells (default V - 1): bounds the longest list or tape a call can take
     nc_stack_depth: int = 32  # call depth: deeper recursion, larger soft-mode stack distributions
     nc_library_fingerprint: str | None = None  # sha256 of the library: refuses a library the heads were not trained on
     # Execution of the calls
     nc_mode: str = "hard"  # hard: exact, fast, programs fixed; soft: programs train, slow, drifts with depth
-    nc_top_k: int = 4  # calls run per position: more, the exact marginal over more calls, more machine runs
-    nc_min_call_probability: float = 0.0  # inference skips calls below it: faster, each probability off by at most this
-    nc_max_steps: int = 20_000  # a call's step cap (its budget scales with its operands): larger, slower misses
-    nc_answer_window: int = 64  # how many tokens a result may run: longer answers, a larger per-position menu
+    nc_top_k: int = 6  # calls run per position: more, the exact marginal over more calls, more machine runs
+    nc_min_call_probability: float = 0.01  # inference skips calls below it: faster, each probability off by at most it
+    nc_max_steps: int = 200_000  # a call's step cap (its budget scales with its operands): larger, slower misses
+    nc_answer_window: int = 256  # how many tokens a result may run: longer answers, a larger per-position menu
     # The heads (what each decision reads)
-    nc_layer: int = -1  # the layer the heads read: the last needs no decoder backward, an inner one allows injection
-    nc_call_reader: str = "hidden"  # hidden: reads meaning, drifts with length; keywords: length-proof, a word table
-    nc_operand_reader: str = "pointer"  # pointer: attention from the hidden state; context: tokens around, length-proof
-    nc_site_reader: str = "hidden"  # hidden state, or the position's and previous tokens (length-proof)
-    nc_gate_at: str = "position"  # position: each token's own gate; site: the call site's, held for the whole answer
+    nc_layer: int = -2  # the layer the heads read: the last needs no decoder backward, an inner one allows injection
+    nc_call_reader: str = "keywords"  # hidden: reads meaning, drifts with length; keywords: length-proof, a word table
+    nc_operand_reader: str = "context"  # pointer: attention from the hidden state; context: tokens around, length-proof
+    nc_site_reader: str = "tokens"  # hidden state, or the position's and previous tokens (length-proof)
+    nc_gate_at: str = "site"  # position: each token's own gate; site: the call site's, held for the whole answer
     nc_max_operands: int = 2  # operand slots: programs of more parameters are never called
     nc_max_candidates: int = 8  # the latest numbers and lists a call may read: more, larger menus
     nc_pointer_dim: int = 64  # pointer attention's width (pointer reader only)
-    nc_residual_injection: bool = False  # the proposal added to layer nc_layer's output: later layers see results
-    nc_answer_lead: bool = False  # results written with or without the space before them: twice the proposals
+    nc_residual_injection: bool = True  # the proposal added to layer nc_layer's output: later layers see results
+    nc_answer_lead: bool = True  # results written with or without the space before them: twice the proposals
     # The reader and writer of tokens (built from the tokenizer by `tokenization.reader_tokens` / `chat_tokens`)
     nc_reader_tokens: dict | None = None  # token id -> text for digits and list punctuation
     nc_result_words: dict | None = None  # program -> the word of each int result (" yes"/" no")

@@ -239,8 +239,9 @@ class NCInterpreterHeads(nn.Module):
     def _read_continuation(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
         if hasattr(self, "site_continue"):
             return self.site_continue(hidden).float().squeeze(-1)
-        previous = torch.nn.functional.pad(ids, (1, 0), value=self.bos_token_id or 0)[:, start:-1]
         vocab = self.site_token.num_embeddings - 1
+        before_first = self.bos_token_id if self.bos_token_id is not None and self.bos_token_id < vocab else 0
+        previous = torch.nn.functional.pad(ids, (1, 0), value=before_first)[:, start:-1]
         digits = torch.tensor(self.digit_tokens, dtype=torch.long, device=ids.device)
         classes = torch.arange(vocab, device=ids.device).index_fill(0, digits, vocab)  # a digit token -> the last row
         return (self.site_token(classes[ids[:, start:]]) + self.site_previous(classes[previous])).float().squeeze(-1)

@@ -43,7 +43,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_nclama import NCLlamaConfig
+from .configuration_nclama import NC_DESIGNS, NCLlamaConfig
 from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
 from .calls import UNLIKELY, CallTable, _real, library_settings
 from .heads import CONTINUES, HeadsTraining, NCInterpreterHeads
@@ -323,7 +323,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
 
     @classmethod
     def from_llama(
-        cls, model_or_path: Union[str, LlamaForCausalLM], library: Library, *, reader_tokens: dict, **nc_settings
+        cls, model_or_path: Union[str, LlamaForCausalLM], library: Library, *, reader_tokens: dict,
+        design: str = "shipped", **nc_settings
     ) -> "NCLlamaForCausalLM":
         """Augment a LLaMA checkpoint (a model or a path/Hub id) with ``library``, keeping every pretrained weight.
 
@@ -331,6 +332,9 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         Other ``nc_*`` settings go to the configuration; programs default to the whole library, digit tapes follow
         the standard library's naming (see ``library_settings``).
         """
+        if design not in NC_DESIGNS:
+            raise ValueError(f"design must be one of {sorted(NC_DESIGNS)}, got {design!r}")
+        nc_settings = {**NC_DESIGNS[design], **nc_settings}
         llama = model_or_path if isinstance(model_or_path, nn.Module) else LlamaForCausalLM.from_pretrained(model_or_path)
         settings = {k: v for k, v in llama.config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
         if isinstance(model_or_path, str):
@@ -722,7 +726,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         top = p.detach().topk(min(K, p.shape[1]), dim=-1).indices  # [G, k]; padding combos have p = 0
         chosen_p = p.gather(1, top)
         worth = chosen_p.detach() if own_site is None else chosen_p.detach() * own_site[bi, ni].unsqueeze(1)
-        run = (worth >= config.nc_min_call_probability).tolist()  # the calls whose proposal can weigh that much
+        # the calls whose proposal can weigh that much (training runs every call: its marginalization is exact)
+        run = (worth >= (0.0 if self.training else config.nc_min_call_probability)).tolist()
         skipped[bi, ni] = torch.tensor([not any(go) for go in run])
         if config.nc_mode == "hard":
             self.calls.fill_menus(menus, site_menu, top.tolist(), run)

@@ -28,7 +28,7 @@ def lib():
 def open_model(tok, make_llama, lib, **settings):
     settings = {"nc_programs": PROGRAMS, "nc_call_reader": "keywords", "nc_operand_reader": "context",
                 "nc_site_reader": "tokens", "nc_gate_at": "site", **settings}
-    model = NCLlamaForCausalLM.from_llama(make_llama(tok), lib, reader_tokens=reader_tokens(tok, words=[" yes", " no"]),
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), lib, design="paper", reader_tokens=reader_tokens(tok, words=[" yes", " no"]),
                                           **settings)
     with torch.no_grad():
         model.nc_heads.gate_scale.fill_(1.0)
@@ -120,7 +120,7 @@ def test_no_program_for_these_operands_is_said():
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
                                          bos_token_id=tok.bos_token_id))
-    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_programs=["gcd"]).eval()
+    model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok), nc_programs=["gcd"]).eval()
     ids = tok("gcd([12, 18])=")["input_ids"]  # a list, where gcd takes two ints
     rows = model.explain(torch.tensor(ids + tok("6", add_special_tokens=False)["input_ids"]), len(ids))
     assert rows[0]["calls"] == []

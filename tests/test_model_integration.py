@@ -17,7 +17,7 @@ def tok():
 
 @pytest.fixture
 def model(tok, make_llama):
-    model = NCLlamaForCausalLM.from_llama(make_llama(tok), standard_library(256), reader_tokens=reader_tokens(tok))
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), standard_library(256), design="paper", reader_tokens=reader_tokens(tok))
     with torch.no_grad():
         model.nc_heads.gate_scale.fill_(0.5)  # open the gate, so the library takes part
     return model

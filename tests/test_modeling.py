@@ -29,7 +29,7 @@ def llama(tok, make_llama):
 
 @pytest.fixture
 def model(llama, lib, tok):
-    return NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok)).eval()
+    return NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok)).eval()
 
 
 def test_closed_gate_gives_the_llama_logits(llama, model, tok):
@@ -42,7 +42,7 @@ def test_closed_gate_gives_the_llama_logits(llama, model, tok):
 
 
 def test_heads_can_read_an_inner_layer(llama, lib, tok):
-    inner = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_layer=0).eval()
+    inner = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok), nc_layer=0).eval()
     batch = tok(PROMPTS[:1], return_tensors="pt")
     with torch.no_grad():
         assert (inner(**batch).logits - llama(**batch).logits).abs().max() <= 1e-5  # closed gate: still the LLaMA
@@ -55,7 +55,7 @@ def test_heads_can_read_an_inner_layer(llama, lib, tok):
 
 
 def test_gradients_reach_every_head(llama, lib, tok):
-    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok),
+    model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok),
                                           nc_programs=["long_add", "long_mul", "gcd", "max_number"]).train()
     batch = tok(["81273+4406=85679"], return_tensors="pt")
     heads = dict(model.nc_heads.named_parameters())
@@ -75,7 +75,7 @@ def test_a_gate_learning_floor_teaches_the_closed_gate_where_to_open(llama, lib,
     grads = {}
     for floor in (0.0, 0.1):
         torch.manual_seed(0)  # the same heads
-        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok),
+        model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok),
                                               nc_programs=["long_add", "long_mul", "gcd", "max_number"],
                                               nc_top_k=32).train()  # every call runs: the right one is proposed
         model.heads_training = HeadsTraining(gate_learning_floor=floor)
@@ -178,7 +178,7 @@ def test_the_gate_target_opens_a_closed_gate_over_a_right_call_alone(llama, lib,
     grads = {}
     for program in ("long_add", "long_sub"):
         for weight in (0.0, 1.0):
-            model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_gate_at="site").train()
+            model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok), nc_gate_at="site").train()
             model.heads_training = HeadsTraining(gate_target_weight=weight)
             force(model, program, site)
             with torch.no_grad():
@@ -193,7 +193,7 @@ def test_the_gate_target_opens_a_closed_gate_over_a_right_call_alone(llama, lib,
 
 
 def test_keyword_calls_learn_from_the_answer(llama, lib, tok):
-    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_call_reader="keywords").train()
+    model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok), nc_call_reader="keywords").train()
     prompt = PROMPTS[0]
     force(model, "long_add", site=len(tok(prompt)["input_ids"]) - 1)
     with torch.no_grad():
@@ -229,21 +229,21 @@ def test_a_comparison_is_answered_in_words(llama, lib, tok):
     (untrained pointers read the two numbers of a two-number prompt in either order), so the value is 1."""
     inputs = tok("Is 7 less than 7?", return_tensors="pt")
     for words, answer in [([" yes", " no", " no"], "no"), ([" no", " yes", " no"], "yes")]:
-        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok, words),
+        model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok, words),
                                               nc_result_words={"long_cmp": words}).eval()
         force(model, "long_cmp", site=inputs["input_ids"].shape[1] - 1)
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         new = out[0, inputs["input_ids"].shape[1]:].tolist()
         assert tok.decode(new[:1]) == " " + answer and new[1] == tok.eos_token_id
     with pytest.raises(Exception, match="' maybe' is not a token of nc_reader_tokens"):  # the config refuses it
-        NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok, words), nc_result_words={"long_cmp": [" maybe"]})
+        NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok, words), nc_result_words={"long_cmp": [" maybe"]})
     with pytest.raises(ValueError, match="is not one token"):
         reader_tokens(tok, ["no way"])
 
 
 def test_decimals_are_sorted_and_written_as_decimals(llama, lib, tok):
     """CLRS-Text's insertion_sort: keys are decimals, read in fixed point and written back the same way."""
-    model = NCLlamaForCausalLM.from_llama(llama, standard_library(1024), reader_tokens=reader_tokens(tok),
+    model = NCLlamaForCausalLM.from_llama(llama, standard_library(1024), design="paper", reader_tokens=reader_tokens(tok),
                                           nc_decimal_places=3).eval()
     inputs = tok("insertion_sort:\nkey: [0.549 0.715 0.6 0.05]\npred:\n", return_tensors="pt")
     force(model, "insertion_sort", site=inputs["input_ids"].shape[1] - 1)
@@ -378,7 +378,7 @@ def test_continued_sites_follow_the_recurrence_in_one_pass_or_in_steps():
 
 
 def test_the_token_site_reader_reads_a_position_and_its_predecessor(llama, lib, tok):
-    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_site_reader="tokens")
+    model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok), nc_site_reader="tokens")
     heads = model.nc_heads
     ids = torch.tensor([tok("81273+4406=85679")["input_ids"]])
     with torch.no_grad():
@@ -406,7 +406,7 @@ def site_calls(model, ids):
 def test_the_context_reader_reads_operands_by_their_surroundings_at_any_length(llama, lib, tok):
     """p(program, operands) = p(program) x per slot softmax over candidates of the program's scores for the token
     before each, the token after it and its rank; the same for 2- and 40-digit operands; gradients reach the tables."""
-    model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_programs=["long_sub", "long_add"],
+    model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok), nc_programs=["long_sub", "long_add"],
                                           nc_call_reader="keywords", nc_operand_reader="context", nc_top_k=8).eval()
     heads, P, S = model.nc_heads, 2, model.config.nc_max_operands
     torch.manual_seed(0)
@@ -450,7 +450,7 @@ def test_the_gate_at_the_site_holds_for_the_whole_answer(llama, lib, tok):
     site = len(tok("81273+4406=")["input_ids"]) - 1
     gates = {}
     for where in ("position", "site"):
-        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_site_reader="tokens",
+        model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok), nc_site_reader="tokens",
                                               nc_gate_at=where).eval()
         torch.manual_seed(0)
         with torch.no_grad():
@@ -480,7 +480,7 @@ def test_the_lm_chooses_the_opening_bracket_the_library_proposes(llama, lib, tok
     assert tok.decode([spaced]) == " [" and {opener, spaced} <= {int(t) for t in reader_tokens(tok)}
     probs = {}
     for shared in (False, True):
-        model = NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_openers_from_lm=shared).eval()
+        model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok), nc_openers_from_lm=shared).eval()
         force(model, "insertion_sort", site=prompt["input_ids"].shape[1] - 1)
         with torch.no_grad():
             probs[shared] = torch.softmax(model(**prompt).logits[0, -1].double(), -1)

@@ -25,7 +25,7 @@ def llama(tok, make_llama):
 @pytest.fixture
 def convert(llama, user_lib, tok):
     def make(**settings):
-        return NCLlamaForCausalLM.from_llama(llama, user_lib, reader_tokens=reader_tokens(tok), nc_programs=PROGRAMS, **settings).eval()
+        return NCLlamaForCausalLM.from_llama(llama, user_lib, design="paper", reader_tokens=reader_tokens(tok), nc_programs=PROGRAMS, **settings).eval()
 
     return make
 

@@ -43,7 +43,7 @@ def trained(smollm2_folder, tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(smollm2_folder)
     torch.manual_seed(0)
     model = NCLlamaForCausalLM.from_llama(str(smollm2_folder), standard_library(1024),
-                                          reader_tokens=reader_tokens(tok, words=[" yes", " no"]), nc_call_reader="hidden")
+                                          design="paper", reader_tokens=reader_tokens(tok, words=[" yes", " no"]), nc_call_reader="hidden")
     with torch.no_grad():
         model.nc_heads.gate_scale.fill_(1.0)
         model.nc_heads.gate.bias.fill_(4.0)

@@ -330,7 +330,7 @@ def test_the_token_tables_get_their_own_learning_rate(make_llama, user_lib):
     from modeling_nclama.toolchain.training import heads_optimizer
 
     tok = default_tokenizer()
-    model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, design="paper", reader_tokens=reader_tokens(tok),
                                           nc_call_reader="keywords", nc_site_reader="tokens", nc_operand_reader="context")
     args = TrainingArguments(output_dir="unused", learning_rate=1e-4, report_to=[])
     rate_of = {id(p): group["lr"] for group in heads_optimizer(model, args, 1e-3, 1e-2).param_groups for p in group["params"]}
@@ -393,7 +393,7 @@ def test_a_frozen_decoder_needs_no_backward(make_llama, user_lib):
     batch = tok(["12+34=46", "What is 5 plus 3? 8"], return_tensors="pt", padding=True)
 
     def layers_in_backward(**nc):
-        model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),
+        model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, design="paper", reader_tokens=reader_tokens(tok),
                                               nc_operand_reader="context", **nc)
         model.heads_training = HeadsTraining(gate_learning_floor=0.1)
         apply_trainable(model, ["nc_heads.*"])
@@ -445,7 +445,7 @@ def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib
     from modeling_nclama.toolchain.training import FrozenDecoderCache
 
     tok = default_tokenizer()
-    model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok),
+    model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, design="paper", reader_tokens=reader_tokens(tok),
                                           nc_operand_reader="context")
     model.heads_training = HeadsTraining(gate_learning_floor=0.1)
     apply_trainable(model, ["nc_heads.*"])
@@ -473,7 +473,7 @@ def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib
     apply_trainable(model, ["nc_heads.*", "lm_head"])
     with pytest.raises(RecipeError, match="the decoder must be frozen"):
         FrozenDecoderCache(model)
-    mid = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, reader_tokens=reader_tokens(tok), nc_layer=0,
+    mid = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, design="paper", reader_tokens=reader_tokens(tok), nc_layer=0,
                                         nc_residual_injection=True)
     apply_trainable(mid, ["nc_heads.*"])
     with pytest.raises(RecipeError, match="nc_layer: -1"):
@@ -482,7 +482,9 @@ def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib
 
 def test_a_recipe_trains_with_the_frozen_decoder_cache(baseline, tmp_path, capsys):
     recipe = write(tmp_path / "cached.yaml", {
-        "model": {"from_llama": {"path": str(baseline), "library": {"value_size": 256}}},
+        # the heads on the last layer, nothing injected: the decoder's output does not depend on them
+        "model": {"from_llama": {"path": str(baseline), "nc": {"layer": -1, "residual_injection": False},
+                                 "library": {"value_size": 256}}},
         "trainable": ["nc_heads.*"],
         "data": {"tasks": ["add"], "n": 8, "lengths": [2], "loss_on": "answer"},
         "training": {"max_steps": 4, "per_device_train_batch_size": 4, "heads_learning_rate": 1e-2,
