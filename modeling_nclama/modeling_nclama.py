@@ -1,23 +1,18 @@
 """NCLlama: a LLaMA decoder whose interpreter heads call a compiled library inside the forward pass.
 
-At every position ``s`` the heads read the hidden state and choose a library *call*: a program (the call head, over
-the programs that fit the operands; with ``nc_call_reader="keywords"`` it reads the prompt's words instead of the
-hidden state) and its operands (pointer attention over the numbers and lists that the compiled reader found earlier
-in the sequence).
-The top-k (program, operands) choices are executed exactly by the library's hard machine (results are cached), and
-each result becomes the tokens of its text, then the end-of-sequence token. Each position ``t`` either continues
-the answer of the position before it (one token further into the same call's result) or starts a new answer with
-the first token of its own call (a learned probability), so the library proposes token ``t - s`` of the result of
-the call made at ``s``; a gate mixes the proposal with the language model:
+The data flow, one module per step: ``NCLlamaModel`` (here) runs LLaMA's layers and hands layer ``nc_layer``'s
+hidden states to the interpreter; the heads (``heads.py``) choose at each position a library *call*, a program and
+its operands among the numbers and lists the reader found before it, and whether the position continues the answer
+of the position before it; the call table (``calls.py``) runs the top-k calls exactly and writes each result as
+tokens, then the end of text; the mixture (``mixture.py``) mixes the library's proposal with the language model,
 
     p(next token) = (1 - g m) p_LM + g p_lib   (with 1 - g m at least 1e-6),
 
-where ``p_lib`` is the (exactly marginalized) library proposal and ``m`` its total mass (with ``nc_closers_from_lm``,
-the mass the library puts on a list's closing bracket is shared among the closing tokens, "]", "]\n", "].", as the
-LM prefers them: the library says that the list ends, the LM says what punctuation ends it; ``nc_openers_from_lm``
-does the same for the opening bracket, "[" or " ["). Gradients reach the gate,
-call, operand and continuation heads through the likelihood, so calls are learned from answers alone. The gate's scale starts
-at exactly 0: a model converted from LLaMA gives that LLaMA's logits.
+``p_lib`` the exactly marginalized proposal of token ``t - s`` of the call made at the site ``s`` each position
+answers, ``m`` its mass, ``g`` the gate. Gradients reach every head through the likelihood, so calls are learned
+from answers alone; the gate's scale starts at exactly 0, so a model converted from LLaMA gives that LLaMA's logits.
+``InterpreterState`` keeps what the interpreter read with the KV cache, so generation reads each position once;
+``tracing.py`` explains what it did.
 """
 
 import inspect
@@ -33,20 +28,20 @@ from transformers import LlamaForCausalLM, LlamaModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.masking_utils import create_causal_mask, find_packed_sequence_indices
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
-from transformers.processing_utils import Unpack
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
+from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, cached_file
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_nclama import NC_DESIGNS, NCLlamaConfig
-from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
 from .calls import UNLIKELY, CallTable, _real, library_settings
+from .configuration_nclama import NC_DESIGNS, NCLlamaConfig
 from .heads import CONTINUES, HeadsTraining, NCInterpreterHeads
+from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
 from .mixture import fuse, gate_target_loss, learning_floor_loss, proposed_answer
 from .reader import OperandReader
 from .tracing import RecordedCall, explain
