@@ -1,5 +1,5 @@
 """Library files: save/load round trip, the contents of library.json, refusal of corrupted files, atomic saves,
-no pickle anywhere; and Library.from_source with user programs."""
+no pickle anywhere; and compile_library with user programs."""
 import hashlib
 import json
 import os

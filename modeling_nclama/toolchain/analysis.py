@@ -65,7 +65,7 @@ def stdlib_function_source(name: str) -> str:
     """The source text of one function of ``modeling_nclama/toolchain/stdlib.py`` (read with ``ast``, never imported/executed).
 
     Compiling one function alone gives a small machine (few registers, few lines), which keeps soft execution cheap;
-    the compiled code of the function is the same as in ``Library.standard``."""
+    the compiled code of the function is the same as in ``standard_library``."""
     text = (Path(__file__).resolve().parent / "stdlib.py").read_text()
     for node in ast.parse(text).body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
