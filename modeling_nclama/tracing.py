@@ -65,8 +65,11 @@ def explain(model: "NCLlamaForCausalLM", sequence: torch.LongTensor, prompt_leng
             if recorded.problem is not None:
                 result, steps, status = None, 0, recorded.problem
             elif mode == "hard":
-                ran = run(name, args, max_steps=budget)
-                result, steps, status = ran.values[0], ran.steps[0], ran.status[0]
+                if recorded.call in model.calls.outcomes:  # run while the sequence was read: not again
+                    result, steps, status, budget = model.calls.outcomes[recorded.call]
+                else:
+                    ran = run(name, args, max_steps=budget)
+                    result, steps, status = ran.values[0], ran.steps[0], ran.status[0]
                 if status == "max_steps":
                     status = f"max_steps: did not finish within its budget of {budget} steps"
             else:  # what the soft machine's most likely result is, and its (expected) steps

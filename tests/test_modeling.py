@@ -282,6 +282,27 @@ def test_generate_with_trace_explains_every_token(model, tok):
         assert "long_add" in row["machine_trace"] and "ret" in row["machine_trace"]
 
 
+def test_the_trace_runs_no_call_again_but_the_traced_one(model, tok, monkeypatch):
+    """explain reads each call's value, steps and status from the run made while reading the sequence; only the
+    machine trace of each row's top call is run (once per distinct call)."""
+    prompt = tok("81273+4406=", return_tensors="pt")
+    site = prompt["input_ids"].shape[1] - 1
+    force(model, "long_add", site=site)
+    sequence = model.generate(prompt["input_ids"], max_new_tokens=8, do_sample=False)
+    counted = {"run_batch": 0, "run": 0}
+    for name in counted:
+        original = getattr(model.library, name)
+
+        def counting(*args, _name=name, _original=original, **kwargs):
+            counted[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(model.library, name, counting)
+    trace = model.explain(sequence[0], prompt["input_ids"].shape[1])
+    assert len(trace) == 3 and all(row["calls"] and row["calls"][0]["steps"] > 0 for row in trace)
+    assert counted == {"run_batch": 0, "run": len({repr(row["calls"][0]["arguments"]) for row in trace})}
+
+
 def test_save_and_load_carry_the_library(model, tok, tmp_path, lib):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "library.json").is_file() and (tmp_path / "library.safetensors").is_file()

@@ -101,6 +101,7 @@ class CallTable:
     def clear(self) -> None:
         """Forget every menu and result (a new library, reader or step budget)."""
         self.results: dict = {}  # hard calls' result tokens
+        self.outcomes: dict = {}  # hard calls' (value, steps, status, step budget), for the trace
         self.menus: dict = {}  # per operands: the calls that fit and the results run so far
         self.budget = (self.config.nc_max_steps, self.config.nc_answer_window)
 
@@ -182,7 +183,7 @@ class CallTable:
         names = self.config.nc_programs
         todo = [call for call in dict.fromkeys(calls) if call not in self.results]
         if len(self.results) + len(todo) > RESULT_CACHE_SIZE:  # full: start over (these calls all run again)
-            self.results.clear()
+            self.results.clear(), self.outcomes.clear()
             todo = list(dict.fromkeys(calls))
         by_budget: dict[int, list] = {}
         for call in todo:
@@ -190,9 +191,10 @@ class CallTable:
             by_budget.setdefault(call_budget(kinds, call.arguments, self.config.nc_max_steps), []).append(call)
         for budget, group in by_budget.items():
             result = self.library.run_calls([(names[c.program], _plain(c.arguments)) for c in group], max_steps=budget)
-            for call, value in zip(group, result.values):  # a failed call (value None) proposes nothing
-                written = self.text_tokens(names[call.program], value, call.style)
+            for call, value, steps, status in zip(group, result.values, result.steps, result.status):
+                written = self.text_tokens(names[call.program], value, call.style)  # a failed call: nothing
                 self.results[call] = tuple(tokens[: self.config.nc_answer_window] for tokens in written)
+                self.outcomes[call] = (value, steps, status, budget)
         return [self.results[call] for call in calls]
 
     def soft_results(self, picked: list[list[Optional["LibraryCall"]]]) -> tuple[torch.Tensor, torch.Tensor]:
