@@ -6,7 +6,8 @@ fetched by tests/transformers_common.py) on three tiny models built by one teste
   proposals reach the logits on the tester's prompts (arithmetic and lists, tokenized as users write them);
 - ``NCLlamaClosedGateTest``: NCLlama as converted (gate closed), which is LLaMA in every output.
 
-A test the suite skips for NCLlama and not for LLaMA says why in ``NCLLAMA_SKIPS``.
+NCLlama's skips are LLaMA's (the suite's own reasons: no accelerator, deepspeed, flash attention, slow tests); fullgraph
+compile is declared unsupported (``_can_compile_fullgraph``) and the export tests are not in the sdist.
 """
 import unittest
 
@@ -15,12 +16,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING, MODEL_MAPPING_NAMES
 
+from modeling_nclama import standard_library
 from modeling_nclama.calls import library_settings
-from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, NCLlamaModel
 from modeling_nclama.configuration_nclama import NCLlamaConfig
+from modeling_nclama.modeling_nclama import NCLlamaForCausalLM, NCLlamaModel
 from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
 from transformers_common import load
-from modeling_nclama import standard_library
 
 common = load("test_modeling_common")
 config_common = load("test_configuration_common")
@@ -36,9 +37,10 @@ PROMPTS = ["81273+4406=", "Sort the list [5, 3, 9, 1].", "gcd(84, 36)=", "Is 7 l
 
 
 class Tester:
-    __test__ = False  # not a test class: the common tests' model_tester
     """The common tests' ``model_tester``: a 2-layer, 32-wide LLaMA shape on the project's tokenizer, inputs made
     of prompts the library answers (padded on the left, as generation pads)."""
+
+    __test__ = False  # not a test class of its own
 
     batch_size = 4
     seq_length = 16
@@ -92,7 +94,8 @@ def _with_library(cls, gate_scale: float):
     return WithLibrary
 
 
-class CommonTests(common.ModelTesterMixin, generation_common.GenerationTesterMixin, training_common.TrainingTesterMixin):
+class CommonTests(common.ModelTesterMixin, generation_common.GenerationTesterMixin,
+                  training_common.TrainingTesterMixin):
     config_class = LlamaConfig
     causal_lm_class = LlamaForCausalLM
     base_model_class = LlamaModel
