@@ -193,10 +193,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.nc_heads = NCInterpreterHeads(config)
         self.calls = CallTable(config)
-        # Bracket token groups whose proposed mass the LM shares out; ids, not tensors: from_pretrained builds the
-        # model on the meta device, where a tensor made here would hold no data.
-        brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
-        self._shared = [sorted(group) for on, group in brackets if on and group]
         self.heads_training = HeadsTraining()  # how the heads learn; set by training, never saved
         self.post_init()
 
@@ -258,6 +254,15 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         """The operand reader: the numbers and lists in token ids, and results written back as tokens."""
         return self.calls.reader
 
+    @property
+    def _shared(self) -> list[list[int]]:
+        """Bracket token groups whose proposed mass the LM shares out (``nc_openers_from_lm``,
+        ``nc_closers_from_lm``), read from the reader; ids, not tensors: from_pretrained builds the model on the meta
+        device, where a tensor made at construction would hold no data."""
+        config = self.config
+        brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
+        return [sorted(group) for on, group in brackets if on and group]
+
     def trained_library(self) -> Optional[Library]:
         """The attached library with the programs' current weights (in soft mode they train with the model)."""
         if self.library is None or self.config.nc_mode != "soft":
@@ -310,8 +315,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         config.nc_reader_tokens = {t: text for t, text in config.nc_reader_tokens.items() if int(t) < size}
         config.nc_chat_tokens = {t: role for t, role in config.nc_chat_tokens.items() if int(t) < size}
         self.calls.reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
-        brackets = [(config.nc_openers_from_lm, self.reader.openers), (config.nc_closers_from_lm, self.reader.closers)]
-        self._shared = [sorted(group) for on, group in brackets if on and group]
         self.nc_heads.resize_token_tables(size)
         self.calls.clear()
         return embeddings

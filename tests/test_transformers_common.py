@@ -135,7 +135,7 @@ class CommonTests(common.ModelTesterMixin, generation_common.GenerationTesterMix
 
 
 class LlamaCommonTest(CommonTests, unittest.TestCase):
-    pass
+    """The reference: LlamaForCausalLM under the same tester (the mixin's defaults are LLaMA's classes)."""
 
 
 NC_SETTINGS = dict(nc_mode="hard", nc_max_steps=2000)
