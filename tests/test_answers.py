@@ -99,7 +99,7 @@ def test_a_call_the_machine_cannot_take_keeps_its_mass_and_proposes_nothing(tok,
     (choice,) = [c for c in model.calls.menu(model.calls.operands(ids)).choices if c.call.program == 0 and c.operands == (0, 1)]
     assert choice.problem is not None and "memory" in choice.problem
     with torch.no_grad():
-        model.nc_heads.call_keywords.weight[:, 0] = 5.0  # every word says long_mul
+        model.nc_heads.call.keywords.weight[:, 0] = 5.0  # every word says long_mul
         model(input_ids=torch.tensor([ids]))
     recorded = calls_at_last(model, ids)
     products = [c for c in recorded if model.config.nc_programs[c.call.program] == "long_mul"]
@@ -160,9 +160,9 @@ def test_no_call_starts_at_an_answers_last_token(tok, make_llama, lib):
     model = open_model(tok, make_llama, lib, nc_programs=["long_cmp", "long_add"],
                        nc_result_words={"long_cmp": [" yes", " no", " no"]})
     with torch.no_grad():
-        model.nc_heads.site_token.weight.fill_(-30.0)  # every position would start a new answer
-        model.nc_heads.call_keywords.weight.fill_(0.0)
-        model.nc_heads.call_keywords.weight[tok(" smaller", add_special_tokens=False)["input_ids"][0], 0] = 5.0
+        model.nc_heads.sites.token.weight.fill_(-30.0)  # every position would start a new answer
+        model.nc_heads.call.keywords.weight.fill_(0.0)
+        model.nc_heads.call.keywords.weight[tok(" smaller", add_special_tokens=False)["input_ids"][0], 0] = 5.0
     prompt = tok("Is 15 smaller than 7?")["input_ids"]
     ids = prompt + tok(" no 7", add_special_tokens=False)["input_ids"]
     interpreted = _sites(model, ids)
@@ -189,8 +189,8 @@ def test_positions_whose_calls_do_not_run_start_no_answer(tok, make_llama, lib):
     arrow = tok(" ->", add_special_tokens=False)["input_ids"][-1]
     model = open_model(tok, make_llama, lib, nc_programs=["sort_numbers"], nc_min_call_probability=0.05)
     with torch.no_grad():
-        model.nc_heads.site_token.weight.fill_(4.6)  # every position continues the answer before it with c = 0.99,
-        model.nc_heads.site_token.weight[arrow] = -30.0  # but the arrow starts one
+        model.nc_heads.sites.token.weight.fill_(4.6)  # every position continues the answer before it with c = 0.99,
+        model.nc_heads.sites.token.weight[arrow] = -30.0  # but the arrow starts one
     prompt = tok("sort: 5 3 9 1 ->")["input_ids"]
     assert prompt[-1] == arrow
     ids = prompt + tok(" 1 3 5 9", add_special_tokens=False)["input_ids"]
@@ -207,8 +207,8 @@ def test_a_prompt_that_goes_on_past_a_calls_result_is_read_as_usual(tok, make_ll
     and "=" starts the answer that is asked for."""
     model = open_model(tok, make_llama, lib, nc_programs=["long_add"])
     with torch.no_grad():
-        model.nc_heads.site_token.weight.fill_(-30.0)  # every position starts a new answer ...
-        model.nc_heads.site_token.weight[-1] = 30.0  # ... but digits continue one
+        model.nc_heads.sites.token.weight.fill_(-30.0)  # every position starts a new answer ...
+        model.nc_heads.sites.token.weight[-1] = 30.0  # ... but digits continue one
     ids = tok("1+2=")["input_ids"]
     interpreted = _sites(model, ids)
     plus = ids.index(tok("+", add_special_tokens=False)["input_ids"][0])
@@ -225,9 +225,9 @@ def test_a_call_answers_only_while_the_text_agrees_with_its_result(tok, make_lla
     model = open_model(tok, make_llama, lib, nc_programs=["long_sub"])
     with torch.no_grad():
         heads = model.nc_heads
-        heads.site_token.weight.fill_(-30.0)  # every position starts a new answer ...
-        heads.site_previous.weight.fill_(0.0)
-        heads.site_token.weight[tok("=", add_special_tokens=False)["input_ids"][0]] = 30.0  # ... but "=" continues one
+        heads.sites.token.weight.fill_(-30.0)  # every position starts a new answer ...
+        heads.sites.previous.weight.fill_(0.0)
+        heads.sites.token.weight[tok("=", add_special_tokens=False)["input_ids"][0]] = 30.0  # ... but "=" continues one
     prompt = tok("81273-4406=")["input_ids"]
     answer = tok("76867", add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt + answer])
@@ -247,7 +247,7 @@ def test_no_answer_starts_at_a_minus_sign(tok, make_llama, lib):
     "-76867" cannot be the LM's "-" followed by a new call for 76867 (long_sub with its operands reversed)."""
     model = open_model(tok, make_llama, lib, nc_programs=["long_sub"])
     with torch.no_grad():
-        model.nc_heads.site_token.weight.fill_(-30.0)  # every other position starts a new answer
+        model.nc_heads.sites.token.weight.fill_(-30.0)  # every other position starts a new answer
     prompt = tok("4406-81273=")["input_ids"]
     ids = torch.tensor([prompt + tok("-76867", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
@@ -265,16 +265,16 @@ def test_the_call_head_reads_the_words_of_its_own_sentence(tok, make_llama, lib)
     model = open_model(tok, make_llama, lib, nc_programs=["long_add", "long_sub"])
     heads = model.nc_heads
     with torch.no_grad():
-        heads.call_keywords.weight.fill_(0.0)
-        heads.call_keywords.weight[tok(" plus", add_special_tokens=False)["input_ids"][0]] = torch.tensor([5.0, 0.0])
-        heads.call_keywords.weight[tok(" minus", add_special_tokens=False)["input_ids"][0]] = torch.tensor([0.0, 5.0])
+        heads.call.keywords.weight.fill_(0.0)
+        heads.call.keywords.weight[tok(" plus", add_special_tokens=False)["input_ids"][0]] = torch.tensor([5.0, 0.0])
+        heads.call.keywords.weight[tok(" minus", add_special_tokens=False)["input_ids"][0]] = torch.tensor([0.0, 5.0])
     ids = torch.tensor([tok("What is 3 plus 4? What is 9 minus 2?")["input_ids"]])
-    evidence = heads.keyword_evidence(ids)
+    evidence = heads.call.evidence(ids)
     first_end = tok("What is 3 plus 4?")["input_ids"].__len__() - 1
     assert evidence[0, first_end].tolist() == [5.0, 0.0]  # the first question's "?" still reads " plus"
     assert evidence[0, -1].tolist() == [0.0, 5.0]  # the second reads its own words only
-    stepped = [heads.keyword_evidence(ids[:, :1])]
+    stepped = [heads.call.evidence(ids[:, :1])]
     for t in range(1, ids.shape[1]):
-        after_end = torch.isin(ids[:, t - 1], torch.tensor(heads.sentence_ends))
-        stepped.append(heads.keyword_evidence(ids[:, t : t + 1], stepped[-1][:, -1], after_end))
+        after_end = torch.isin(ids[:, t - 1], torch.tensor(heads.sentences.ends))
+        stepped.append(heads.call.evidence(ids[:, t : t + 1], stepped[-1][:, -1], after_end))
     assert torch.equal(torch.cat(stepped, 1), evidence)

@@ -70,8 +70,8 @@ def test_template_positions_and_call_sites(tok, make_llama, lib):
     text = chat_prompt("What is 3 plus 4?", tok)
     ids = torch.tensor([ids_of(tok, text)])
     pieces = [tok.decode([i]) for i in ids[0].tolist()]
-    template = model.nc_heads.template_positions(ids)[0].tolist()
-    silent = model.nc_heads.silent_positions(ids)[0].tolist()
+    template = model.nc_heads.sentences.template_positions(ids)[0].tolist()
+    silent = model.nc_heads.sentences.silent_positions(ids)[0].tolist()
     content = "".join(p for p, t in zip(pieces, template) if not t)
     assert content == tok.bos_token + "You are a helpful AI assistant named SmolLM, trained by Hugging FaceWhat is 3 plus 4?"
     assert pieces[-1] == "\n" and template[-1] and not silent[-1]  # the assistant's turn opens there: a call site
@@ -92,7 +92,7 @@ def test_content_that_starts_like_a_role_name_is_content(tok, make_llama, lib):
     pieces = [tok.decode([i]) for i in ids[0].tolist()]
     user = pieces.index("What") if "What" in pieces else len(pieces) - pieces[::-1].index("<|im_start|>") - 1
     first = [i for i in range(len(pieces)) if pieces[i] == "a" and pieces[i - 1] == "\n"]
-    assert first and not model.nc_heads.template_positions(ids)[0, first[0]] and user
+    assert first and not model.nc_heads.sentences.template_positions(ids)[0, first[0]] and user
 
 
 def test_the_keyword_reader_reads_the_users_question_at_the_assistants_turn(tok, make_llama, lib):
@@ -103,30 +103,30 @@ def test_the_keyword_reader_reads_the_users_question_at_the_assistants_turn(tok,
     heads = model.nc_heads
     plus = tok(" plus", add_special_tokens=False)["input_ids"][0]
     with torch.no_grad():
-        heads.call_keywords.weight.uniform_(-1.0, 1.0)
-        heads.call_keywords.weight[plus] = torch.tensor([5.0, -2.0, -2.0])
+        heads.call.keywords.weight.uniform_(-1.0, 1.0)
+        heads.call.keywords.weight[plus] = torch.tensor([5.0, -2.0, -2.0])
     text = chat_prompt("What is 3 plus 4?", tok)
     ids = torch.tensor([ids_of(tok, text)])
     question_end = ids_of(tok, text).index(tok.convert_tokens_to_ids("?"))
     with torch.no_grad():
-        evidence = heads.keyword_evidence(ids)
+        evidence = heads.call.evidence(ids)
         stepped, carried = [], None
         for t in range(ids.shape[1]):
-            stepped.append(heads.keyword_evidence(ids[:, t:t + 1], carried, history=ids[:, :t])[:, 0])
+            stepped.append(heads.call.evidence(ids[:, t:t + 1], carried, history=ids[:, :t])[:, 0])
             carried = stepped[-1]
     assert torch.equal(evidence[0, -1], evidence[0, question_end]) and evidence[0, -1, 0] == 5.0
     assert torch.equal(torch.stack(stepped, 1), evidence)
     without = chat_model(tok, make_llama, lib, nc_chat_tokens={})
     with torch.no_grad():
-        without.nc_heads.call_keywords.weight.copy_(heads.call_keywords.weight)
-        assert without.nc_heads.keyword_evidence(ids)[0, -1, 0] != 5.0  # restarted at "<|im_start|>"
+        without.nc_heads.call.keywords.weight.copy_(heads.call.keywords.weight)
+        assert without.nc_heads.call.evidence(ids)[0, -1, 0] != 5.0  # restarted at "<|im_start|>"
 
 
 def test_keyword_gradients_reach_the_words_not_the_template(tok, make_llama, lib):
     model = chat_model(tok, make_llama, lib).train()
     ids = torch.tensor([ids_of(tok, chat_prompt("What is 3 plus 4?", tok))])
-    model.nc_heads.keyword_evidence(ids)[0, -1].sum().backward()
-    grad = model.nc_heads.call_keywords.weight.grad.abs().sum(-1)
+    model.nc_heads.call.evidence(ids)[0, -1].sum().backward()
+    grad = model.nc_heads.call.keywords.weight.grad.abs().sum(-1)
     marker = tok.convert_tokens_to_ids("<|im_start|>")
     assert grad[tok(" plus", add_special_tokens=False)["input_ids"][0]] > 0 and grad[marker] == 0
     assert torch.isfinite(grad).all()

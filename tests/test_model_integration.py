@@ -82,7 +82,7 @@ def test_trainer_smoke_run_lowers_the_loss_and_trains_the_heads(model, tok, tmp_
     last = trainer.evaluate(eval_dataset=Sums(tok, n=8, seed=1))["eval_loss"]
     assert last < first
     moved = [n for n, p in model.nc_heads.named_parameters() if not torch.equal(p.detach(), before[n])]
-    assert {"gate_scale", "call.weight", "site_continue.weight"} <= set(moved)
+    assert {"gate_scale", "call.scores.weight", "sites.scores.weight"} <= set(moved)
     checkpoint = tmp_path / "checkpoint-12"  # Trainer checkpoints carry the library and reload with it
     assert (checkpoint / "library.json").is_file() and (checkpoint / "library.safetensors").is_file()
     reloaded = NCLlamaForCausalLM.from_pretrained(checkpoint).eval()

@@ -54,18 +54,44 @@ def test_heads_can_read_an_inner_layer(llama, lib, tok):
     assert torch.equal(seen[0], hidden[1])  # the output of decoder layer 0
 
 
+def test_each_head_variant_is_a_module_chosen_by_name_from_its_registry(llama, lib, tok):
+    """The configuration names each head's variant; the heads build the registered module of that name (the
+    configuration validates the same names), each owning its parameters."""
+    from modeling_nclama import configuration_nclama as configuration, heads as registry
+
+    assert tuple(registry.CALL_READERS) == configuration.NC_CALL_READERS
+    assert tuple(registry.OPERAND_READERS) == configuration.NC_OPERAND_READERS
+    assert tuple(registry.SITE_READERS) == configuration.NC_SITE_READERS
+    assert tuple(registry.GATE_PLACES) == configuration.NC_GATE_POSITIONS
+    owned = {}
+    for design in ("shipped", "paper"):
+        model = NCLlamaForCausalLM.from_llama(llama, lib, design=design, reader_tokens=reader_tokens(tok))
+        config, heads = model.config, model.nc_heads
+        assert type(heads.call) is registry.CALL_READERS[config.nc_call_reader]
+        assert type(heads.operands) is registry.OPERAND_READERS[config.nc_operand_reader]
+        assert type(heads.sites) is registry.SITE_READERS[config.nc_site_reader]
+        assert heads.place_gate is registry.GATE_PLACES[config.nc_gate_at]
+        owned[design] = sorted(n for n, _ in heads.named_parameters() if n.startswith(("call.", "operands.", "sites.")))
+    assert owned["shipped"] == ["call.keywords.weight", "operands.after.weight", "operands.before.weight",
+                                "operands.rank.weight", "sites.previous.weight", "sites.token.weight"]
+    assert owned["paper"] == ["call.scores.bias", "call.scores.weight", "operands.key.bias", "operands.key.weight",
+                              "operands.query.bias", "operands.query.weight", "sites.scores.bias", "sites.scores.weight"]
+    with pytest.raises(Exception, match="nc_call_reader must be one of .'hidden', 'keywords'., got 'attention'"):
+        NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_call_reader="attention")
+
+
 def test_gradients_reach_every_head(llama, lib, tok):
     model = NCLlamaForCausalLM.from_llama(llama, lib, design="paper", reader_tokens=reader_tokens(tok),
                                           nc_programs=["long_add", "long_mul", "gcd", "max_number"]).train()
     batch = tok(["81273+4406=85679"], return_tensors="pt")
     heads = dict(model.nc_heads.named_parameters())
     model(**batch, labels=batch["input_ids"]).loss.backward()  # closed gate: only its scale can move first
-    assert heads["gate_scale"].grad.abs() > 0 and heads["call.weight"].grad.abs().sum() == 0
+    assert heads["gate_scale"].grad.abs() > 0 and heads["call.scores.weight"].grad.abs().sum() == 0
     model.zero_grad()
     with torch.no_grad():
         heads["gate_scale"].fill_(0.5)
     model(**batch, labels=batch["input_ids"]).loss.backward()
-    for name in ("gate.weight", "call.weight", "operand_query.weight", "operand_key.weight", "site_continue.weight"):
+    for name in ("gate.weight", "call.scores.weight", "operands.query.weight", "operands.key.weight", "sites.scores.weight"):
         assert heads[name].grad is not None and heads[name].grad.abs().sum() > 0, name
 
 
@@ -84,7 +110,7 @@ def test_a_gate_learning_floor_teaches_the_closed_gate_where_to_open(llama, lib,
         out.loss.backward()
         heads = model.nc_heads
         grads[floor] = (heads.gate.weight.grad.abs().sum().item(), heads.gate_scale.grad.item(),
-                        heads.site_continue.weight.grad.abs().sum().item())
+                        heads.sites.scores.weight.grad.abs().sum().item())
     assert grads[0.0][0] == 0 and grads[0.1][0] > 0
     assert grads[0.0][2] == 0 and grads[0.1][2] > 0  # the heads behind the proposal learn too
     assert grads[0.0][1] == pytest.approx(grads[0.1][1], rel=1e-6, abs=0)  # the scale's own gradient is unchanged
@@ -184,8 +210,8 @@ def test_the_gate_target_opens_a_closed_gate_over_a_right_call_alone(llama, lib,
             with torch.no_grad():
                 model.nc_heads.gate_scale.fill_(0.0)  # closed, as at conversion
                 model.nc_heads.gate.bias.fill_(0.0)  # the opening undecided
-                model.nc_heads.operand_query.weight.zero_()  # uniform pointers: a + b and b + a hold 1/2 exactly
-                model.nc_heads.operand_query.bias.zero_()
+                model.nc_heads.operands.query.weight.zero_()  # uniform pointers: a + b and b + a hold 1/2 exactly
+                model.nc_heads.operands.query.bias.zero_()
             model(**batch, labels=labels).loss.backward()
             grads[program, weight] = model.nc_heads.gate.bias.grad.item()
     assert grads["long_add", 0.0] == 0 and grads["long_sub", 0.0] == 0 and grads["long_sub", 1.0] == 0
@@ -197,10 +223,10 @@ def test_keyword_calls_learn_from_the_answer(llama, lib, tok):
     prompt = PROMPTS[0]
     force(model, "long_add", site=len(tok(prompt)["input_ids"]) - 1)
     with torch.no_grad():
-        model.nc_heads.call_keywords.weight.normal_()  # random evidence: the call is unsure
+        model.nc_heads.call.keywords.weight.normal_()  # random evidence: the call is unsure
     batch = tok([prompt + "85679"], return_tensors="pt")
     model(**batch, labels=batch["input_ids"]).loss.backward()
-    learned = model.nc_heads.call_keywords.weight.grad.any(-1).nonzero().flatten().tolist()
+    learned = model.nc_heads.call.keywords.weight.grad.any(-1).nonzero().flatten().tolist()
     assert learned and set(learned) <= set(batch["input_ids"][0].tolist())  # the winning tokens of this text
 
 
@@ -403,8 +429,8 @@ def test_the_token_site_reader_reads_a_position_and_its_predecessor(llama, lib, 
     heads = model.nc_heads
     ids = torch.tensor([tok("81273+4406=85679")["input_ids"]])
     with torch.no_grad():
-        heads.site_token.weight.copy_(torch.arange(len(tok) + 1).view(-1, 1).float())
-        heads.site_previous.weight.copy_(1000.0 * torch.arange(len(tok) + 1).view(-1, 1))
+        heads.sites.token.weight.copy_(torch.arange(len(tok) + 1).view(-1, 1).float())
+        heads.sites.previous.weight.copy_(1000.0 * torch.arange(len(tok) + 1).view(-1, 1))
     logits = heads.continuation_logits(None, ids, 0)
     digits = {int(t) for t, text in reader_tokens(tok).items() if text.isdigit()}
     row = [len(tok) if t in digits else t for t in ids[0].tolist()]  # every digit token reads the last row
@@ -432,9 +458,9 @@ def test_the_context_reader_reads_operands_by_their_surroundings_at_any_length(l
     heads, P, S = model.nc_heads, 2, model.config.nc_max_operands
     torch.manual_seed(0)
     with torch.no_grad():
-        heads.call_keywords.weight.fill_(-1.0)  # "Subtract" is evidence for long_sub; digits for neither
-        heads.call_keywords.weight[tok("Subtract")["input_ids"][-1]] = torch.tensor([1.5, 0.5])
-        for table in (heads.operand_before, heads.operand_after, heads.operand_rank):
+        heads.call.keywords.weight.fill_(-1.0)  # "Subtract" is evidence for long_sub; digits for neither
+        heads.call.keywords.weight[tok("Subtract")["input_ids"][-1]] = torch.tensor([1.5, 0.5])
+        for table in (heads.operands.before, heads.operands.after, heads.operands.rank):
             table.weight.normal_()
     short = tok("Subtract 12 from 345.")["input_ids"]
     got = site_calls(model, short)
@@ -444,7 +470,7 @@ def test_the_context_reader_reads_operands_by_their_surroundings_at_any_length(l
     context = [(short[o.start - 1], short[o.end], len(candidates) - 1 - i) for i, o in enumerate(candidates)]
     expected = {}
     for p, name in enumerate(["long_sub", "long_add"]):
-        scores = torch.stack([(heads.operand_before.weight[b] + heads.operand_after.weight[a] + heads.operand_rank.weight[r])
+        scores = torch.stack([(heads.operands.before.weight[b] + heads.operands.after.weight[a] + heads.operands.rank.weight[r])
                               .view(P, S)[p] for b, a, r in context]).detach()  # [O, S]
         pointer = torch.softmax(scores, 0)
         for i in range(2):
@@ -459,8 +485,8 @@ def test_the_context_reader_reads_operands_by_their_surroundings_at_any_length(l
         heads.gate_scale.fill_(1.0)
     batch = torch.tensor([short + tok("333")["input_ids"][1:]])
     model(input_ids=batch, labels=batch).loss.backward()
-    for table in ("operand_before", "operand_after", "operand_rank"):
-        grad = getattr(heads, table).weight.grad
+    for table in ("before", "after", "rank"):
+        grad = getattr(heads.operands, table).weight.grad
         assert grad is not None and grad.abs().sum() > 0, table
 
 
@@ -478,9 +504,9 @@ def test_the_gate_at_the_site_holds_for_the_whole_answer(llama, lib, tok):
             heads = model.nc_heads
             heads.gate_scale.fill_(1.0)
             heads.gate.weight.normal_(std=0.3), heads.gate.bias.zero_()
-            heads.site_token.weight.fill_(30.0)  # every position continues the answer before it ...
-            heads.site_previous.weight.fill_(0.0)
-            heads.site_token.weight[ids[0, site]] = -30.0  # ... but the "=", where an answer starts
+            heads.sites.token.weight.fill_(30.0)  # every position continues the answer before it ...
+            heads.sites.previous.weight.fill_(0.0)
+            heads.sites.token.weight[ids[0, site]] = -30.0  # ... but the "=", where an answer starts
             _, interpreted = model._run_decoder(True, None, input_ids=ids, use_cache=False)
         gates[where] = interpreted.gate[0]
         own = interpreted.state.gates[0]

@@ -70,9 +70,9 @@ def test_soft_execution_trains_the_program_weights(convert, tok):
     assert sum(w.grad.abs().sum() for w in weights.values() if w.grad is not None) > 0
     # double_all (a lone number is a one-item list) is called only with the forced call head's probability, ~e^-60
     assert all(w.grad is None or w.grad.abs().max() < 1e-12 for w in model.nc_program_weights["double_all"].values())
-    assert model.nc_heads.operand_query.weight.grad.abs().sum() > 0
+    assert model.nc_heads.operands.query.weight.grad.abs().sum() > 0
     # add has the call's whole mass (a forced logit of 30 against -30), and the call head no gradient to speak of
-    assert model.nc_heads.call.bias.grad is None or model.nc_heads.call.bias.grad.abs().max() < 1e-12
+    assert model.nc_heads.call.scores.bias.grad is None or model.nc_heads.call.scores.bias.grad.abs().max() < 1e-12
 
 
 def test_frozen_programs_get_no_gradient(convert, tok):
@@ -82,9 +82,9 @@ def test_frozen_programs_get_no_gradient(convert, tok):
     batch = tok([PROMPT + "7"], return_tensors="pt")
     model(**batch, labels=batch["input_ids"]).loss.backward()
     assert all(not w.requires_grad and w.grad is None for w in model.nc_program_weights.parameters())
-    assert model.nc_heads.operand_query.weight.grad.abs().sum() > 0
+    assert model.nc_heads.operands.query.weight.grad.abs().sum() > 0
     # add has the call's whole mass (a forced logit of 30 against -30), and the call head no gradient to speak of
-    assert model.nc_heads.call.bias.grad is None or model.nc_heads.call.bias.grad.abs().max() < 1e-12
+    assert model.nc_heads.call.scores.bias.grad is None or model.nc_heads.call.scores.bias.grad.abs().max() < 1e-12
 
 
 def test_trained_programs_travel_in_the_library_files(convert, tok, tmp_path, user_lib):
@@ -174,12 +174,12 @@ def test_the_keyword_call_reader_pools_each_segment_in_one_pass_or_in_steps(conv
     assert ids.count(bos) == 2
     pad = model.config.pad_token_id
     batch = torch.tensor([ids, [pad] * 3 + ids[:-3]])  # the second row left-padded: pads before its first BOS
-    table = heads.call_keywords.weight.detach()
+    table = heads.call.keywords.weight.detach()
     with torch.no_grad():
-        full = heads.keyword_evidence(batch)
+        full = heads.call.evidence(batch)
         stepped, carried = [], None
         for t in range(batch.shape[1]):
-            stepped.append(heads.keyword_evidence(batch[:, t:t + 1], carried)[:, 0])
+            stepped.append(heads.call.evidence(batch[:, t:t + 1], carried)[:, 0])
             carried = stepped[-1]
     assert torch.equal(full[0], brute_force_evidence(table, ids, bos))
     assert torch.equal(full[1, 3:], brute_force_evidence(table, [pad] * 3 + ids[:-3], bos)[3:])
@@ -189,10 +189,10 @@ def test_the_keyword_call_reader_pools_each_segment_in_one_pass_or_in_steps(conv
 def test_keyword_calls_do_not_change_with_operand_length(convert, tok):
     model = convert(nc_call_reader="keywords")
     with torch.no_grad():  # "Add" is evidence for add, digits and the rest against both programs
-        table = model.nc_heads.call_keywords.weight
+        table = model.nc_heads.call.keywords.weight
         table.fill_(-1.0)
         table[tok("Add")["input_ids"][-1], model.config.nc_programs.index("add")] = 2.0
-    short, long = (model.nc_heads.keyword_evidence(tok(p, return_tensors="pt")["input_ids"])[0, -1]
+    short, long = (model.nc_heads.call.evidence(tok(p, return_tensors="pt")["input_ids"])[0, -1]
                    for p in ("Add 3 and 4.", "Add 3 and " + "4" * 40 + "."))
     assert torch.equal(short, long) and short.tolist() == [2.0, -1.0]
 

@@ -80,7 +80,7 @@ def test_a_chat_prompt_with_numbers_never_calls_at_the_template(converted):
         model._run_decoder(True, None, record, input_ids=sequence, use_cache=False)
     assert sequence.shape[1] > ids.shape[1] and len(trace) == sequence.shape[1] - ids.shape[1]
     template = {int(t) for t, role in model.config.nc_chat_tokens.items() if role != "break"}
-    silent = model.nc_heads.silent_positions(sequence)[0]
+    silent = model.nc_heads.sentences.silent_positions(sequence)[0]
     sites = sorted(position for (_, position), calls in record.items() if calls)
     assert sites and ids.shape[1] - 1 in sites  # the assistant's turn opens with calls on the question's numbers
     assert not any(silent[s] for s in sites) and not any(int(sequence[0, s]) in template for s in sites)

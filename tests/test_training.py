@@ -335,9 +335,9 @@ def test_the_token_tables_get_their_own_learning_rate(make_llama, user_lib):
     args = TrainingArguments(output_dir="unused", learning_rate=1e-4, report_to=[])
     rate_of = {id(p): group["lr"] for group in heads_optimizer(model, args, 1e-3, 1e-2).param_groups for p in group["params"]}
     named = dict(model.named_parameters())
-    tables = ["call_keywords", "site_token", "site_previous", "operand_before", "operand_after", "operand_rank"]
+    tables = ["call.keywords", "sites.token", "sites.previous", "operands.before", "operands.after", "operands.rank"]
     assert {n: rate_of[id(named[f"nc_heads.{n}.weight"])] for n in tables} == dict.fromkeys(tables, 1e-2)
-    heads = {n for n in named if n.startswith("nc_heads.") and n.split(".")[1] not in tables}
+    heads = {n for n in named if n.startswith("nc_heads.") and n[len("nc_heads."):].removesuffix(".weight") not in tables}
     assert heads and {rate_of[id(named[n])] for n in heads} == {1e-3}
     assert {rate_of[id(p)] for n, p in named.items() if not n.startswith("nc_heads.")} == {1e-4}
     assert len(rate_of) == len(named)

@@ -9,6 +9,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 NC_MODES = ("hard", "soft")
+# The names of the heads' variants (``heads.CALL_READERS``, ``OPERAND_READERS``, ``SITE_READERS``, ``GATE_PLACES``,
+# whose keys these are: the configuration validates a name without building the modules).
 NC_OPERAND_READERS = ("pointer", "context")
 NC_CALL_READERS = ("hidden", "keywords")
 NC_SITE_READERS = ("hidden", "tokens")
@@ -54,30 +56,25 @@ class NCLlamaConfig(LlamaConfig):
     nc_library_fingerprint (`str`, optional):
         sha256 of the library's tensors and settings (`Library.fingerprint()`); a different library is refused.
     nc_operand_reader (`str`, defaults to `"context"`):
-        `"pointer"`: operands are numbers and lists found by the compiled token-to-value reader, chosen by pointer
-        attention. `"context"`: the same operands, chosen by what surrounds them instead of by hidden states: per program and
-        operand slot, a learned score for the token before the operand, one for the token after it (or for none
-        yet) and one for its rank from the latest operand. "Subtract B from A." gives the first slot of `long_sub`
-        the number after " from" whatever its length, so the order of the operands holds far past the training
-        lengths.
+        The operand head, by name in ``heads.OPERAND_READERS``: `"pointer"`, pointer attention from the position's
+        hidden state to the candidates; `"context"`, learned scores of the tokens around each candidate and of its
+        rank, per program and slot ("Subtract B from A." gives `long_sub`'s first slot the number after " from"
+        whatever its length). Either way the candidates are the numbers and lists the reader found before the
+        position.
     nc_call_reader (`str`, defaults to `"keywords"`):
-        What the call head reads. `"hidden"` (the paper's): a linear map of the position's hidden state.
-        `"keywords"`: a learned score per (token, program), max-pooled over the tokens since the last
-        beginning-of-sequence token: the call depends on which words the prompt holds, not on how far apart they
-        are or how many digits surround them, so it is the same at any operand length. Either way the call's
-        distribution is over the programs that fit the position's operands (a program that cannot run takes no
-        mass).
+        The call head, by name in ``heads.CALL_READERS``: `"hidden"` (the paper's), a linear map of the position's
+        hidden state; `"keywords"`, a learned score per (token, program), max-pooled over the position's sentence,
+        the same at any operand length. Either way the call's distribution is over the programs that fit the
+        position's operands (a program that cannot run takes no mass).
     nc_site_reader (`str`, defaults to `"tokens"`):
-        What decides whether a position continues the answer of the position before it or starts a new one.
-        `"hidden"`: a linear map of the position's hidden state. `"tokens"`: the position's token and the token
-        before it alone (a learned score for each token as the current one and as the previous one): a separator
-        after a digit continues a list, the space after "?" starts an answer, wherever they stand, so that answers
-        far longer than the training ones stay on their call.
+        What decides whether a position continues the answer of the position before it or starts a new one, by name
+        in ``heads.SITE_READERS``: `"hidden"`, a linear map of the hidden state; `"tokens"`, the position's token and
+        the token before it alone (a separator after a digit continues a list, the space after "?" starts an
+        answer), so that answers far longer than the training ones stay on their call.
     nc_gate_at (`str`, defaults to `"site"`):
-        Where the gate is read. `"position"`: from each position's hidden state. `"site"`: the gate of the call
-        site a position answers (the gate of each site weighted by the probability that the position answers it),
-        so that the decision to answer from the library is taken once, where the call is made, and holds for the
-        whole answer, however long it runs.
+        Where the gate is read, by name in ``heads.GATE_PLACES``: `"position"`, from each position's hidden state;
+        `"site"`, the gate of the call site a position answers, so that the decision to answer from the library is
+        taken once, where the call is made, and holds for the whole answer, however long it runs.
     nc_max_candidates (`int`, defaults to 8):
         How many of the latest numbers and lists before a position its call may read (pointer and context readers).
     nc_max_operands (`int`, defaults to 2):

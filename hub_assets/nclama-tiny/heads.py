@@ -1,12 +1,15 @@
 """The interpreter heads: what NCLlama learns beside LLaMA's weights. Each head reads the decoder's hidden state or
 a token table and scores one decision: the gate (answer from the library or not), the call (which program), the
-operands (pointer attention or the context reader), whether a position continues the answer before it, and the lead
-(a result written with the space before it). ``HeadsTraining`` says how they learn beside the likelihood
-(training only, never saved)."""
+operands, whether a position continues the answer before it, and the lead (a result written with the space before
+it). The call, operand and site heads come in variants, each a module chosen by name from a registry
+(``CALL_READERS``, ``OPERAND_READERS``, ``SITE_READERS``; where the gate is read: ``GATE_PLACES``), as transformers
+picks an attention implementation; the configuration's defaults are the shipped model's. ``HeadsTraining`` says
+how they learn beside the likelihood (training only, never saved)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import nn
@@ -15,7 +18,7 @@ from .configuration_nclama import NCLlamaConfig
 from .reader import OperandReader
 
 if TYPE_CHECKING:
-    from .modeling_nclama import Interpreted
+    from .modeling_nclama import Interpreted, InterpreterState
 
 CONTINUES = 1e4  # a continuation logit whose sigmoid is 1.0 in float32: the position is never a call site
 
@@ -48,99 +51,46 @@ class HeadsTraining:
             raise ValueError(f"gate_target_weight must be a number >= 0, got {weight!r}")
 
 
-class NCInterpreterHeads(nn.Module):
-    """Gate, call, operand (pointer or context) and site-continuation heads, on the decoder's hidden
-    state or on token tables, and the optional residual injection of the library's proposal."""
+def _resized(table: nn.Embedding, vocab_size: int, extra: int = 0) -> nn.Embedding:
+    """``table`` for ``vocab_size`` tokens (plus ``extra`` last rows that stand for no token): the rows of the tokens
+    that remain are kept, new tokens get zero rows (no evidence either way), the extra rows stay last."""
+    rows = table.num_embeddings - extra
+    out = nn.Embedding(vocab_size + extra, table.embedding_dim, device=table.weight.device, dtype=table.weight.dtype)
+    with torch.no_grad():
+        out.weight.zero_()
+        kept = min(rows, vocab_size)
+        out.weight[:kept] = table.weight[:kept]
+        if extra:
+            out.weight[-extra:] = table.weight[-extra:]
+    out.weight.requires_grad_(table.weight.requires_grad)
+    return out
+
+
+def _kept(tokens: list[int], vocab_size: int) -> list[int]:
+    return [t for t in tokens if t < vocab_size]
+
+
+class Sentences:
+    """Where sentences start and end, and which positions are the chat template's (no learned parameters): a call
+    reads the words of its own sentence, and the template's markers and headers make no call."""
 
     def __init__(self, config: NCLlamaConfig):
-        super().__init__()
-        hidden, dim = config.hidden_size, config.nc_pointer_dim
-        self.slots, self.dim = config.nc_max_operands, dim
-        self.gate = nn.Linear(hidden, 1)
-        self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
-        programs = max(1, len(config.nc_programs))
-        if config.nc_call_reader == "hidden":
-            self.call = nn.Linear(hidden, programs)
-        else:
-            self.call_keywords = nn.Embedding(config.vocab_size, programs)
-        self.bos_token_id = config.bos_token_id
-        # the tokens that end a sentence ("?", "].", "."): the words a call reads are those of its own sentence
         reader = OperandReader(config.nc_reader_tokens, config.nc_decimal_places)
-        self.sentence_ends = sorted(reader.sentence_ends)
+        self.bos_token_id = config.bos_token_id
+        self.ends = sorted(reader.sentence_ends)  # "?", "].", ".": a question or a sentence ends there
         # minus tokens ("-", " -", "[-"): a sign is the first token of the number it writes, so no answer starts at
         # one (else an answer "-76867" could be the LM's "-" followed by a call for 76867 with its operands reversed)
-        self.sign_tokens = sorted(reader.signs)
+        self.signs = sorted(reader.signs)
         # the chat template's own tokens (nc_chat_tokens): no words, sentence ends or call sites, except that a break
         # ("\n" after "<|im_start|>assistant") is where the assistant's answer is called
         chat = {int(token): role for token, role in config.nc_chat_tokens.items()}
         self.chat_tokens = sorted(chat)
         self.chat_markers = sorted(token for token, role in chat.items() if role == "marker")
         self.chat_breaks = sorted(token for token, role in chat.items() if role == "break")
-        if config.nc_operand_reader == "pointer":
-            self.operand_query = nn.Linear(hidden, self.slots * dim)
-            self.operand_key = nn.Linear(hidden, dim)
-        else:  # context: per (program, slot); the last row of a token table: no token
-            self.operand_before = nn.Embedding(config.vocab_size + 1, programs * self.slots)
-            self.operand_after = nn.Embedding(config.vocab_size + 1, programs * self.slots)
-            self.operand_rank = nn.Embedding(config.nc_max_candidates, programs * self.slots)
-        if config.nc_site_reader == "hidden":
-            self.site_continue = nn.Linear(hidden, 1)
-        else:
-            self.site_token = nn.Embedding(config.vocab_size + 1, 1)  # the position's own token
-            self.site_previous = nn.Embedding(config.vocab_size + 1, 1)  # the token before it
-            # every digit token reads one shared row (the last): a digit continues a number whatever its value
-            self.digit_tokens = sorted(int(t) for t, text in config.nc_reader_tokens.items()
-                                       if text.isascii() and text.isdigit())
-        if config.nc_residual_injection:
-            self.inject = nn.Linear(hidden, hidden, bias=False)  # zero at init: the decoder is unchanged
-        if config.nc_answer_lead:  # per call-site token: the result is written with the space before it
-            self.answer_lead = nn.Embedding(config.vocab_size, 1)  # zero at init: either way alike
 
-    def resize_token_tables(self, vocab_size: int) -> None:
-        """Follow the model's vocabulary to ``vocab_size`` tokens: the tables indexed by token id keep the rows of
-        the tokens that remain, new tokens get zero rows (no evidence either way), and the tables' extra last row
-        (no token; every digit) stays last."""
-        for name in ("call_keywords", "answer_lead", "operand_before", "operand_after", "site_token", "site_previous"):
-            old = getattr(self, name, None)
-            if old is None:
-                continue
-            extra = 1 if name.startswith(("operand_", "site_")) else 0
-            rows = old.num_embeddings - extra
-            table = nn.Embedding(vocab_size + extra, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
-            with torch.no_grad():
-                table.weight.zero_()
-                kept = min(rows, vocab_size)
-                table.weight[:kept] = old.weight[:kept]
-                if extra:
-                    table.weight[-1] = old.weight[-1]
-            table.weight.requires_grad_(old.weight.requires_grad)
-            setattr(self, name, table)
-        self.digit_tokens = [t for t in getattr(self, "digit_tokens", ()) if t < vocab_size]
-        for name in ("sentence_ends", "sign_tokens", "chat_tokens", "chat_markers", "chat_breaks"):
-            setattr(self, name, [t for t in getattr(self, name) if t < vocab_size])
-
-    def lead_probability(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, N] probability that a call made at each position of ``ids`` writes its result with the space before
-        it (``nc_answer_lead``)."""
-        return torch.sigmoid(self.answer_lead(ids).float().squeeze(-1))
-
-    def gate_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[B, T] logit of each position's own gate opening (before the scale)."""
-        return self.gate(hidden).float().squeeze(-1)
-
-    def gate_probability(self, logits: torch.Tensor, learning_floor: float = 0.0) -> torch.Tensor:
-        """[B, T] probability of answering from the library, from the gate logits. The scale is clamped to [0, 1] in
-        the forward pass but passes gradients straight through, so a closed gate can open (``learning_floor``:
-        ``HeadsTraining.gate_learning_floor``)."""
-        scale = self.gate_scale.clamp(0.0, 1.0)
-        if scale.requires_grad:
-            scale = self.gate_scale + (scale - self.gate_scale).detach()
-        opening = torch.sigmoid(logits)
-        gate = opening * scale
-        if self.training and learning_floor > 0:  # same value; the gate head learns as if scale >= floor
-            lift = (scale.detach().clamp(min=learning_floor) - scale.detach())
-            gate = gate + (opening - opening.detach()) * lift
-        return gate
+    def resize(self, vocab_size: int) -> None:
+        for name in ("ends", "signs", "chat_tokens", "chat_markers", "chat_breaks"):
+            setattr(self, name, _kept(getattr(self, name), vocab_size))
 
     def template_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, T] whether each position of ``ids`` is the chat template's: a marker of ``nc_chat_tokens`` and the
@@ -158,27 +108,24 @@ class NCInterpreterHeads(nn.Module):
         last_end = torch.where((other | after_break) & ~marker, index, -1).cummax(1).values
         return last_marker > last_end
 
-    def silent_positions(self, ids: torch.Tensor) -> torch.Tensor:
+    def silent_positions(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
         """[B, T] the positions that make no call: the chat template's markers and headers (a break, the "\n" that
-        opens a turn's content, may: the assistant's answer is called there)."""
+        opens a turn's content, may: the assistant's answer is called there). None without a template."""
+        if not self.chat_markers:
+            return None
         breaks = torch.tensor(self.chat_breaks, dtype=torch.long, device=ids.device)
         return self.template_positions(ids) & ~torch.isin(ids, breaks)
 
-    def segments(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None,
-                 history: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[B, N] the index of the sentence each position of ``ids`` is in: a new one starts at a beginning-of-sequence
-        token, after a token that ends a sentence and after the chat template (``after_end`` [B]: the token before
-        ``ids`` ended one; ``history`` [B, S]: the tokens before ``ids``, read instead). The template's positions
-        start and end none: they stay in the sentence before them, so that the assistant's turn reads the user's
-        question."""
-        return self._sentences(ids, after_end, history)[0]
-
-    def _sentences(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None,
-                   history: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``segments`` and the template positions of ``ids`` [B, N]."""
+    def __call__(self, ids: torch.Tensor, after_end: Optional[torch.Tensor] = None,
+                 history: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, N] the index of the sentence each position of ``ids`` is in, and [B, N] whether it is the template's.
+        A new sentence starts at a beginning-of-sequence token, after a token that ends a sentence and after the
+        chat template (``after_end`` [B]: the token before ``ids`` ended one; ``history`` [B, S]: the tokens before
+        ``ids``, read instead). The template's positions start and end none: they stay in the sentence before them,
+        so that the assistant's turn reads the user's question."""
         full = ids if history is None else torch.cat([history, ids], 1)
         template = self.template_positions(full)
-        ends = torch.isin(full, torch.tensor(self.sentence_ends, dtype=torch.long, device=ids.device)) & ~template
+        ends = torch.isin(full, torch.tensor(self.ends, dtype=torch.long, device=ids.device)) & ~template
         starts = torch.nn.functional.pad(ends[:, :-1] | template[:, :-1], (1, 0))
         if after_end is not None and history is None:
             starts[:, 0] |= after_end
@@ -190,20 +137,54 @@ class NCInterpreterHeads(nn.Module):
             counts = counts[:, history.shape[1]:] - counts[:, history.shape[1] - 1 : history.shape[1]]
         return counts, template[:, full.shape[1] - ids.shape[1]:]
 
-    def keyword_evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None,
-                         after_end: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Keyword call reader: per position of ``ids`` [B, N] and program, the best score of the tokens of its
-        sentence so far [B, N, P] (``segments``; ``carried`` [B, P]: that of the position before ``ids``, whose
-        sentence ended if ``after_end``; ``history``: the tokens before ``ids``, from which that is read instead). A
-        running max restarted at each sentence: a later segment's scores are lifted above every earlier one's before
-        the cumulative max, which then never reaches back past its segment. The chat template's tokens are no words:
-        they score 0 and sort below every word of their sentence, so they carry the evidence of the words before
-        them. The max's own gradient would reach one token per program and position, so that a keyword learns only
-        once it already wins; in training the gradient is instead that of the softmax-weighted mean of the
-        segment's scores (the value stays the max): every token of the prompt learns at once, the likeliest winners
-        most."""
-        scores = self.call_keywords(ids).float()
-        segment, template = self._sentences(ids, after_end, history)
+
+# ---------------------------------------------------------------------------------------------- the call head
+class HiddenCallReader(nn.Module):
+    """``"hidden"`` (the paper's): the call's logits are a linear map of the position's hidden state. Reads what the
+    question means; drifts where operands are longer than in training."""
+
+    def __init__(self, config: NCLlamaConfig, sentences: Sentences):
+        super().__init__()
+        self.scores = nn.Linear(config.hidden_size, max(1, len(config.nc_programs)))
+
+    def forward(self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional["InterpreterState"]):
+        """[B, N, P] call logits of the positions of ``input_ids``, and [B, N, 0]: nothing to carry."""
+        return self.scores(hidden).float(), hidden.new_zeros(*input_ids.shape, 0)
+
+    def resize_token_tables(self, vocab_size: int) -> None:
+        pass
+
+
+class KeywordCallReader(nn.Module):
+    """``"keywords"``: a learned score per (token, program), max-pooled over the tokens of the position's sentence
+    so far: the call depends on which words the prompt holds, not on how far apart they are or how many digits
+    surround them, so it is the same at any operand length."""
+
+    def __init__(self, config: NCLlamaConfig, sentences: Sentences):
+        super().__init__()
+        self.keywords = nn.Embedding(config.vocab_size, max(1, len(config.nc_programs)))
+        self.sentences = sentences
+
+    def forward(self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional["InterpreterState"]):
+        """[B, N, P] call logits of the positions of ``input_ids``, and the same evidence, detached, to carry in the
+        interpreter's state to the next positions."""
+        evidence = self.evidence(input_ids, state.keywords if state is not None else None,
+                                 history=state.ids if state is not None else None)
+        return evidence, evidence.detach()
+
+    def evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None,
+                 after_end: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per position of ``ids`` [B, N] and program, the best score of the tokens of its sentence so far [B, N, P]
+        (``carried`` [B, P]: that of the position before ``ids``, whose sentence ended if ``after_end``;
+        ``history``: the tokens before ``ids``, from which that is read instead). A running max restarted at each
+        sentence: a later segment's scores are lifted above every earlier one's before the cumulative max, which
+        then never reaches back past its segment. The chat template's tokens are no words: they score 0 and sort
+        below every word of their sentence, so they carry the evidence of the words before them. The max's own
+        gradient would reach one token per program and position, so that a keyword learns only once it already
+        wins; in training the gradient is instead that of the softmax-weighted mean of the segment's scores (the
+        value stays the max): every token of the prompt learns at once, the likeliest winners most."""
+        scores = self.keywords(ids).float()
+        segment, template = self.sentences(ids, after_end, history)
         if carried is not None:  # the carried evidence counts as a token of the segment before the first one here
             scores = torch.cat([carried.unsqueeze(1).float(), scores], 1)
             segment = torch.cat([segment.new_zeros(ids.shape[0], 1), segment], 1)
@@ -229,28 +210,210 @@ class NCInterpreterHeads(nn.Module):
             best = best.detach() + (mean - mean.detach())
         return best[:, 1:] if carried is not None else best
 
-    def continuation_logits(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """[B, N] logit that each new position (``ids[:, start:]``, hidden states ``hidden``) continues the answer of
-        the position before it: from the hidden state, or from the position's token and its predecessor (all digit
-        tokens alike); a minus sign always continues."""
-        signs = torch.isin(ids[:, start:], torch.tensor(self.sign_tokens, dtype=torch.long, device=ids.device))
-        return self._read_continuation(hidden, ids, start).masked_fill(signs, CONTINUES)
+    def resize_token_tables(self, vocab_size: int) -> None:
+        self.keywords = _resized(self.keywords, vocab_size)
 
-    def _read_continuation(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
-        if hasattr(self, "site_continue"):
-            return self.site_continue(hidden).float().squeeze(-1)
-        vocab = self.site_token.num_embeddings - 1
+
+# ------------------------------------------------------------------------------------------- the operand head
+@dataclass
+class OperandSites:
+    """The positions (G of them) whose calls choose operands, and what each may read."""
+
+    ids: torch.Tensor  # [B, T] every token so far
+    start: int  # the first position of this forward pass
+    keys: torch.Tensor  # [B, T, d] each position's operand key (the pointer reader's; d = 0 otherwise)
+    queries: torch.Tensor  # [B, N, ...] this pass's hidden states (the pointer reader's queries come from them)
+    b: torch.Tensor  # [G] row of each site
+    n: torch.Tensor  # [G] its position in this pass
+    operands: list  # per site, the candidate operands (``reader.Operand``) before it
+    where: torch.Tensor  # [G, O] each candidate's last token (-1: padding)
+    programs: torch.Tensor  # [G, C] each choice's program
+
+
+class PointerOperandReader(nn.Module):
+    """``"pointer"`` (the paper's): each slot's operand is chosen by attention from the position's hidden state to
+    the candidates' last tokens. Reads meaning; drifts where operands are longer than in training."""
+
+    def __init__(self, config: NCLlamaConfig, sentences: Sentences):
+        super().__init__()
+        self.slots, self.dim = config.nc_max_operands, config.nc_pointer_dim
+        self.query = nn.Linear(config.hidden_size, self.slots * self.dim)
+        self.key = nn.Linear(config.hidden_size, self.dim)
+
+    def keys(self, hidden: torch.Tensor, state: Optional["InterpreterState"]) -> torch.Tensor:
+        """[B, T, d] the key of every position so far (an operand is keyed by its last token)."""
+        keys = self.key(hidden)
+        return keys if state is None else torch.cat([state.operand_keys, keys], 1)
+
+    def forward(self, sites: OperandSites) -> torch.Tensor:
+        """[G, 1, S, O] each slot's logits over the candidates (the same for every program)."""
+        B, N = sites.queries.shape[:2]
+        queries = self.query(sites.queries).view(B, N, self.slots, self.dim)[sites.b, sites.n]  # [G, S, d]
+        keys = sites.keys[sites.b.unsqueeze(1), sites.where.clamp(min=0)]  # [G, O, d]
+        return torch.einsum("gsd,god->gso", queries, keys).float().unsqueeze(1) / math.sqrt(self.dim)
+
+    def resize_token_tables(self, vocab_size: int) -> None:
+        pass
+
+
+class ContextOperandReader(nn.Module):
+    """``"context"``: per program and slot, a learned score for the token before each candidate, one for the token
+    after it (or for none yet) and one for its rank from the latest candidate. "Subtract B from A." gives the first
+    slot of ``long_sub`` the number after " from" whatever its length: the operands' order holds far past the
+    training lengths. The last row of the token tables stands for no token."""
+
+    def __init__(self, config: NCLlamaConfig, sentences: Sentences):
+        super().__init__()
+        programs = max(1, len(config.nc_programs))
+        self.slots = config.nc_max_operands
+        self.before = nn.Embedding(config.vocab_size + 1, programs * self.slots)
+        self.after = nn.Embedding(config.vocab_size + 1, programs * self.slots)
+        self.rank = nn.Embedding(config.nc_max_candidates, programs * self.slots)
+
+    def keys(self, hidden: torch.Tensor, state: Optional["InterpreterState"]) -> torch.Tensor:
+        return hidden.new_zeros(hidden.shape[0], hidden.shape[1] + (state.length if state is not None else 0), 0)
+
+    def forward(self, sites: OperandSites) -> torch.Tensor:
+        """[G, C, S, O] each choice's program's slot logits over the candidates."""
+        before, after, rank = self.contexts(sites)
+        scores = self.before(before) + self.after(after) + self.rank(rank)  # [G, O, P * S]
+        logits = scores.float().view(*before.shape, -1, self.slots).permute(0, 2, 3, 1)  # [G, P, S, O]
+        return logits[torch.arange(len(sites.operands)).unsqueeze(1), sites.programs]
+
+    def contexts(self, sites: OperandSites) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per site and candidate (padded to O): the token before it, the token after it within the site's prefix
+        (the no-token row where there is none) and its rank from the latest candidate."""
+        none = self.before.num_embeddings - 1
+        rows, width = sites.ids.tolist(), sites.where.shape[1]
+        before = torch.full((len(sites.operands), width), none, dtype=torch.long)
+        after, rank = before.clone(), torch.zeros(len(sites.operands), width, dtype=torch.long)
+        for g, (b, n, operands) in enumerate(zip(sites.b.tolist(), sites.n.tolist(), sites.operands)):
+            row, site = rows[b], sites.start + n
+            for i, o in enumerate(operands):
+                before[g, i] = row[o.start - 1] if o.start > 0 else none
+                after[g, i] = row[o.end] if o.end <= site else none
+                rank[g, i] = len(operands) - 1 - i
+        return before, after, rank
+
+    def resize_token_tables(self, vocab_size: int) -> None:
+        self.before, self.after = _resized(self.before, vocab_size, 1), _resized(self.after, vocab_size, 1)
+
+
+# ---------------------------------------------------------------------------------------------- the site head
+class HiddenSiteReader(nn.Module):
+    """``"hidden"``: whether a position continues the answer before it is a linear map of its hidden state."""
+
+    def __init__(self, config: NCLlamaConfig, sentences: Sentences):
+        super().__init__()
+        self.scores = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        return self.scores(hidden).float().squeeze(-1)
+
+    def resize_token_tables(self, vocab_size: int) -> None:
+        pass
+
+
+class TokenSiteReader(nn.Module):
+    """``"tokens"``: the position's token and the token before it alone decide (a learned score for each token as
+    the current one and as the previous one; every digit token reads one shared last row): a separator after a digit
+    continues a list, the space after "?" starts an answer, wherever they stand, so that answers far longer than the
+    training ones stay on their call."""
+
+    def __init__(self, config: NCLlamaConfig, sentences: Sentences):
+        super().__init__()
+        self.token = nn.Embedding(config.vocab_size + 1, 1)  # the position's own token
+        self.previous = nn.Embedding(config.vocab_size + 1, 1)  # the token before it
+        self.bos_token_id = config.bos_token_id
+        self.digit_tokens = sorted(int(t) for t, text in config.nc_reader_tokens.items() if text.isascii() and text.isdigit())
+
+    def forward(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        vocab = self.token.num_embeddings - 1
         before_first = self.bos_token_id if self.bos_token_id is not None and self.bos_token_id < vocab else 0
         previous = torch.nn.functional.pad(ids, (1, 0), value=before_first)[:, start:-1]
         digits = torch.tensor(self.digit_tokens, dtype=torch.long, device=ids.device)
         classes = torch.arange(vocab, device=ids.device).index_fill(0, digits, vocab)  # a digit token -> the last row
-        return (self.site_token(classes[ids[:, start:]]) + self.site_previous(classes[previous])).float().squeeze(-1)
+        return (self.token(classes[ids[:, start:]]) + self.previous(classes[previous])).float().squeeze(-1)
 
-    def context_logits(self, before: torch.Tensor, after: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-        """Context reader: the score of each candidate operand [G, O] for each program and slot [G, P, S, O], from
-        the token before it, the token after it (``vocab_size``: none) and its rank from the latest candidate."""
-        scores = self.operand_before(before) + self.operand_after(after) + self.operand_rank(rank)  # [G, O, P * S]
-        return scores.float().view(*before.shape, -1, self.slots).permute(0, 2, 3, 1)
+    def resize_token_tables(self, vocab_size: int) -> None:
+        self.token, self.previous = _resized(self.token, vocab_size, 1), _resized(self.previous, vocab_size, 1)
+        self.digit_tokens = _kept(self.digit_tokens, vocab_size)
+
+
+# ------------------------------------------------------------------------------------- where the gate is read
+def gate_at_position(own_gates: torch.Tensor, gates: torch.Tensor, sites: torch.Tensor):
+    """``"position"``: each position's own gate. Returns the gate [B, N] and None (no site read)."""
+    return own_gates, None
+
+
+def gate_at_site(own_gates: torch.Tensor, gates: torch.Tensor, sites: torch.Tensor):
+    """``"site"``: the gate of the call site a position answers (each site's gate weighted by the probability that
+    the position answers it), so that the decision to answer from the library is taken once, where the call is made,
+    and holds for the whole answer. Returns the gate [B, N] and the sites [B, N, T] it was read from."""
+    return torch.einsum("bnt,bt->bn", sites, gates.float()), sites
+
+
+CALL_READERS: dict[str, type[nn.Module]] = {"hidden": HiddenCallReader, "keywords": KeywordCallReader}
+OPERAND_READERS: dict[str, type[nn.Module]] = {"pointer": PointerOperandReader, "context": ContextOperandReader}
+SITE_READERS: dict[str, type[nn.Module]] = {"hidden": HiddenSiteReader, "tokens": TokenSiteReader}
+GATE_PLACES: dict[str, Callable] = {"position": gate_at_position, "site": gate_at_site}
+
+
+class NCInterpreterHeads(nn.Module):
+    """The gate, the call reader (``nc_call_reader``), the operand reader (``nc_operand_reader``), the site reader
+    (``nc_site_reader``), and the optional lead and residual injection of the library's proposal."""
+
+    def __init__(self, config: NCLlamaConfig):
+        super().__init__()
+        self.sentences = Sentences(config)
+        self.gate = nn.Linear(config.hidden_size, 1)
+        self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
+        self.place_gate = GATE_PLACES[config.nc_gate_at]
+        self.call = CALL_READERS[config.nc_call_reader](config, self.sentences)
+        self.operands = OPERAND_READERS[config.nc_operand_reader](config, self.sentences)
+        self.sites = SITE_READERS[config.nc_site_reader](config, self.sentences)
+        if config.nc_residual_injection:
+            self.inject = nn.Linear(config.hidden_size, config.hidden_size, bias=False)  # zero at init: no change
+        if config.nc_answer_lead:  # per call-site token: the result is written with the space before it
+            self.answer_lead = nn.Embedding(config.vocab_size, 1)  # zero at init: either way alike
+
+    def resize_token_tables(self, vocab_size: int) -> None:
+        """Follow the model's vocabulary to ``vocab_size`` tokens: the tables indexed by token id keep the rows of
+        the tokens that remain and new tokens get zero rows; the token lists forget the tokens that are gone."""
+        for reader in (self.call, self.operands, self.sites):
+            reader.resize_token_tables(vocab_size)
+        if hasattr(self, "answer_lead"):
+            self.answer_lead = _resized(self.answer_lead, vocab_size)
+        self.sentences.resize(vocab_size)
+
+    def lead_probability(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, N] probability that a call made at each position of ``ids`` writes its result with the space before
+        it (``nc_answer_lead``)."""
+        return torch.sigmoid(self.answer_lead(ids).float().squeeze(-1))
+
+    def gate_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, T] logit of each position's own gate opening (before the scale)."""
+        return self.gate(hidden).float().squeeze(-1)
+
+    def gate_probability(self, logits: torch.Tensor, learning_floor: float = 0.0) -> torch.Tensor:
+        """[B, T] probability of answering from the library, from the gate logits. The scale is clamped to [0, 1] in
+        the forward pass but passes gradients straight through, so a closed gate can open (``learning_floor``:
+        ``HeadsTraining.gate_learning_floor``)."""
+        scale = self.gate_scale.clamp(0.0, 1.0)
+        if scale.requires_grad:
+            scale = self.gate_scale + (scale - self.gate_scale).detach()
+        opening = torch.sigmoid(logits)
+        gate = opening * scale
+        if self.training and learning_floor > 0:  # same value; the gate head learns as if scale >= floor
+            lift = (scale.detach().clamp(min=learning_floor) - scale.detach())
+            gate = gate + (opening - opening.detach()) * lift
+        return gate
+
+    def continuation_logits(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """[B, N] logit that each new position (``ids[:, start:]``, hidden states ``hidden``) continues the answer of
+        the position before it (the site reader's); a minus sign always continues."""
+        signs = torch.isin(ids[:, start:], torch.tensor(self.sentences.signs, dtype=torch.long, device=ids.device))
+        return self.sites(hidden, ids, start).masked_fill(signs, CONTINUES)
 
     def injection(self, interpreted: "Interpreted", embeddings: torch.Tensor) -> torch.Tensor:
         """What residual injection adds to the hidden state: the expected embedding of the first result token of the

@@ -16,7 +16,6 @@ from answers alone; the gate's scale starts at exactly 0, so a model converted f
 """
 
 import inspect
-import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
@@ -40,7 +39,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .calls import UNLIKELY, CallTable, _real, library_settings
 from .configuration_nclama import NC_DESIGNS, NCLlamaConfig
-from .heads import CONTINUES, HeadsTraining, NCInterpreterHeads
+from .heads import CONTINUES, HeadsTraining, NCInterpreterHeads, OperandSites
 from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
 from .mixture import fuse, gate_target_loss, learning_floor_loss, proposed_answer
 from .reader import OperandReader
@@ -524,33 +523,22 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         else:
             ids, start = torch.cat([state.ids, input_ids], 1), state.ids.shape[1]
         T = ids.shape[1]
-        if config.nc_call_reader == "hidden":
-            calls, keywords = heads.call(hidden).float(), hidden.new_zeros(B, N, 0)  # [B, N, P] logits
-        else:
-            calls = heads.keyword_evidence(input_ids, state.keywords if state is not None else None,
-                                           history=state.ids if state is not None else None)
-            keywords = calls.detach()
+        calls, keywords = heads.call(input_ids, hidden, state)  # [B, N, P] logits, and what the state carries
         continuation = heads.continuation_logits(hidden, ids, start)  # [B, N]
         # A call's proposal weighs at most its probability times 1 - c, its own site's share wherever it is answered
         # (a position that continues an answer makes calls that hardly matter): that product is what
         # nc_min_call_probability is compared with.
         own_site = 1.0 - torch.sigmoid(continuation.detach())
-        operand_keys = hidden.new_zeros(B, T, 0)  # only the pointer reader keys operands by hidden states
-        if config.nc_operand_reader == "pointer":
-            operand_keys = heads.operand_key(hidden)  # [B, N, d]: an operand is keyed by its last token
-            if state is not None:
-                operand_keys = torch.cat([state.operand_keys, operand_keys], 1)
-            tokens, probs, skipped = self._pointer_calls(ids, start, calls, heads.operand_query(hidden), operand_keys,
-                                                         record, own_site)
-        else:
-            tokens, probs, skipped = self._pointer_calls(ids, start, calls, None, None, record, own_site)
+        operand_keys = heads.operands.keys(hidden, state)  # [B, T, d]
+        tokens, probs, skipped = self._top_calls(ids, start, calls, hidden, operand_keys, record, own_site)
         if not self.training:
             # A position none of whose calls was worth running starts no answer: inside a long answer every separator
             # keeps a little new-site mass whose calls are too unlikely to run, and that mass, proposing nothing,
             # would drain the answer's site (to about half after 64 list items). Training runs every call.
             continuation = continuation.masked_fill(skipped.to(continuation.device), CONTINUES)
-        if heads.chat_markers:  # the chat template's markers and headers make no call
-            probs = probs.masked_fill(heads.silent_positions(ids)[:, start:, None], 0.0)
+        silent = heads.sentences.silent_positions(ids)
+        if silent is not None:  # the chat template's markers and headers make no call
+            probs = probs.masked_fill(silent[:, start:, None], 0.0)
         first_tokens, first_probs = tokens[..., 0], probs  # the first result token of each call made here
         if state is not None:
             tokens, probs = torch.cat([state.tokens, tokens], 1), torch.cat([state.probs, probs], 1)
@@ -577,16 +565,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         gate_logits = heads.gate_logits(hidden)  # [B, N]
         own_gates = heads.gate_probability(gate_logits, self.heads_training.gate_learning_floor)
         gates = own_gates if state is None else torch.cat([state.gates, own_gates], 1)  # [B, T]
-        if config.nc_gate_at == "site":  # the gate of the site each position answers
-            gate = torch.einsum("bnt,bt->bn", last_sites, gates.float())
-        else:
-            gate = own_gates
+        gate, gate_sites = heads.place_gate(own_gates, gates, last_sites)
         history = (*state.site_history, last_sites.detach()) if state is not None else (last_sites.detach(),)
         if state is not None:
             keywords = torch.cat([state.keyword_history, keywords], 1)
         new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), history, keywords, gates.detach())
         return Interpreted(proposal, proposed, weight.sum(-1), gate, new_state, first_tokens, first_probs, site_probs,
-                           gate_logits, last_sites if config.nc_gate_at == "site" else None)
+                           gate_logits, gate_sites)
 
     def _agreement(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """[B, T, K, W] whether the text after each site agrees with tokens 0 .. j - 1 of each of its calls' results
@@ -664,21 +649,21 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
             out = out + torch.exp(L).unsqueeze(2) * carried.unsqueeze(1)
         return out
 
-    def _pointer_calls(
-        self, ids: torch.Tensor, start: int, calls: torch.Tensor, queries: Optional[torch.Tensor],
-        operand_keys: Optional[torch.Tensor], record: Optional[dict], own_site: Optional[torch.Tensor] = None
+    def _top_calls(
+        self, ids: torch.Tensor, start: int, calls: torch.Tensor, hidden: torch.Tensor, operand_keys: torch.Tensor,
+        record: Optional[dict], own_site: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Result tokens [B, N, K, W] and probabilities [B, N, K] of the top-k calls at positions ``start`` onward,
-        operands chosen by pointer attention over the numbers and lists the reader found in each position's prefix
-        (never after it: a position's call must not depend on what follows), programs by the call logits ``calls``
-        [B, N, P] normalized over those that fit the operands. All positions are scored together. Without
-        ``queries`` and ``operand_keys`` the pointers are the context reader's (one per program and slot). Third: [B, N]
-        the positions that offered calls of which none was worth running (``nc_min_call_probability``)."""
+        operands chosen by the operand reader among the numbers and lists the reader of tokens found in each
+        position's prefix (never after it: a position's call must not depend on what follows), programs by the call
+        logits ``calls`` [B, N, P] normalized over those that fit the operands. All positions are scored together.
+        Third: [B, N] the positions that offered calls of which none was worth running (``nc_min_call_probability``)."""
         heads, config = self.nc_heads, self.config
         B, N, _ = calls.shape
-        K, W, S = config.nc_top_k, config.nc_answer_window, heads.slots
+        K, W, S = config.nc_top_k, config.nc_answer_window, config.nc_max_operands
         variants = self.calls.variants
-        silent = heads.silent_positions(ids).tolist() if heads.chat_markers else None
+        silent = heads.sentences.silent_positions(ids)
+        silent = silent.tolist() if silent is not None else None
         site_b, site_n, site_operands, site_menu, menus, menu_index = [], [], [], [], [], {}
         for b in range(B):
             row = ids[b].tolist()
@@ -708,13 +693,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
             programs = pad_sequence([m.programs for m in menus], batch_first=True)[mi]  # [G, C]
             slots = pad_sequence([m.slots for m in menus], batch_first=True, padding_value=-2)[mi]  # [G, C, S]
             fits = torch.stack([m.fits for m in menus])[mi]  # [G, P]
-        if queries is not None:
-            queries = queries.view(B, N, S, heads.dim)[bi, ni]  # [G, S, d]
-            keys = operand_keys[bi.unsqueeze(1), where.clamp(min=0)]  # [G, O, d]
-            logits = torch.einsum("gsd,god->gso", queries, keys).float().unsqueeze(1) / math.sqrt(heads.dim)  # [G, 1, S, O]
-        else:
-            logits = heads.context_logits(*self._operand_contexts(ids, start, site_b, site_n, site_operands, width))
-            logits = logits[torch.arange(len(site_b)).unsqueeze(1), programs]  # [G, C, S, O]: each choice's program's
+        logits = heads.operands(OperandSites(ids, start, operand_keys, hidden, bi, ni, site_operands, where, programs))
         pointer = torch.softmax(logits.masked_fill((where < 0)[:, None, None], float("-inf")), dim=-1)  # [G, 1 | C, S, O]
         p = torch.softmax(calls[bi, ni].masked_fill(~fits, float("-inf")), -1).gather(1, programs)  # [G, C]
         for slot in range(S):
@@ -755,22 +734,6 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         chosen_p = chosen_p.reshape(len(site_b), k * variants)
         probs = probs.index_put((bi, ni), torch.cat([chosen_p, chosen_p.new_zeros(len(site_b), (K - k) * variants)], 1))
         return tokens, probs, skipped
-
-    def _operand_contexts(self, ids: torch.Tensor, start: int, site_b: list, site_n: list, site_operands: list,
-                          width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per site (G of them) and candidate operand (``width``, padded): the token before it, the token after it
-        within the site's prefix (``vocab_size`` where there is none) and its rank from the latest candidate."""
-        none = self.config.vocab_size
-        rows = ids.tolist()
-        before = torch.full((len(site_b), width), none, dtype=torch.long)
-        after, rank = before.clone(), torch.zeros(len(site_b), width, dtype=torch.long)
-        for g, (b, n, operands) in enumerate(zip(site_b, site_n, site_operands)):
-            row, site = rows[b], start + n
-            for i, o in enumerate(operands):
-                before[g, i] = row[o.start - 1] if o.start > 0 else none
-                after[g, i] = row[o.end] if o.end <= site else none
-                rank[g, i] = len(operands) - 1 - i
-        return before, after, rank
 
 
 @dataclass
