@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -174,26 +175,32 @@ class Library:
         gets value None and its status ("max_steps", "stack_overflow", "memory_fault"); the others are unaffected."""
         return self.run_calls([(name, args) for args in batch], max_steps=max_steps)
 
-    def run_calls(self, calls: Sequence[tuple[str, Sequence[ListOrInt]]], *, max_steps: Optional[int] = None) -> BatchResult:
-        """Run calls of any programs, ``(name, arguments)``, in hard mode as one vectorized machine: a batch costs its
-        longest call's steps once, not once per program. Failures as in ``run_batch``."""
+    def run_calls(self, calls: Sequence[tuple[str, Sequence[ListOrInt]]], *, max_steps: Optional[int] = None,
+                  path: Optional[str] = None) -> BatchResult:
+        """Run calls of any programs, ``(name, arguments)``, in hard mode, together. Failures as in ``run_batch``.
+        ``path``: how (a name of ``machine.HARD_PATHS``; default: ``Machine.hard_path``'s choice for the batch)."""
         limit = self._steps(max_steps)
         groups: dict[str, list[int]] = {}
         for i, (name, _) in enumerate(calls):
             groups.setdefault(name, []).append(i)
-        entry = torch.zeros(len(calls), dtype=torch.long)
-        args = torch.zeros(len(calls), self.machine.num_args, dtype=torch.long)
-        memory = torch.zeros(len(calls), self.machine.memory_size, dtype=torch.long)
+        entry = np.zeros(len(calls), np.int64)
+        args = np.zeros((len(calls), self.machine.num_args), np.int64)
+        memory = np.zeros((len(calls), self.machine.memory_size), np.int64)
         for name, where in groups.items():
             entry[where] = self.machine.index[name]
             args[where], memory[where] = self.encode(self[name], [calls[i][1] for i in where])
-        run = self.machine.run_hard(entry, args, memory, max_steps=limit)
+        run = self.machine.run_hard(torch.from_numpy(entry), torch.from_numpy(args), torch.from_numpy(memory),
+                                    max_steps=limit, path=path)
         values: list = [None] * len(calls)
         for name, where in groups.items():
-            part = HardRun(run.cells[where], run.memory[where], run.steps[where], run.status[where])
+            if len(groups) == 1:  # decode marks a list result that runs past memory in the run's own status
+                part = run
+            else:
+                part = HardRun(run.cells[where], run.memory[where], run.steps[where], run.status[where])
             for i, value in zip(where, self.decode(self[name], part)):
                 values[i] = value
-            run.status[where] = part.status  # decode marks a list result that runs past memory
+            if part is not run:
+                run.status[where] = part.status
         return BatchResult(values, run.steps.tolist(), [STATUS_NAMES[s] for s in run.status.tolist()])
 
     def _run_hard(self, name: str, batch: Sequence[Sequence[ListOrInt]], trace: bool, max_steps: int) -> tuple[HardRun, list]:
@@ -279,10 +286,11 @@ class Library:
             raise ValueError(f"argument {pname} of {program.name}: {value} is outside [0, {self.value_size})")
 
     def encode(self, program: Program, batch: Sequence[Sequence[ListOrInt]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ints go to argument registers; lists are laid out in memory (heap pointer at cell 0, lists from cell 1)."""
+        """Ints go to argument registers; lists are laid out in memory (heap pointer at cell 0, lists from cell 1).
+        Built in numpy: a torch tensor's per-element writes cost microseconds each, more than a small call runs."""
         M, X = self.machine.memory_size, self.machine.num_args
-        args = torch.zeros(len(batch), X, dtype=torch.long)
-        memory = torch.zeros(len(batch), M, dtype=torch.long)
+        args = np.zeros((len(batch), X), np.int64)
+        memory = np.zeros((len(batch), M), np.int64)
         for b, example in enumerate(batch):
             self._check_args(program, example)
             example = [self.to_cells(kind, value) for (_, kind), value in zip(program.params, example)]
@@ -292,8 +300,9 @@ class Library:
                     self._check_value(program, pname, value)
                     args[b, i] = value
                     continue
-                for v in value:
-                    self._check_value(program, pname, v)
+                if not all(type(v) is int for v in value) or value and not 0 <= min(value) <= max(value) < self.value_size:
+                    for v in value:  # name the first bad item
+                        self._check_value(program, pname, v)
                 if len(value) >= self.value_size:
                     raise ValueError(f"argument {pname} of {program.name}: a list of {len(value)} cells does not fit (at most {self.value_size - 1})")
                 args[b, i] = heap
@@ -302,8 +311,8 @@ class Library:
             if heap > M:
                 raise ValueError(f"arguments of {program.name} need {heap} memory cells, memory_size is {M}")
             cells[0] = heap
-            memory[b, : len(cells)] = torch.tensor(cells)
-        return args, memory
+            memory[b, : len(cells)] = cells
+        return torch.from_numpy(args), torch.from_numpy(memory)
 
     def encode_soft(self, program: Program, batch: Sequence[Sequence[Any]], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``encode``, but ints and list items may also be distributions (tensors of shape [V])."""
@@ -324,23 +333,25 @@ class Library:
         return x, mem
 
     def decode(self, program: Program, run: HardRun) -> list:
-        R = self.machine.num_registers
+        """Each machine's result as Python sees it (None where it failed); a list result that runs past memory marks
+        its machine's status a memory fault, cells that are no valid number a bad result."""
+        R, M = self.machine.num_registers, self.machine.memory_size
+        status, results = run.status.tolist(), run.cells[:, R].tolist()
+        memory = run.memory.numpy()  # numpy indexing: a torch element read costs microseconds
         out = []
-        for b in range(run.cells.shape[0]):
-            if run.status[b].item() != STATUS_OK:
+        for b, (state, value) in enumerate(zip(status, results)):
+            if state != STATUS_OK:
                 out.append(None)
                 continue
-            value = run.cells[b, R].item()
             if program.returns == "int":
                 out.append(value)
                 continue
-            n = run.memory[b, value].item() if value < self.machine.memory_size else -1
-            if n < 0 or value + 1 + n > self.machine.memory_size:  # the list runs past memory: not a valid answer
+            n = int(memory[b, value]) if value < M else -1
+            if n < 0 or value + 1 + n > M:  # the list runs past memory: not a valid answer
                 run.status[b] = STATUS_MEMORY_FAULT
                 out.append(None)
                 continue
-            cells = run.memory[b, value + 1 : value + 1 + n].tolist()
-            result = self.from_cells(program.returns, cells)
+            result = self.from_cells(program.returns, memory[b, value + 1 : value + 1 + n].tolist())
             if result is None:
                 run.status[b] = STATUS_BAD_RESULT
             out.append(result)

@@ -23,19 +23,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
+from .machine_loop import ADDRESS_OP, compiled, run_machine
 from .ops import PRIMITIVES, address_distribution, hard_table, pushforward
 from .program import BRANCH_INDEX, OP_INDEX, Program, cell_name, format_instruction
 
 KIND_PRIM, KIND_LOAD, KIND_STORE, KIND_CALL, KIND_RET, KIND_HALT = range(6)
 _KIND_OF_OP = {"load": KIND_LOAD, "store": KIND_STORE, "call": KIND_CALL, "ret": KIND_RET, "halt": KIND_HALT}
 
+_PRIMITIVE_INDEX = {name: i for i, name in enumerate(PRIMITIVES)}
+
 STATUS_OK, STATUS_MAX_STEPS, STATUS_STACK_OVERFLOW, STATUS_MEMORY_FAULT = range(4)
 STATUS_NAMES = ("ok", "max_steps", "stack_overflow", "memory_fault")
 
-# Columns of the hard machine's per-line field table.
-_A, _B, _C, _DST, _ROW, _KIND, _NEXT_IF_ZERO, _NEXT_IF_NONZERO, _LIMIT = range(9)
+# Columns of the hard machine's per-line field table (``_OP``: the primitive's index in PRIMITIVES, or ADDRESS_OP).
+_A, _B, _C, _DST, _ROW, _KIND, _NEXT_IF_ZERO, _NEXT_IF_NONZERO, _LIMIT, _OP = range(10)
 
 
 class MachineError(RuntimeError):
@@ -163,10 +167,11 @@ class Machine:
                         nz,
                         nnz,
                         self.memory_size if kind in (KIND_LOAD, KIND_STORE) else V,
+                        ADDRESS_OP if kind in (KIND_LOAD, KIND_STORE) else _PRIMITIVE_INDEX[row_op],
                     ]
                 )
         h = self.halt_line
-        rows.append([0, 0, 0, self.sink, self._rows["nop"] * V * V, KIND_PRIM, h, h, V])
+        rows.append([0, 0, 0, self.sink, self._rows["nop"] * V * V, KIND_PRIM, h, h, V, _PRIMITIVE_INDEX["nop"]])
         self.line_info = []  # (program, local line, assembly) of each linked line, for traces
         for p, listing in zip(self.programs, listings):
             consts = p.consts()
@@ -176,6 +181,8 @@ class Machine:
         self._fields = torch.tensor(rows, dtype=torch.long)
         self._const_values = torch.tensor([v for p in self.programs for v in p.consts()], dtype=torch.long)
         self._entry = torch.tensor(self.entry_lines, dtype=torch.long)
+        self._plain_image = None  # the image as Python ints, built on the plain loop's first run
+        self._compiled_image = None  # the image as numpy arrays and a machine's initial cells, for the compiled loop
 
     # ------------------------------------------------------------------ hard execution
     def run_hard(
@@ -186,15 +193,84 @@ class Machine:
         *,
         max_steps: int,
         trace: bool = False,
+        path: Optional[str] = None,
     ) -> HardRun:
-        """Run machines exactly. ``entry`` [B]: program index; ``args`` [B, X]; ``memory`` [B, M] initial cells."""
+        """Run machines exactly. ``entry`` [B]: program index; ``args`` [B, X]; ``memory`` [B, M] initial cells.
+
+        ``path``, a name of ``HARD_PATHS`` (default: ``hard_path``'s choice) says how; every path gives the same
+        cells, memory, steps and statuses. Only ``"batched"`` records a trace."""
+        path = path or self.hard_path(entry.shape[0], trace)
+        if trace and path != "batched":
+            raise ValueError(f"only the batched path records a trace, not {path!r}")
+        if path not in HARD_PATHS:
+            raise ValueError(f"path must be one of {sorted(HARD_PATHS)}, got {path!r}")
+        return HARD_PATHS[path](self, entry, args, memory, max_steps, trace)
+
+    @staticmethod
+    def hard_path(batch: int, trace: bool = False) -> str:
+        """How ``run_hard`` runs a batch by default: the batched torch loop for a trace; else the compiled
+        per-machine loop where numba is installed; else the plain per-machine loop for up to
+        ``PLAIN_LOOP_MAX_BATCH`` machines and the batched torch loop for more (BENCHMARKS.md: a batched step costs
+        about as much as that many machines' plain steps)."""
+        if trace:
+            return "batched"
+        if compiled() is not None:
+            return "compiled"
+        return "plain" if batch <= PLAIN_LOOP_MAX_BATCH else "batched"
+
+    def _initial_cells(self, entry: torch.Tensor, args: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """[B, cells] int32: locals at 0, the arguments, every program's constants, the sink, then memory."""
+        R, X, M = self.num_registers, self.num_args, self.memory_size
+        S = torch.zeros(entry.shape[0], self.num_cells, dtype=torch.int32)  # int32: half the traffic of int64
+        S[:, R : R + X] = args
+        S[:, self.writable : self.sink] = self._const_values
+        S[:, self.memory_base : self.memory_base + M] = memory
+        return S
+
+    def _run_compiled(self, entry, args, memory, max_steps: int, trace: bool) -> HardRun:
+        loop = compiled()
+        if loop is None:
+            raise ValueError("the compiled path needs numba (pip install numba)")
+        if self._compiled_image is None:
+            row = self._initial_cells(torch.zeros(1, dtype=torch.long), torch.zeros(1, self.num_args, dtype=torch.long),
+                                      torch.zeros(1, self.memory_size, dtype=torch.long)).numpy()[0]
+            self._compiled_image = (self._fields.reshape(-1).numpy(), self._table.numpy(), self._entry.numpy(), row)
+        fields, table, entries, blank = self._compiled_image
+        R, X, M, mb = self.num_registers, self.num_args, self.memory_size, self.memory_base
+        cells = np.repeat(blank[None], entry.shape[0], 0)  # numpy throughout: torch's per-op cost is microseconds
+        cells[:, R : R + X] = args.numpy()
+        cells[:, mb : mb + M] = memory.numpy()
+        pcs = entries[entry.numpy()]
+        settings = (max_steps, R, self.halt_line, self.stack_depth, mb, self.value_size)
+        if len(pcs) == 1:  # no thread pool for one machine
+            outcome = loop.run_machine(fields, table, cells[0], int(pcs[0]), *settings, np.zeros(self.stack_depth, np.int64),
+                                       np.zeros(self.stack_depth * R, np.int32))
+            status, steps = np.array(outcome[:1]), np.array(outcome[1:])
+        else:
+            status, steps = np.zeros(len(pcs), np.int64), np.zeros(len(pcs), np.int64)
+            loop.run_machines(fields, table, cells, pcs, *settings, status, steps)
+        return HardRun(torch.from_numpy(cells[:, : self.writable]), torch.from_numpy(cells[:, mb : mb + M]),
+                       torch.from_numpy(steps), torch.from_numpy(status))
+
+    def _run_plain(self, entry, args, memory, max_steps: int, trace: bool) -> HardRun:
+        if self._plain_image is None:  # Python ints: the plain loop's indexing is fastest on lists
+            self._plain_image = (self._fields.reshape(-1).tolist(), memoryview(self._table.numpy()))
+        fields, table = self._plain_image
+        rows, status, steps = self._initial_cells(entry, args, memory).tolist(), [], []
+        for row, pc in zip(rows, self._entry[entry].tolist()):
+            outcome = run_machine(fields, table, row, pc, max_steps, self.num_registers, self.halt_line,
+                                  self.stack_depth, self.memory_base, self.value_size, [0] * self.stack_depth,
+                                  [0] * (self.stack_depth * self.num_registers))
+            status.append(outcome[0]), steps.append(outcome[1])
+        S, mb = torch.tensor(rows, dtype=torch.int32), self.memory_base
+        return HardRun(S[:, : self.writable], S[:, mb : mb + self.memory_size], torch.tensor(steps), torch.tensor(status))
+
+    def _run_batched(self, entry, args, memory, max_steps: int, trace: bool) -> HardRun:
+        """All machines in one torch loop: a step is a handful of gathers and one scatter for the whole batch."""
         B = entry.shape[0]
         R, X, V, M, D = self.num_registers, self.num_args, self.value_size, self.memory_size, self.stack_depth
         mb, sink, H = self.memory_base, self.sink, self.halt_line
-        S = torch.zeros(B, self.num_cells, dtype=torch.int32)  # int32 cells: half the memory traffic of int64
-        S[:, R : R + X] = args
-        S[:, self.writable : sink] = self._const_values
-        S[:, mb : mb + M] = memory
+        S = self._initial_cells(entry, args, memory)
         pc = self._entry[entry]
         sp = torch.zeros(B, dtype=torch.long)
         ret_stack = torch.zeros(B, D, dtype=torch.long)
@@ -456,3 +532,8 @@ class Machine:
         if trace:
             run.trace_pc, run.trace_cells, run.trace_memory = (torch.stack(x) for x in (pc_log, cells_log, memory_log))
         return run
+
+
+# How ``Machine.run_hard`` runs a batch, by name (``Machine.hard_path`` picks one).
+HARD_PATHS = {"batched": Machine._run_batched, "compiled": Machine._run_compiled, "plain": Machine._run_plain}
+PLAIN_LOOP_MAX_BATCH = 32

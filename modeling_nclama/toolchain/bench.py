@@ -100,34 +100,38 @@ def format_ops_table(rows: list[dict]) -> str:
 
 
 def _machine_cases(rng, value_size: int) -> dict:
-    """Workloads of the hard-mode benchmark: (program, inputs builder)."""
-    def sort_inputs(n):
-        return lambda k: [([rng.randrange(value_size) for _ in range(n)],) for _ in range(k)]
+    """Workloads of ``bench_machine``: label -> (program, a builder of one example's arguments). Numbers go in as
+    the cells the Python function takes (a tape [sign, digits]), so that both sides compute on the same input."""
+    def sort_input(n):
+        return lambda: ([rng.randrange(value_size) for _ in range(n)],)
 
-    def add_inputs(digits):
-        def build(k):
-            tape = lambda: [0] + [rng.randrange(10) for _ in range(digits)]  # noqa: E731  (sign, digits)
-            return [(tape(), tape()) for _ in range(k)]
-        return build
+    def add_input(digits):
+        tape = lambda: [0] + [rng.randrange(10) for _ in range(digits - 1)] + [rng.randrange(1, 10)]  # noqa: E731
+        return lambda: (tape(), tape())
 
     return {
-        "insertion_sort, 16 items": ("insertion_sort", sort_inputs(16)),
-        "insertion_sort, 64 items": ("insertion_sort", sort_inputs(64)),
-        "long_add, 40 digits": ("long_add", add_inputs(40)),
+        "insertion_sort, 16 items": ("insertion_sort", sort_input(16)),
+        "insertion_sort, 64 items": ("insertion_sort", sort_input(64)),
+        "long_add, 40 digits": ("long_add", add_input(40)),
+        "gcd, operands below V": ("gcd", lambda: (rng.randrange(1, value_size), rng.randrange(1, value_size))),
+        "fib_tape(60)": ("fib_tape", lambda: (60,)),
     }
 
 
-def bench_machine(batch: int = 4096, soft_batch: int = 4, value_size: int = 256, seed: int = 0,
+def bench_machine(batch: int = 4096, value_size: int = 1024, seed: int = 0, examples: int = 20,
                   num_threads: int | None = 1, fib_depths: Sequence[int] = (2, 4, 6, 8), fib_value_size: int = 64) -> dict:
-    """Hard execution (batch ``batch``) against soft execution of the same program on the first ``soft_batch`` of
-    the same inputs, and against the plain Python function in a loop; then soft Fibonacci by depth.
+    """Hard execution of the standard library against the plain Python function of ``toolchain/stdlib.py`` on the
+    same inputs, in this process: at batch 1 (``Library.run_calls`` of one call, encoding and decoding included, on
+    each path of ``machine.HARD_PATHS``; medians over ``examples`` inputs, 3 for the batched torch path, which takes
+    up to seconds a call), and at batch ``batch`` (``run_batch`` on the default path and on the batched torch path,
+    against the Python function in a loop). Every answer is checked against Python. Then soft Fibonacci by depth.
 
-    Rates are per example, so the ratios compare like with like although soft mode runs a smaller batch.
-    """
+    ``num_threads``: torch's threads (the compiled path's batch runs one machine per numba thread)."""
     import random
 
     from . import stdlib
     from ..library import Library
+    from ..machine import HARD_PATHS, Machine
 
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
@@ -135,38 +139,63 @@ def bench_machine(batch: int = 4096, soft_batch: int = 4, value_size: int = 256,
     try:
         rng = random.Random(seed)
         lib = standard_library(value_size)
-        rows = []
+        single, batched = [], []
         for label, (name, build) in _machine_cases(rng, value_size).items():
-            inputs = build(batch)
+            reference = getattr(stdlib, name)
+            returns = lib[name].returns
+
+            def python(args, reference=reference):  # the function mutates lists: it gets copies, as the machine's
+                return reference(*[list(a) if isinstance(a, list) else a for a in args])
+
+            def expected(args, returns=returns):
+                value = python(args)
+                return Library.from_cells(returns, value) if returns in ("tape", "numbers") else value
+
+            inputs = [build() for _ in range(examples)]
+            lib.run_calls([(name, inputs[0])])  # warm-up: the compiled loop's first call compiles or loads it
+            row = {"workload": label, "python_us": statistics.median(_time_us(python, args) for args in inputs)}
+            for path in HARD_PATHS:
+                times = []
+                for args in inputs[: 3 if path == "batched" else examples]:
+                    start = time.perf_counter()
+                    result = lib.run_calls([(name, args)], path=path)
+                    times.append((time.perf_counter() - start) * 1e6)
+                    if result.values != [expected(args)]:
+                        raise AssertionError(f"{path} execution of {name} disagrees with Python")
+                row[f"{path}_us"] = statistics.median(times)
+                row[f"{path}_over_python"] = row[f"{path}_us"] / row["python_us"]
+            row["steps"] = result.steps[0]
+            single.append(row)
+
+            many = [build() for _ in range(batch)]
             start = time.perf_counter()
-            result = lib.run_batch(name, inputs)
-            hard_s = time.perf_counter() - start
-            reference_fn = getattr(stdlib, name)
-            start = time.perf_counter()
-            expected = [reference_fn(*[list(a) if isinstance(a, list) else a for a in args]) for args in inputs]
+            want = [expected(args) for args in many]
             python_s = time.perf_counter() - start
-            if lib[name].returns in ("tape", "numbers"):  # the library reads numbers back as ints
-                expected = [Library.from_cells(lib[name].returns, cells) for cells in expected]
-            if result.values != expected:
-                raise AssertionError(f"hard execution of {name} disagrees with Python")
-            soft_inputs = inputs[:soft_batch]
-            start = time.perf_counter()
-            with torch.no_grad():
-                soft_values = [lib.run(name, *args, mode="soft") for args in soft_inputs]
-            soft_s = time.perf_counter() - start
-            if soft_values != expected[:soft_batch]:
-                raise AssertionError(f"soft execution of {name} disagrees with hard execution")
-            steps = sum(result.steps)
-            hard_rate, soft_rate, python_rate = batch / hard_s, soft_batch / soft_s, batch / python_s
-            rows.append({
-                "workload": label, "batch": batch, "max_steps": max(result.steps), "hard_s": hard_s,
-                "hard_steps_per_s": steps / hard_s, "hard_examples_per_s": hard_rate,
-                "soft_examples_per_s": soft_rate, "python_examples_per_s": python_rate,
-                "hard_over_soft": hard_rate / soft_rate, "hard_over_python": hard_rate / python_rate,
-            })
-        return {"hard": rows, "fib": bench_soft_fib(fib_depths, fib_value_size), "threads": torch.get_num_threads()}
+            timing = {}
+            for path in (Machine.hard_path(batch), "batched"):
+                start = time.perf_counter()
+                result = lib.run_calls([(name, args) for args in many], path=path)
+                timing[path] = time.perf_counter() - start
+                if result.values != want:
+                    raise AssertionError(f"{path} execution of {name} disagrees with Python at batch {batch}")
+            default = Machine.hard_path(batch)
+            batched.append({"workload": label, "batch": batch, "max_steps": max(result.steps), "python_s": python_s,
+                            "default_path": default, "default_s": timing[default], "batched_s": timing["batched"],
+                            "default_over_python": python_s / timing[default],
+                            "batched_over_python": python_s / timing["batched"]})
+        return {"single": single, "batch": batched, "value_size": value_size, "threads": torch.get_num_threads(),
+                "fib": bench_soft_fib(fib_depths, fib_value_size)}
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _time_us(fn, args, repeats: int = 20) -> float:
+    """Mean time of ``fn(args)`` in microseconds over ``repeats`` calls (one call of a sub-microsecond function is
+    below the clock's resolution)."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(args)
+    return (time.perf_counter() - start) * 1e6 / repeats
 
 
 def bench_soft_fib(depths: Sequence[int], value_size: int) -> list[dict]:
@@ -196,14 +225,24 @@ def bench_soft_fib(depths: Sequence[int], value_size: int) -> list[dict]:
 
 def format_machine_tables(report: dict) -> str:
     """Markdown tables of ``bench_machine``."""
-    lines = [f"Hard execution, {report['threads']} thread(s): rates per example; ratios against soft execution and "
-             "against the plain Python function, all in this process.", "",
-             "| workload | batch | max steps | hard machine-steps/s | hard examples/s | soft examples/s | "
-             "Python examples/s | hard / soft | hard / Python |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["hard"]:
-        lines.append(f"| {r['workload']} | {r['batch']} | {r['max_steps']} | {r['hard_steps_per_s']:.3g} | "
-                     f"{r['hard_examples_per_s']:.4g} | {r['soft_examples_per_s']:.3g} | {r['python_examples_per_s']:.4g} | "
-                     f"{r['hard_over_soft']:.0f}x | {r['hard_over_python']:.3f}x |")
+    lines = [f"Batch 1, V = {report['value_size']}: one call through `Library.run_calls` (encode, run, decode) on each "
+             "path, against the plain Python function; medians, microseconds; the ratio is the call's time over "
+             "Python's (lower is better).", "",
+             "| workload | steps | Python (us) | compiled (us) | compiled / Python | plain (us) | plain / Python | "
+             "batched (us) | batched / Python |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["single"]:
+        lines.append(f"| {r['workload']} | {r['steps']} | {r['python_us']:.1f} | {r['compiled_us']:.1f} | "
+                     f"{r['compiled_over_python']:.1f}x | {r['plain_us']:.0f} | {r['plain_over_python']:.0f}x | "
+                     f"{r['batched_us']:.0f} | {r['batched_over_python']:.0f}x |")
+    lines += ["", f"Batch {report['batch'][0]['batch'] if report['batch'] else '-'}: `run_calls` of the whole batch "
+              f"against the Python function in a loop ({report['threads']} torch thread(s)); the ratio is the machine's "
+              "throughput over Python's (higher is better).", "",
+              "| workload | max steps | Python (s) | default path | default (s) | default / Python | batched (s) | "
+              "batched / Python |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in report["batch"]:
+        lines.append(f"| {r['workload']} | {r['max_steps']} | {r['python_s']:.3f} | {r['default_path']} | "
+                     f"{r['default_s']:.3f} | {r['default_over_python']:.2f}x | {r['batched_s']:.2f} | "
+                     f"{r['batched_over_python']:.3f}x |")
     lines += ["", "Soft execution of recursive fib (with autograd):", "",
               "| depth n | steps | steps/s | autograd memory (MiB) |", "|---:|---:|---:|---:|"]
     for r in report["fib"]:

@@ -1,0 +1,168 @@
+"""Hard execution one machine at a time: the step of ``Machine.run_hard``'s batched torch loop, written for one
+machine, for the small batches of generation and ``Library.run``, where a batched step's fixed cost (a dozen tensor
+operations, tens of microseconds) is paid thousands of times for one machine.
+
+The loop below is plain Python over integer arrays (the linked image's per-line fields, the primitives' lookup
+table, the machine's cells): numba compiles it to machine code where numba is installed (``pip install numba``, the
+``fast`` extra), and it runs as written otherwise, on lists. Either way it reads the same integer tensors the
+batched path reads and executes no text from a library file. Results, step counts, statuses and faults are those of
+the batched path, bit for bit (tests/test_machine_paths.py).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+# Kinds of line and statuses, as in machine.py (repeated here, not imported: machine.py imports this module).
+_KIND_LOAD, _KIND_STORE, _KIND_CALL, _KIND_RET = 1, 2, 3, 4
+_OK, _MAX_STEPS, _STACK_OVERFLOW, _MEMORY_FAULT = 0, 1, 2, 3
+# Fields per line: a, b, c, dst, table row, kind, next if zero, next if nonzero, address limit, op (below)
+WIDTH = 10
+ADDRESS_OP = 20  # the op of a load or store: its address, a + b clamped to V (ops 0-19: ops.PRIMITIVES in order)
+
+
+def looked_up(fields, table, base, a, b, value_size):
+    """The result of line ``base``'s primitive on ``a`` and ``b``, from the lookup table (the plain loop's way:
+    one index into a list-like table is the cheapest step in Python)."""
+    return table[fields[base + 4] + a * value_size + b]
+
+
+def computed(fields, table, base, a, b, value_size):
+    """The same result computed (the compiled loop's way: the V x V tables of a large V do not stay in the CPU's
+    caches, so a lookup costs a memory access, the arithmetic a few cycles). Equal to ``ops.apply_int`` on every
+    pair of values (tests/test_machine_paths.py checks each op on all of [0, V)^2); Python's and numba's ``%`` agree
+    on negative numbers."""
+    op = fields[base + 9]
+    if op == 20:
+        return min(a + b, value_size)
+    if op == 0:
+        return 0
+    if op == 1:
+        return a
+    if op == 2:
+        return (a + b) % value_size
+    if op == 3:
+        return (a - b) % value_size
+    if op == 4:
+        return (a * b) % value_size
+    if op == 5:
+        return a // b if b != 0 else 0
+    if op == 6:
+        return a % b if b != 0 else a
+    if op == 7:
+        return 1 if a < b else 0
+    if op == 8:
+        return 1 if a <= b else 0
+    if op == 9:
+        return 1 if a > b else 0
+    if op == 10:
+        return 1 if a >= b else 0
+    if op == 11:
+        return 1 if a == b else 0
+    if op == 12:
+        return 1 if a != b else 0
+    if op == 13:
+        return min(a, b)
+    if op == 14:
+        return max(a, b)
+    if op == 15:
+        return 1 if a != 0 and b != 0 else 0
+    if op == 16:
+        return 1 if a != 0 or b != 0 else 0
+    if op == 17:
+        return 1 if a == 0 else 0
+    if op == 18:
+        return (a + 1) % value_size
+    return (a - 1) % value_size  # 19: dec
+
+
+def run_machine(fields, table, cells, pc, max_steps, registers, halt_line, stack_depth, memory_base, value_size,
+                return_lines, saved_registers):
+    """Run one machine from line ``pc`` until it halts, faults or has run ``max_steps`` steps; ``cells`` (locals,
+    arguments, constants, the write sink, memory) is updated in place. ``fields``: the linked image's per-line fields,
+    flat (``WIDTH`` per line); ``table``: the primitives' lookup tables, flat; ``return_lines`` [stack_depth] and
+    ``saved_registers`` [stack_depth * registers]: scratch for the call stack. Returns (status, steps used)."""
+    depth = 0
+    for t in range(max_steps):
+        if pc == halt_line:  # fell through the image's last line: it rests there until max_steps, as in a batch
+            return _MAX_STEPS, max_steps
+        base = pc * WIDTH
+        result = primitive(fields, table, base, cells[fields[base]], cells[fields[base + 1]], value_size)
+        if result >= fields[base + 8]:  # a load or store at an address >= memory_size
+            return _MEMORY_FAULT, t + 1
+        kind = fields[base + 5]
+        if kind == _KIND_LOAD:
+            value = cells[result + memory_base]
+            cells[fields[base + 3]] = value
+        elif kind == _KIND_STORE:
+            value = cells[fields[base + 2]]
+            cells[result + memory_base] = value
+        else:
+            value = result
+            cells[fields[base + 3]] = value
+        following = fields[base + 6] if value == 0 else fields[base + 7]
+        if kind >= _KIND_CALL:
+            if kind == _KIND_CALL:
+                if depth >= stack_depth:
+                    return _STACK_OVERFLOW, t + 1
+                return_lines[depth] = pc + 1
+                for r in range(registers):
+                    saved_registers[depth * registers + r] = cells[r]
+                depth += 1
+            elif kind == _KIND_RET:
+                if depth == 0:
+                    return _OK, t + 1
+                depth -= 1
+                for r in range(registers):
+                    cells[r] = saved_registers[depth * registers + r]
+                following = return_lines[depth]
+            else:  # halt
+                return _OK, t + 1
+        pc = following
+    return _MAX_STEPS, max_steps
+
+
+def run_machines(fields, table, cells, pcs, max_steps, registers, halt_line, stack_depth, memory_base, value_size,
+                 status, steps):
+    """``run_machine`` for every row of ``cells`` [B, cells] from its line ``pcs[b]``, writing ``status`` and
+    ``steps`` [B]; compiled, the rows run in parallel (one machine per thread)."""
+    for b in prange(cells.shape[0]):
+        return_lines = np.zeros(stack_depth, np.int64)
+        saved = np.zeros(stack_depth * registers, np.int32)
+        status[b], steps[b] = run_machine(fields, table, cells[b], pcs[b], max_steps, registers, halt_line,
+                                          stack_depth, memory_base, value_size, return_lines, saved)
+
+
+class Compiled:
+    """``run_machine`` and ``run_machines`` compiled by ``numba`` (compilation takes seconds, once per process, or is
+    read from numba's cache beside this file)."""
+
+    def __init__(self, numba):
+        def bound(function, **names):  # the function with some of its globals bound to compiled ones
+            return type(function)(function.__code__, dict(function.__globals__, **names), function.__name__)
+
+        jit = numba.njit(cache=True, nogil=True)
+        self.computed = jit(computed)
+        self.run_machine = jit(bound(run_machine, primitive=self.computed))
+        self.run_machines = numba.njit(cache=True, nogil=True, parallel=True)(
+            bound(run_machines, run_machine=self.run_machine, prange=numba.prange))
+
+
+def compiled() -> Optional[Compiled]:
+    """The compiled loop, or None where numba is not installed (or ``NCLAMA_NO_NUMBA=1``: the plain loop)."""
+    global _COMPILED
+    if _COMPILED is None:
+        try:  # optional: transformers' check of a Hub repo's imports skips what a try block imports
+            import numba
+        except ImportError:
+            numba = None
+        wanted = os.environ.get("NCLAMA_NO_NUMBA", "") in ("", "0")
+        _COMPILED = Compiled(numba) if numba is not None and wanted else False
+    return _COMPILED or None
+
+
+prange = range  # the plain loop's; the compiled one binds numba.prange
+primitive = looked_up  # the plain loop's; the compiled one binds computed
+_COMPILED = None  # not compiled yet (False: numba is missing)
