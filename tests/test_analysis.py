@@ -134,3 +134,15 @@ def test_cli_fib_training_rejects_bad_arguments(tmp_path, capsys):
         main(["analyze", "fib-training", "--steps", "0"])
     assert "must be positive" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written on a bad request
+
+
+def test_cli_analysis_writes_into_out_unless_asked_to_update_the_shipped_figure(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # both defaults are relative to where the command runs
+    assert main(["analyze", "fib", "--max-depth", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "figures").iterdir()) == ["fib_gradients.json", "fib_gradients.png"]
+    assert not (tmp_path / "hub_assets").exists()
+    assert main(["analyze", "fib", "--max-depth", "1", "--update-shipped"]) == 0
+    assert sorted(p.name for p in (tmp_path / "hub_assets" / "figures").iterdir()) == ["fib_gradients.json", "fib_gradients.png"]
+    with pytest.raises(SystemExit):
+        main(["analyze", "fib", "--out", "elsewhere", "--update-shipped"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -28,8 +28,8 @@
   nclama bench model --base BASE_DIR | --recipe RECIPE
                                                      the model bench on a pretrained base (e.g. out/smollm2), or on
                                                      the NCLlama a recipe converts from one
-  nclama analyze fib [--max-depth N] [--out DIR]     gradient norms against recursion depth (table + PNG)
-  nclama analyze fib-training [--max-depth N] [--steps K] [--out DIR]
+  nclama analyze fib [--max-depth N] [--out DIR | --update-shipped]   gradient norms against recursion depth
+  nclama analyze fib-training [--max-depth N] [--steps K] [--out DIR | --update-shipped]
                                                      training curves through soft execution by depth (table + PNG)
   nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
   nclama report lengths LABEL=DIR... --out PNG       models side by side: exact match by task and length
@@ -48,6 +48,8 @@ from ..library import Library, LibraryError
 from ..machine import MachineError
 from .tasks import SPLITS, TASKS
 from .compiler import standard_library
+
+SHIPPED_FIGURES = "hub_assets/figures"  # the figures the README and model cards show (analyze --update-shipped)
 
 
 def _library(where: str, value_size: int) -> Library:
@@ -178,7 +180,7 @@ def _cmd_analyze(args) -> int:
             raise ValueError("--steps is for 'analyze fib-training' (optimization steps); 'analyze fib' does not train")
         name, plot, table = "fib_gradients", analysis.plot_fibonacci_gradients, analysis.format_table
         result = analysis.fibonacci_gradients(max_depth=args.max_depth or 8)
-    out = Path(args.out)
+    out = Path(SHIPPED_FIGURES if args.update_shipped else args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, out / f"{name}.png")
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -517,7 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=("fib", "fib-training"))
     p.add_argument("--max-depth", type=_positive_int, default=None, help="default: 8 for fib, 7 for fib-training")
     p.add_argument("--steps", type=_positive_int, default=None, help="fib-training: Adam updates per depth, default 40")
-    p.add_argument("--out", default="hub_assets/figures")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", default="out/figures", help="the folder the table (JSON) and the PNG go to")
+    where.add_argument("--update-shipped", action="store_true",
+                       help=f"regenerate the shipped figure and its table in {SHIPPED_FIGURES}/")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("repair", help="repair a corrupted program by gradient descent")
