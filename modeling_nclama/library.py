@@ -183,14 +183,18 @@ class Library:
         groups: dict[str, list[int]] = {}
         for i, (name, _) in enumerate(calls):
             groups.setdefault(name, []).append(i)
-        entry = np.zeros(len(calls), np.int64)
-        args = np.zeros((len(calls), self.machine.num_args), np.int64)
-        memory = np.zeros((len(calls), self.machine.memory_size), np.int64)
-        for name, where in groups.items():
-            entry[where] = self.machine.index[name]
-            args[where], memory[where] = self.encode(self[name], [calls[i][1] for i in where])
-        run = self.machine.run_hard(torch.from_numpy(entry), torch.from_numpy(args), torch.from_numpy(memory),
-                                    max_steps=limit, path=path)
+        if len(groups) == 1:  # (the usual case: one call, or a batch of one program)
+            name = calls[0][0]
+            entry = np.full(len(calls), self.machine.index[name], np.int64)
+            args, memory = self._layout(self[name], [arguments for _, arguments in calls])
+        else:
+            entry = np.zeros(len(calls), np.int64)
+            args = np.zeros((len(calls), self.machine.num_args), np.int64)
+            memory = np.zeros((len(calls), self.machine.memory_size), np.int64)
+            for name, where in groups.items():
+                entry[where] = self.machine.index[name]
+                args[where], memory[where] = self._layout(self[name], [calls[i][1] for i in where])
+        run = self.machine.run_hard(entry, args, memory, max_steps=limit, path=path)
         values: list = [None] * len(calls)
         for name, where in groups.items():
             if len(groups) == 1:  # decode marks a list result that runs past memory in the run's own status
@@ -286,8 +290,13 @@ class Library:
             raise ValueError(f"argument {pname} of {program.name}: {value} is outside [0, {self.value_size})")
 
     def encode(self, program: Program, batch: Sequence[Sequence[ListOrInt]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ints go to argument registers; lists are laid out in memory (heap pointer at cell 0, lists from cell 1).
-        Built in numpy: a torch tensor's per-element writes cost microseconds each, more than a small call runs."""
+        """Ints go to argument registers; lists are laid out in memory (heap pointer at cell 0, lists from cell 1)."""
+        args, memory = self._layout(program, batch)
+        return torch.from_numpy(args), torch.from_numpy(memory)
+
+    def _layout(self, program: Program, batch: Sequence[Sequence[ListOrInt]]) -> tuple[np.ndarray, np.ndarray]:
+        """``encode`` in numpy (a torch tensor's per-element writes cost microseconds each, more than a small call
+        runs)."""
         M, X = self.machine.memory_size, self.machine.num_args
         args = np.zeros((len(batch), X), np.int64)
         memory = np.zeros((len(batch), M), np.int64)
@@ -312,7 +321,7 @@ class Library:
                 raise ValueError(f"arguments of {program.name} need {heap} memory cells, memory_size is {M}")
             cells[0] = heap
             memory[b, : len(cells)] = cells
-        return torch.from_numpy(args), torch.from_numpy(memory)
+        return args, memory
 
     def encode_soft(self, program: Program, batch: Sequence[Sequence[Any]], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``encode``, but ints and list items may also be distributions (tensors of shape [V])."""

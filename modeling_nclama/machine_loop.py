@@ -78,12 +78,16 @@ def computed(fields, table, base, a, b, value_size):
     return (a - 1) % value_size  # 19: dec
 
 
-def run_machine(fields, table, cells, pc, max_steps, registers, halt_line, stack_depth, memory_base, value_size,
-                return_lines, saved_registers):
+def run_machine(fields, table, cells, pc, settings):
     """Run one machine from line ``pc`` until it halts, faults or has run ``max_steps`` steps; ``cells`` (locals,
     arguments, constants, the write sink, memory) is updated in place. ``fields``: the linked image's per-line fields,
-    flat (``WIDTH`` per line); ``table``: the primitives' lookup tables, flat; ``return_lines`` [stack_depth] and
-    ``saved_registers`` [stack_depth * registers]: scratch for the call stack. Returns (status, steps used)."""
+    flat (``WIDTH`` per line); ``table``: the primitives' lookup tables, flat; ``settings``: max_steps, registers,
+    halt line, stack depth, memory base, value size (one array: each argument of a compiled call costs a type check).
+    Returns (status, steps used)."""
+    max_steps, registers, halt_line = settings[0], settings[1], settings[2]
+    stack_depth, memory_base, value_size = settings[3], settings[4], settings[5]
+    return_lines = scratch(stack_depth)
+    saved_registers = scratch(stack_depth * registers)
     depth = 0
     for t in range(max_steps):
         if pc == halt_line:  # fell through the image's last line: it rests there until max_steps, as in a batch
@@ -124,15 +128,19 @@ def run_machine(fields, table, cells, pc, max_steps, registers, halt_line, stack
     return _MAX_STEPS, max_steps
 
 
-def run_machines(fields, table, cells, pcs, max_steps, registers, halt_line, stack_depth, memory_base, value_size,
-                 status, steps):
+def run_machines(fields, table, cells, pcs, settings, status, steps):
     """``run_machine`` for every row of ``cells`` [B, cells] from its line ``pcs[b]``, writing ``status`` and
     ``steps`` [B]; compiled, the rows run in parallel (one machine per thread)."""
     for b in prange(cells.shape[0]):
-        return_lines = np.zeros(stack_depth, np.int64)
-        saved = np.zeros(stack_depth * registers, np.int32)
-        status[b], steps[b] = run_machine(fields, table, cells[b], pcs[b], max_steps, registers, halt_line,
-                                          stack_depth, memory_base, value_size, return_lines, saved)
+        status[b], steps[b] = run_machine(fields, table, cells[b], pcs[b], settings)
+
+
+def list_scratch(size):
+    return [0] * size
+
+
+def array_scratch(size):
+    return np.zeros(size, np.int64)
 
 
 class Compiled:
@@ -145,7 +153,7 @@ class Compiled:
 
         jit = numba.njit(cache=True, nogil=True)
         self.computed = jit(computed)
-        self.run_machine = jit(bound(run_machine, primitive=self.computed))
+        self.run_machine = jit(bound(run_machine, primitive=self.computed, scratch=jit(array_scratch)))
         self.run_machines = numba.njit(cache=True, nogil=True, parallel=True)(
             bound(run_machines, run_machine=self.run_machine, prange=numba.prange))
 
@@ -165,4 +173,5 @@ def compiled() -> Optional[Compiled]:
 
 prange = range  # the plain loop's; the compiled one binds numba.prange
 primitive = looked_up  # the plain loop's; the compiled one binds computed
+scratch = list_scratch  # the plain loop's; the compiled one binds array_scratch
 _COMPILED = None  # not compiled yet (False: numba is missing)

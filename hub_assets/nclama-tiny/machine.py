@@ -195,15 +195,18 @@ class Machine:
         trace: bool = False,
         path: Optional[str] = None,
     ) -> HardRun:
-        """Run machines exactly. ``entry`` [B]: program index; ``args`` [B, X]; ``memory`` [B, M] initial cells.
+        """Run machines exactly. ``entry`` [B]: program index; ``args`` [B, X]; ``memory`` [B, M] initial cells (int
+        tensors, or numpy arrays).
 
         ``path``, a name of ``HARD_PATHS`` (default: ``hard_path``'s choice) says how; every path gives the same
         cells, memory, steps and statuses. Only ``"batched"`` records a trace."""
-        path = path or self.hard_path(entry.shape[0], trace)
+        path = path or self.hard_path(len(entry), trace)
         if trace and path != "batched":
             raise ValueError(f"only the batched path records a trace, not {path!r}")
         if path not in HARD_PATHS:
             raise ValueError(f"path must be one of {sorted(HARD_PATHS)}, got {path!r}")
+        if path != "compiled":
+            entry, args, memory = torch.as_tensor(entry), torch.as_tensor(args), torch.as_tensor(memory)
         return HARD_PATHS[path](self, entry, args, memory, max_steps, trace)
 
     @staticmethod
@@ -232,35 +235,34 @@ class Machine:
         if loop is None:
             raise ValueError("the compiled path needs numba (pip install numba)")
         if self._compiled_image is None:
-            row = self._initial_cells(torch.zeros(1, dtype=torch.long), torch.zeros(1, self.num_args, dtype=torch.long),
-                                      torch.zeros(1, self.memory_size, dtype=torch.long)).numpy()[0]
-            self._compiled_image = (self._fields.reshape(-1).numpy(), self._table.numpy(), self._entry.numpy(), row)
+            blank = self._initial_cells(torch.zeros(1, dtype=torch.long), torch.zeros(1, self.num_args, dtype=torch.long),
+                                        torch.zeros(1, self.memory_size, dtype=torch.long)).numpy()[0]
+            self._compiled_image = (self._fields.reshape(-1).numpy(), self._table.numpy(), self._entry.numpy(), blank)
         fields, table, entries, blank = self._compiled_image
         R, X, M, mb = self.num_registers, self.num_args, self.memory_size, self.memory_base
-        cells = np.repeat(blank[None], entry.shape[0], 0)  # numpy throughout: torch's per-op cost is microseconds
-        cells[:, R : R + X] = args.numpy()
-        cells[:, mb : mb + M] = memory.numpy()
-        pcs = entries[entry.numpy()]
-        settings = (max_steps, R, self.halt_line, self.stack_depth, mb, self.value_size)
-        if len(pcs) == 1:  # no thread pool for one machine
-            outcome = loop.run_machine(fields, table, cells[0], int(pcs[0]), *settings, np.zeros(self.stack_depth, np.int64),
-                                       np.zeros(self.stack_depth * R, np.int32))
-            status, steps = np.array(outcome[:1]), np.array(outcome[1:])
+        B = len(entry)
+        cells = blank[None].copy() if B == 1 else np.broadcast_to(blank, (B, len(blank))).copy()
+        cells[:, R : R + X] = args  # numpy throughout: torch's per-operation cost is microseconds
+        cells[:, mb : mb + M] = memory
+        settings = np.array([max_steps, R, self.halt_line, self.stack_depth, mb, self.value_size], np.int64)
+        if B == 1:  # no thread pool for one machine
+            outcome = torch.from_numpy(np.array(loop.run_machine(fields, table, cells[0], entries[int(entry[0])], settings)))
+            status, steps = outcome[:1], outcome[1:]
         else:
-            status, steps = np.zeros(len(pcs), np.int64), np.zeros(len(pcs), np.int64)
-            loop.run_machines(fields, table, cells, pcs, *settings, status, steps)
-        return HardRun(torch.from_numpy(cells[:, : self.writable]), torch.from_numpy(cells[:, mb : mb + M]),
-                       torch.from_numpy(steps), torch.from_numpy(status))
+            status, steps = np.zeros(B, np.int64), np.zeros(B, np.int64)
+            loop.run_machines(fields, table, cells, entries[np.asarray(entry)], settings, status, steps)
+            status, steps = torch.from_numpy(status), torch.from_numpy(steps)
+        S = torch.from_numpy(cells)
+        return HardRun(S[:, : self.writable], S[:, mb : mb + M], steps, status)
 
     def _run_plain(self, entry, args, memory, max_steps: int, trace: bool) -> HardRun:
         if self._plain_image is None:  # Python ints: the plain loop's indexing is fastest on lists
             self._plain_image = (self._fields.reshape(-1).tolist(), memoryview(self._table.numpy()))
         fields, table = self._plain_image
+        settings = [max_steps, self.num_registers, self.halt_line, self.stack_depth, self.memory_base, self.value_size]
         rows, status, steps = self._initial_cells(entry, args, memory).tolist(), [], []
         for row, pc in zip(rows, self._entry[entry].tolist()):
-            outcome = run_machine(fields, table, row, pc, max_steps, self.num_registers, self.halt_line,
-                                  self.stack_depth, self.memory_base, self.value_size, [0] * self.stack_depth,
-                                  [0] * (self.stack_depth * self.num_registers))
+            outcome = run_machine(fields, table, row, pc, settings)
             status.append(outcome[0]), steps.append(outcome[1])
         S, mb = torch.tensor(rows, dtype=torch.int32), self.memory_base
         return HardRun(S[:, : self.writable], S[:, mb : mb + self.memory_size], torch.tensor(steps), torch.tensor(status))

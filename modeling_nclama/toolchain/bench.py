@@ -136,6 +136,7 @@ def bench_machine(batch: int = 4096, value_size: int = 1024, seed: int = 0, exam
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
+    threads = torch.get_num_threads()
     try:
         rng = random.Random(seed)
         lib = standard_library(value_size)
@@ -183,7 +184,7 @@ def bench_machine(batch: int = 4096, value_size: int = 1024, seed: int = 0, exam
                             "default_path": default, "default_s": timing[default], "batched_s": timing["batched"],
                             "default_over_python": python_s / timing[default],
                             "batched_over_python": python_s / timing["batched"]})
-        return {"single": single, "batch": batched, "value_size": value_size, "threads": torch.get_num_threads(),
+        return {"single": single, "batch": batched, "value_size": value_size, "threads": threads,
                 "fib": bench_soft_fib(fib_depths, fib_value_size)}
     finally:
         torch.set_num_threads(previous_threads)
