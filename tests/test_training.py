@@ -178,6 +178,9 @@ def test_llama_recipe_trains_saves_and_reloads(baseline):
     assert {"config.json", "model.safetensors", "tokenizer.json", "recipe.yaml", "eval_results.json"} <= {
         p.name for p in baseline.iterdir()}
     assert (baseline / "checkpoint-3" / "trainer_state.json").is_file()
+    # the trained model generates with its KV cache (Trainer switches it off for training)
+    assert json.loads((baseline / "config.json").read_text())["use_cache"] is True
+    assert json.loads((baseline / "generation_config.json").read_text())["use_cache"] is True
     copy = validate_recipe(yaml.safe_load((baseline / "recipe.yaml").read_text()))  # the recipe as it ran
     assert copy["training"]["max_steps"] == 3 and copy["model"]["init"]["config"] == SMALL
     rows = json.loads((baseline / "eval_results.json").read_text())["rows"]

@@ -130,8 +130,8 @@ def run_machine(fields, table, cells, pc, settings):
 
 def run_machines(fields, table, cells, pcs, settings, status, steps):
     """``run_machine`` for every row of ``cells`` [B, cells] from its line ``pcs[b]``, writing ``status`` and
-    ``steps`` [B]; compiled, the rows run in parallel (one machine per thread)."""
-    for b in prange(cells.shape[0]):
+    ``steps`` [B]."""
+    for b in range(cells.shape[0]):
         status[b], steps[b] = run_machine(fields, table, cells[b], pcs[b], settings)
 
 
@@ -145,7 +145,10 @@ def array_scratch(size):
 
 class Compiled:
     """``run_machine`` and ``run_machines`` compiled by ``numba`` (compilation takes seconds, once per process, or is
-    read from numba's cache beside this file)."""
+    read from numba's cache beside this file). A large batch runs in slices on Python threads, one per core: the
+    compiled loop releases the GIL, and numba's own parallel loops would set OpenMP's thread count under torch."""
+
+    PARALLEL_MIN_BATCH = 64  # below this a thread pool's start costs more than it saves
 
     def __init__(self, numba):
         def bound(function, **names):  # the function with some of its globals bound to compiled ones
@@ -154,8 +157,25 @@ class Compiled:
         jit = numba.njit(cache=True, nogil=True)
         self.computed = jit(computed)
         self.run_machine = jit(bound(run_machine, primitive=self.computed, scratch=jit(array_scratch)))
-        self.run_machines = numba.njit(cache=True, nogil=True, parallel=True)(
-            bound(run_machines, run_machine=self.run_machine, prange=numba.prange))
+        self.run_serial = jit(bound(run_machines, run_machine=self.run_machine))
+        self.threads = min(os.cpu_count() or 1, 8)
+        self._pool = None
+
+    def run_machines(self, fields, table, cells, pcs, settings, status, steps) -> None:
+        """``run_machines``, in ``threads`` slices of the batch at once where the batch is large."""
+        B = cells.shape[0]
+        if B < self.PARALLEL_MIN_BATCH or self.threads == 1:
+            self.run_serial(fields, table, cells, pcs, settings, status, steps)
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nclama-machine")
+        bounds = np.linspace(0, B, self.threads + 1).astype(np.int64)
+        jobs = [self._pool.submit(self.run_serial, fields, table, cells[a:b], pcs[a:b], settings, status[a:b],
+                                  steps[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        for job in jobs:
+            job.result()
 
 
 def compiled() -> Optional[Compiled]:
@@ -171,7 +191,6 @@ def compiled() -> Optional[Compiled]:
     return _COMPILED or None
 
 
-prange = range  # the plain loop's; the compiled one binds numba.prange
 primitive = looked_up  # the plain loop's; the compiled one binds computed
 scratch = list_scratch  # the plain loop's; the compiled one binds array_scratch
 _COMPILED = None  # not compiled yet (False: numba is missing)

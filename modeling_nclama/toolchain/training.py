@@ -999,6 +999,10 @@ def train(recipe: dict, output_dir: Union[str, Path], *, resume: bool = False,
     wall = time.time() - start
     for key, value in recipe["final_config"].items():
         setattr(trainer.model.config, key, value)
+    # Trainer turns the KV cache off for training and the saved model would keep it off: generation would then
+    # recompute every position at every step (a 200-token answer took a minute instead of seconds).
+    trainer.model.config.use_cache = True
+    trainer.model.generation_config.use_cache = True
     trainer.save_model(str(output_dir))  # model (+ library files), tokenizer; the main process writes
     summary = {
         "recipe": str(recipe_path) if recipe_path else None,
