@@ -73,7 +73,8 @@ class Engine:
 
     def generate(self, prompt: str, max_new_tokens: int, model: str, chat: bool) -> Iterator[dict]:
         """The answer of ``model`` as it grows, one update per generated token, then the whole trace (``done``)."""
-        yield from self._model(model).generate(prompt, max_new_tokens, chat)
+        for update in self._model(model).generate(prompt, max_new_tokens, chat):
+            yield json_safe(update)
 
     def compare(self, prompt: str, max_new_tokens: int, model: str, chat: bool) -> dict:
         """The answers of ``model``'s plain baseline and of ``model`` with its library switched off."""
@@ -89,7 +90,7 @@ class Engine:
         """Run a program of the default model's library on arguments written as Python literals (``84, 36``)."""
         if not isinstance(name, str) or name not in self.library:
             raise ValueError(f"no program {name!r} in the library; it has: {', '.join(self.library.names)}")
-        return _run(self.library, name, parse_arguments(arguments), mode, max_steps)
+        return json_safe(_run(self.library, name, parse_arguments(arguments), mode, max_steps))
 
     def compile(self, source: Any, call: Any, mode: Any, max_steps: Any) -> dict:
         """Compile every function of ``source`` (AST only: never executed) and run ``call`` (``triangle(10)``)."""
@@ -111,7 +112,7 @@ class Engine:
              "assembly": p.assembly()}
             for p in library.programs
         ]
-        return run
+        return json_safe(run)
 
 
 class ServedModel:
@@ -309,6 +310,23 @@ def _run(library, name: str, args: list, mode: Any, max_steps: Any) -> dict:
         raise ValueError(f"the machine stopped: {error}") from None
     return {"program": name, "arguments": args, "mode": mode, "result": result, "steps": len(trace.steps),
             "machine": trace_json(trace, name, args, result)}
+
+
+JSON_INT = 2**53 - 1  # the largest int a browser reads exactly from JSON (and orjson writes at most 64 bits)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every int a browser would not read exactly (a 40-digit sum, its operands) as its decimal
+    string."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= JSON_INT else str(value)
+    if isinstance(value, dict):
+        return {key: json_safe(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def trace_json(trace, program: str, arguments: list, result: Any) -> dict:

@@ -113,6 +113,23 @@ def test_the_paths_agree_on_fuzzed_programs(source, seed):
         assert_same(runs, (source, program.name))
 
 
+@pytest.mark.parametrize("name", ["insertion_sort", "long_add", "fib_recursive", "sort_numbers", "gcd"])
+def test_the_compiled_trace_is_the_batched_trace(std, name):
+    """One machine traced by the compiled loop: the same line, registers and memory at every step."""
+    example = CASES[name](random.Random(f"trace-{name}"))
+    args, memory = std.encode(std[name], [example])
+    entry = torch.full((1,), std.machine.index[name])
+    runs = {path: std.machine.run_hard(entry, args, memory, max_steps=100_000, trace=True, path=path)
+            for path in ("batched", "compiled")}
+    assert_same(runs, name)
+    steps = int(runs["batched"].steps[0])
+    for field in ("trace_lines", "trace_cells", "trace_memory"):
+        want, got = getattr(runs["batched"], field)[:steps].long(), getattr(runs["compiled"], field).long()
+        assert torch.equal(got, want), field
+    value, trace = std.run(name, *example, trace=True)  # Library.run's trace comes from the compiled loop now
+    assert len(trace.steps) == steps and value is not None
+
+
 def test_faults_stop_every_path_at_the_same_step():
     lib = compile_library("def f(n):\n    return f(n + 1)\n\ndef g(xs, i):\n    return xs[i]\n\n"
                           "def h(n):\n    while n == n:\n        n = n + 1\n    return n\n", 64, memory_size=16, stack_depth=5)
@@ -125,7 +142,8 @@ def test_faults_stop_every_path_at_the_same_step():
 
 
 def test_the_default_path_follows_the_batch_and_what_is_installed(monkeypatch):
-    assert Machine.hard_path(1, trace=True) == "batched"  # only the batched loop records traces
+    assert Machine.hard_path(1, trace=True) == "compiled"  # it traces one machine
+    assert Machine.hard_path(2, trace=True) == "batched"
     assert Machine.hard_path(1) == Machine.hard_path(4096) == "compiled"
     monkeypatch.setattr(machine_loop, "_COMPILED", False)  # as where numba is missing (a Hub user's environment)
     assert machine_loop.compiled() is None
@@ -133,7 +151,8 @@ def test_the_default_path_follows_the_batch_and_what_is_installed(monkeypatch):
     assert Machine.hard_path(PLAIN_LOOP_MAX_BATCH + 1) == "batched"
     lib = standard_library(256)
     assert lib.run("insertion_sort", [3, 1, 2]) == [1, 2, 3]  # answered by the plain loop
-    with pytest.raises(ValueError, match="only the batched path records a trace"):
+    assert Machine.hard_path(1, trace=True) == "batched"
+    with pytest.raises(ValueError, match="the plain path records no trace"):
         lib.machine.run_hard(torch.zeros(1, dtype=torch.long), torch.zeros(1, lib.machine.num_args, dtype=torch.long),
                              torch.zeros(1, lib.machine.memory_size, dtype=torch.long), max_steps=5, trace=True, path="plain")
 

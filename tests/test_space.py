@@ -91,6 +91,19 @@ def test_generate_answers_the_canonical_addition_and_traces_it(client):
     assert trace["tokens"][1]["site"] == first["site"]
 
 
+def test_numbers_beyond_what_json_holds_come_as_strings(client):
+    """40-digit operands and results: the trace carries them exactly, as decimal strings (a JSON number that large
+    is refused by the server's encoder or rounded by a browser)."""
+    a, b = 1311696770583281776596904119734399028666, 8621924690805244511996388221277731596860
+    answer, trace = client.predict(f"What is {a} plus {b}?", 64, api_name="/generate")
+    assert answer == str(a + b)
+    top = trace["tokens"][0]["calls"][0]
+    assert top["program"] == "long_add" and top["result"] == str(a + b)
+    assert sorted(top["arguments"]) == sorted([str(a), str(b)])
+    result, run = client.predict("long_add", f"{a}, {b}", "hard", 20000, api_name="/run_program")
+    assert run["result"] == str(a + b) and str(a + b) in result
+
+
 @pytest.mark.timeout(300)
 def test_generate_answers_every_example(client):
     from modeling_nclama.toolchain.tasks import CANONICAL

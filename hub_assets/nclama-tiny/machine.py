@@ -183,6 +183,8 @@ class Machine:
         self._entry = torch.tensor(self.entry_lines, dtype=torch.long)
         self._plain_image = None  # the image as Python ints, built on the plain loop's first run
         self._compiled_image = None  # the image as numpy arrays and a machine's initial cells, for the compiled loop
+        self._no_logs = (np.zeros(0, np.int64), np.zeros((0, self.writable), np.int32),
+                         np.zeros((0, self.memory_size), np.int32))  # a compiled run that records nothing
 
     # ------------------------------------------------------------------ hard execution
     def run_hard(
@@ -199,10 +201,10 @@ class Machine:
         tensors, or numpy arrays).
 
         ``path``, a name of ``HARD_PATHS`` (default: ``hard_path``'s choice) says how; every path gives the same
-        cells, memory, steps and statuses. Only ``"batched"`` records a trace."""
+        cells, memory, steps, statuses and traces. ``"plain"`` records no trace."""
         path = path or self.hard_path(len(entry), trace)
-        if trace and path != "batched":
-            raise ValueError(f"only the batched path records a trace, not {path!r}")
+        if trace and path == "plain":
+            raise ValueError("the plain path records no trace: the batched path does (or the compiled one, for one machine)")
         if path not in HARD_PATHS:
             raise ValueError(f"path must be one of {sorted(HARD_PATHS)}, got {path!r}")
         if path != "compiled":
@@ -211,14 +213,14 @@ class Machine:
 
     @staticmethod
     def hard_path(batch: int, trace: bool = False) -> str:
-        """How ``run_hard`` runs a batch by default: the batched torch loop for a trace; else the compiled
-        per-machine loop where numba is installed; else the plain per-machine loop for up to
-        ``PLAIN_LOOP_MAX_BATCH`` machines and the batched torch loop for more (BENCHMARKS.md: a batched step costs
-        about as much as that many machines' plain steps)."""
+        """How ``run_hard`` runs a batch by default: the compiled per-machine loop where numba is installed (a
+        trace: of one machine; the batched torch loop traces more); else the plain per-machine loop for up to
+        ``PLAIN_LOOP_MAX_BATCH`` machines untraced and the batched torch loop otherwise (BENCHMARKS.md: a batched
+        step costs about as much as that many machines' plain steps)."""
+        if compiled() is not None and (batch == 1 or not trace):
+            return "compiled"
         if trace:
             return "batched"
-        if compiled() is not None:
-            return "compiled"
         return "plain" if batch <= PLAIN_LOOP_MAX_BATCH else "batched"
 
     def _initial_cells(self, entry: torch.Tensor, args: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
@@ -241,28 +243,44 @@ class Machine:
         fields, table, entries, blank = self._compiled_image
         R, X, M, mb = self.num_registers, self.num_args, self.memory_size, self.memory_base
         B = len(entry)
+        if trace and B != 1:
+            raise ValueError(f"the compiled path traces one machine at a time, got {B}")
         cells = blank[None].copy() if B == 1 else np.broadcast_to(blank, (B, len(blank))).copy()
         cells[:, R : R + X] = args  # numpy throughout: torch's per-operation cost is microseconds
         cells[:, mb : mb + M] = memory
-        settings = np.array([max_steps, R, self.halt_line, self.stack_depth, mb, self.value_size], np.int64)
+        settings = np.array([max_steps, R, self.halt_line, self.stack_depth, mb, self.value_size, self.writable, M],
+                            np.int64)
         if B == 1:  # no thread pool for one machine
-            outcome = torch.from_numpy(np.array(loop.run_machine(fields, table, cells[0], entries[int(entry[0])], settings)))
+            start = cells[0].copy() if trace else None
+            pc = entries[int(entry[0])]
+            outcome = loop.run_machine(fields, table, cells[0], pc, settings, self._no_logs)
+            logs = None
+            if trace:  # again, now that its length is known, recording every step
+                steps = outcome[1]
+                logs = (np.zeros(steps, np.int64), np.zeros((steps, self.writable), np.int32), np.zeros((steps, M), np.int32))
+                cells[0] = start
+                outcome = loop.run_machine(fields, table, cells[0], pc, settings, logs)
+            outcome = torch.from_numpy(np.array(outcome))
             status, steps = outcome[:1], outcome[1:]
         else:
             status, steps = np.zeros(B, np.int64), np.zeros(B, np.int64)
-            loop.run_machines(fields, table, cells, entries[np.asarray(entry)], settings, status, steps)
+            loop.run_machines(fields, table, cells, entries[np.asarray(entry)], settings, self._no_logs, status, steps)
             status, steps = torch.from_numpy(status), torch.from_numpy(steps)
         S = torch.from_numpy(cells)
-        return HardRun(S[:, : self.writable], S[:, mb : mb + M], steps, status)
+        run = HardRun(S[:, : self.writable], S[:, mb : mb + M], steps, status)
+        if trace:
+            run.trace_lines, run.trace_cells, run.trace_memory = (torch.from_numpy(log).unsqueeze(1) for log in logs)
+        return run
 
     def _run_plain(self, entry, args, memory, max_steps: int, trace: bool) -> HardRun:
         if self._plain_image is None:  # Python ints: the plain loop's indexing is fastest on lists
             self._plain_image = (self._fields.reshape(-1).tolist(), memoryview(self._table.numpy()))
         fields, table = self._plain_image
-        settings = [max_steps, self.num_registers, self.halt_line, self.stack_depth, self.memory_base, self.value_size]
+        settings = [max_steps, self.num_registers, self.halt_line, self.stack_depth, self.memory_base, self.value_size,
+                    self.writable, self.memory_size]
         rows, status, steps = self._initial_cells(entry, args, memory).tolist(), [], []
         for row, pc in zip(rows, self._entry[entry].tolist()):
-            outcome = run_machine(fields, table, row, pc, settings)
+            outcome = run_machine(fields, table, row, pc, settings, None)
             status.append(outcome[0]), steps.append(outcome[1])
         S, mb = torch.tensor(rows, dtype=torch.int32), self.memory_base
         return HardRun(S[:, : self.writable], S[:, mb : mb + self.memory_size], torch.tensor(steps), torch.tensor(status))

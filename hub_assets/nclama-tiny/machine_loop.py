@@ -78,11 +78,13 @@ def computed(fields, table, base, a, b, value_size):
     return (a - 1) % value_size  # 19: dec
 
 
-def run_machine(fields, table, cells, pc, settings):
+def run_machine(fields, table, cells, pc, settings, logs):
     """Run one machine from line ``pc`` until it halts, faults or has run ``max_steps`` steps; ``cells`` (locals,
     arguments, constants, the write sink, memory) is updated in place. ``fields``: the linked image's per-line fields,
     flat (``WIDTH`` per line); ``table``: the primitives' lookup tables, flat; ``settings``: max_steps, registers,
-    halt line, stack depth, memory base, value size (one array: each argument of a compiled call costs a type check).
+    halt line, stack depth, memory base, value size, writable cells, memory size (one array: each argument of a
+    compiled call costs a type check). ``logs``: where ``record`` writes each step (line executed, writable cells
+    and memory after it), as the batched loop's trace does; of capacity 0, nothing is recorded.
     Returns (status, steps used)."""
     max_steps, registers, halt_line = settings[0], settings[1], settings[2]
     stack_depth, memory_base, value_size = settings[3], settings[4], settings[5]
@@ -91,10 +93,13 @@ def run_machine(fields, table, cells, pc, settings):
     depth = 0
     for t in range(max_steps):
         if pc == halt_line:  # fell through the image's last line: it rests there until max_steps, as in a batch
+            for rest in range(t, max_steps):
+                record(logs, rest, pc, cells, settings)
             return _MAX_STEPS, max_steps
         base = pc * WIDTH
         result = primitive(fields, table, base, cells[fields[base]], cells[fields[base + 1]], value_size)
         if result >= fields[base + 8]:  # a load or store at an address >= memory_size
+            record(logs, t, pc, cells, settings)
             return _MEMORY_FAULT, t + 1
         kind = fields[base + 5]
         if kind == _KIND_LOAD:
@@ -110,6 +115,7 @@ def run_machine(fields, table, cells, pc, settings):
         if kind >= _KIND_CALL:
             if kind == _KIND_CALL:
                 if depth >= stack_depth:
+                    record(logs, t, pc, cells, settings)
                     return _STACK_OVERFLOW, t + 1
                 return_lines[depth] = pc + 1
                 for r in range(registers):
@@ -117,22 +123,41 @@ def run_machine(fields, table, cells, pc, settings):
                 depth += 1
             elif kind == _KIND_RET:
                 if depth == 0:
+                    record(logs, t, pc, cells, settings)
                     return _OK, t + 1
                 depth -= 1
                 for r in range(registers):
                     cells[r] = saved_registers[depth * registers + r]
                 following = return_lines[depth]
             else:  # halt
+                record(logs, t, pc, cells, settings)
                 return _OK, t + 1
+        record(logs, t, pc, cells, settings)
         pc = following
     return _MAX_STEPS, max_steps
 
 
-def run_machines(fields, table, cells, pcs, settings, status, steps):
+def no_record(logs, t, pc, cells, settings):
+    """The plain loop records nothing (a traced run takes the batched loop where numba is missing)."""
+
+
+def array_record(logs, t, pc, cells, settings):
+    """Step ``t`` into ``logs`` = (lines [T], cells [T, writable], memory [T, M]) while it has room."""
+    lines, registers, memory = logs
+    if t < lines.shape[0]:
+        lines[t] = pc
+        for r in range(settings[6]):
+            registers[t, r] = cells[r]
+        base = settings[4]
+        for m in range(settings[7]):
+            memory[t, m] = cells[base + m]
+
+
+def run_machines(fields, table, cells, pcs, settings, logs, status, steps):
     """``run_machine`` for every row of ``cells`` [B, cells] from its line ``pcs[b]``, writing ``status`` and
     ``steps`` [B]."""
     for b in range(cells.shape[0]):
-        status[b], steps[b] = run_machine(fields, table, cells[b], pcs[b], settings)
+        status[b], steps[b] = run_machine(fields, table, cells[b], pcs[b], settings, logs)
 
 
 def list_scratch(size):
@@ -156,23 +181,25 @@ class Compiled:
 
         jit = numba.njit(cache=True, nogil=True)
         self.computed = jit(computed)
-        self.run_machine = jit(bound(run_machine, primitive=self.computed, scratch=jit(array_scratch)))
+        self.run_machine = jit(bound(run_machine, primitive=self.computed, scratch=jit(array_scratch),
+                                     record=jit(array_record)))
         self.run_serial = jit(bound(run_machines, run_machine=self.run_machine))
         self.threads = min(os.cpu_count() or 1, 8)
         self._pool = None
 
-    def run_machines(self, fields, table, cells, pcs, settings, status, steps) -> None:
-        """``run_machines``, in ``threads`` slices of the batch at once where the batch is large."""
+    def run_machines(self, fields, table, cells, pcs, settings, logs, status, steps) -> None:
+        """``run_machines`` (``logs``: of capacity 0), in ``threads`` slices of the batch at once where the batch is
+        large."""
         B = cells.shape[0]
         if B < self.PARALLEL_MIN_BATCH or self.threads == 1:
-            self.run_serial(fields, table, cells, pcs, settings, status, steps)
+            self.run_serial(fields, table, cells, pcs, settings, logs, status, steps)
             return
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nclama-machine")
         bounds = np.linspace(0, B, self.threads + 1).astype(np.int64)
-        jobs = [self._pool.submit(self.run_serial, fields, table, cells[a:b], pcs[a:b], settings, status[a:b],
+        jobs = [self._pool.submit(self.run_serial, fields, table, cells[a:b], pcs[a:b], settings, logs, status[a:b],
                                   steps[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         for job in jobs:
             job.result()
@@ -192,5 +219,6 @@ def compiled() -> Optional[Compiled]:
 
 
 primitive = looked_up  # the plain loop's; the compiled one binds computed
+record = no_record  # the plain loop's; the compiled one binds array_record
 scratch = list_scratch  # the plain loop's; the compiled one binds array_scratch
 _COMPILED = None  # not compiled yet (False: numba is missing)
