@@ -138,7 +138,7 @@ def run_machine(fields, table, cells, pc, settings, logs):
 
 
 def no_record(logs, t, pc, cells, settings):
-    """The plain loop records nothing (a traced run takes the batched loop where numba is missing)."""
+    """An untraced run records nothing (a traced run takes the batched loop where numba is missing)."""
 
 
 def array_record(logs, t, pc, cells, settings):
@@ -181,8 +181,9 @@ class Compiled:
 
         jit = numba.njit(cache=True, nogil=True)
         self.computed = jit(computed)
-        self.run_machine = jit(bound(run_machine, primitive=self.computed, scratch=jit(array_scratch),
-                                     record=jit(array_record)))
+        machine = dict(primitive=self.computed, scratch=jit(array_scratch))
+        self.run_machine = jit(bound(run_machine, record=jit(no_record), **machine))  # (an empty call compiles away)
+        self.trace_machine = jit(bound(run_machine, record=jit(array_record), **machine))
         self.run_serial = jit(bound(run_machines, run_machine=self.run_machine))
         self.threads = min(os.cpu_count() or 1, 8)
         self._pool = None
@@ -219,6 +220,6 @@ def compiled() -> Optional[Compiled]:
 
 
 primitive = looked_up  # the plain loop's; the compiled one binds computed
-record = no_record  # the plain loop's; the compiled one binds array_record
+record = no_record  # the plain loop's; the compiled trace_machine binds array_record
 scratch = list_scratch  # the plain loop's; the compiled one binds array_scratch
 _COMPILED = None  # not compiled yet (False: numba is missing)

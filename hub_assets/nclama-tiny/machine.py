@@ -259,7 +259,7 @@ class Machine:
                 steps = outcome[1]
                 logs = (np.zeros(steps, np.int64), np.zeros((steps, self.writable), np.int32), np.zeros((steps, M), np.int32))
                 cells[0] = start
-                outcome = loop.run_machine(fields, table, cells[0], pc, settings, logs)
+                outcome = loop.trace_machine(fields, table, cells[0], pc, settings, logs)
             outcome = torch.from_numpy(np.array(outcome))
             status, steps = outcome[:1], outcome[1:]
         else:
