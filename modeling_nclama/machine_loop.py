@@ -176,15 +176,20 @@ class Compiled:
     PARALLEL_MIN_BATCH = 64  # below this a thread pool's start costs more than it saves
 
     def __init__(self, numba):
-        def bound(function, **names):  # the function with some of its globals bound to compiled ones
-            return type(function)(function.__code__, dict(function.__globals__, **names), function.__name__)
+        def bound(function, name, **names):
+            """``function`` with some of its globals bound to compiled ones, under its own name: numba's cache
+            files are named by a function's qualified name, so two variants of one function must not share it."""
+            variant = type(function)(function.__code__, dict(function.__globals__, **names), name)
+            variant.__qualname__ = name
+            return variant
 
         jit = numba.njit(cache=True, nogil=True)
         self.computed = jit(computed)
         machine = dict(primitive=self.computed, scratch=jit(array_scratch))
-        self.run_machine = jit(bound(run_machine, record=jit(no_record), **machine))  # (an empty call compiles away)
-        self.trace_machine = jit(bound(run_machine, record=jit(array_record), **machine))
-        self.run_serial = jit(bound(run_machines, run_machine=self.run_machine))
+        # two variants: recording nothing (the empty call compiles away) and recording every step
+        self.run_machine = jit(bound(run_machine, "run_machine_untraced", record=jit(no_record), **machine))
+        self.trace_machine = jit(bound(run_machine, "run_machine_traced", record=jit(array_record), **machine))
+        self.run_serial = jit(bound(run_machines, "run_machines_untraced", run_machine=self.run_machine))
         self.threads = min(os.cpu_count() or 1, 8)
         self._pool = None
 

@@ -166,3 +166,21 @@ def test_the_machine_bench_checks_every_path_against_python():
     assert {r["default_path"] for r in report["batch"]} == {"compiled"}
     table = format_machine_tables(report)
     assert "| insertion_sort, 64 items |" in table and "compiled / Python" in table
+
+
+def test_each_compiled_variant_is_cached_as_itself(tmp_path):
+    """numba's cache names files after a function: the traced and untraced variants of the loop must not load each
+    other's code in a later process (a trace would then record nothing)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from modeling_nclama import standard_library\n"
+              "lib = standard_library(64)\n"
+              "value, trace = lib.run('insertion_sort', [3, 1, 2], trace=True)\n"
+              "print(value, trace.steps[0].program, trace.steps[-1].instruction, len(trace.steps))\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    outs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300).stdout
+            for _ in range(2)]  # the first compiles and writes the cache, the second loads it
+    assert outs[0] == outs[1] and outs[0].startswith("[1, 2, 3] insertion_sort ret")
+    assert any(tmp_path.rglob("*run_machine_traced*")) and any(tmp_path.rglob("*run_machine_untraced*"))

@@ -306,6 +306,12 @@ def test_generate_with_trace_explains_every_token(model, tok):
         assert all(c["result_tokens"][offset] == row["token"] for c in right)
         assert sum(c["probability"] for c in right) > 0.49  # (the untrained pointers are nearly uniform)
         assert "long_add" in row["machine_trace"] and "ret" in row["machine_trace"]
+        # each side alone: the library proposes the token written; the (untrained) LM would say something else
+        assert row["library_token"] == row["token"] and row["library_probability"] > 0.49
+        assert 0 < row["lm_probability_of_token"] <= row["lm_probability"] <= 1
+    with torch.no_grad():  # the LM's own choice is its logits' argmax at the position before the token
+        logits = model.lm_head(model.model(input_ids=sequence).last_hidden_state)[0]
+    assert [row["lm_token"] for row in trace] == logits[site : site + len(trace)].argmax(-1).tolist()
 
 
 def test_the_trace_runs_no_call_again_but_the_traced_one(model, tok, monkeypatch):

@@ -36,8 +36,13 @@ def explain(model: "NCLlamaForCausalLM", sequence: torch.LongTensor, prompt_leng
     mode = model.config.nc_mode
     ids = sequence.tolist()
     record: dict = {}
-    _, interpreted = model._run_decoder(True, None, record, input_ids=sequence[None], use_cache=False)
+    outputs, interpreted = model._run_decoder(True, None, record, input_ids=sequence[None], use_cache=False)
     gate = interpreted.gate[0]
+    # what each side would say alone: the language model's distribution, and the library's proposal normalized
+    lm = torch.softmax(model.lm_head(outputs.last_hidden_state[0]).float(), -1)  # [T, vocab]
+    lm_probability, lm_token = lm.max(-1)
+    library_top, library_token = interpreted.proposal[0].max(-1)
+    library_probability = library_top / interpreted.mass[0].clamp_min(1e-30)
     rows = []
     done: dict = {}  # each distinct call runs (and is traced) once, however many tokens answer its site
 
@@ -102,6 +107,13 @@ def explain(model: "NCLlamaForCausalLM", sequence: torch.LongTensor, prompt_leng
             "site_probability": float(p_site),
             "offset": t - site,
             "calls": calls,
+            # the language model's own choice and its probability, and the probability it gave the chosen token
+            "lm_token": int(lm_token[t]),
+            "lm_probability": float(lm_probability[t]),
+            "lm_probability_of_token": float(lm[t, ids[t + 1]]),
+            # the library's choice and its probability within the proposal (None where it proposes nothing)
+            "library_token": int(library_token[t]) if float(interpreted.mass[0, t]) > 0 else None,
+            "library_probability": float(library_probability[t]) if float(interpreted.mass[0, t]) > 0 else None,
         }
         reason = no_call_reason(model.calls, ids[: site + 1], calls)
         if reason is not None:
