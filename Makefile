@@ -18,9 +18,11 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The Gradio Space (space/app.py) on the shipped model, at http://127.0.0.1:7860, analytics off.
+# The Gradio Space (space/app.py) on the shipped model, at http://127.0.0.1:$(PORT) (make demo PORT=7861 for
+# another port; it refuses to start where the port is taken), analytics off.
+PORT ?= 7860
 demo: $(VENV)/.space-installed
-	GRADIO_ANALYTICS_ENABLED=False GRADIO_SERVER_NAME=127.0.0.1 GRADIO_SERVER_PORT=7860 OMP_NUM_THREADS=1 \
+	GRADIO_ANALYTICS_ENABLED=False GRADIO_SERVER_NAME=127.0.0.1 GRADIO_SERVER_PORT=$(PORT) OMP_NUM_THREADS=1 \
 		$(PY) space/app.py
 
 $(VENV)/.space-installed: $(STAMP)

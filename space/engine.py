@@ -11,6 +11,7 @@ import ast
 import functools
 import queue
 import threading
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
@@ -134,7 +135,7 @@ class ServedModel:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def info(self) -> dict:
-        return {"model": self.source, "baseline": self.baseline_source, "chat": self.chat,
+        return {"model": shown_name(self.source), "baseline": shown_name(self.baseline_source), "chat": self.chat,
                 "mode": self.config.nc_mode, "value_size": self.config.nc_value_size}
 
     @functools.cached_property
@@ -223,6 +224,8 @@ class ServedModel:
         for row, token in zip(rows, out["tokens"]):
             row.pop("machine_trace", None)
             row["text"] = token["text"]
+            row["lm_text"] = self.tokenizer.decode([row["lm_token"]])
+            row["library_text"] = None if row["library_token"] is None else self.tokenizer.decode([row["library_token"]])
             for call in row["calls"]:
                 params = [name for name, _ in library[call["program"]].params]
                 for param, operand in zip(params, call["operands"]):
@@ -301,7 +304,7 @@ def _run(library, name: str, args: list, mode: Any, max_steps: Any) -> dict:
     if mode not in MODES:
         raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
     cap = LIMITS.hard_steps if mode == "hard" else LIMITS.soft_steps
-    max_steps = check_int("max_steps", max_steps, 1, cap, f" in {mode} mode")
+    max_steps = cap if max_steps is None else check_int("max_steps", max_steps, 1, cap, f" in {mode} mode")
     try:
         result, trace = library.run(name, *args, mode=mode, trace=True, max_steps=max_steps)
     except TypeError as error:  # wrong number or kind of arguments
@@ -310,6 +313,12 @@ def _run(library, name: str, args: list, mode: Any, max_steps: Any) -> dict:
         raise ValueError(f"the machine stopped: {error}") from None
     return {"program": name, "arguments": args, "mode": mode, "result": result, "steps": len(trace.steps),
             "machine": trace_json(trace, name, args, result)}
+
+
+def shown_name(source: str) -> str:
+    """What the page calls a model: a Hub repo id as it is, a local folder by its name (never the machine's path)."""
+    path = Path(source)
+    return path.name if path.is_absolute() or path.exists() else source
 
 
 JSON_INT = 2**53 - 1  # the largest int a browser reads exactly from JSON (and orjson writes at most 64 bits)

@@ -24,6 +24,9 @@ BUILD_SMOLLM2 = ["nclama base smollm2-135m-instruct -o out/smollm2",
                  "nclama export hub_assets/nclama-smollm2-135m --base out/smollm2 -o out/nclama-smollm2-135m-hub"]
 
 
+LOGS: dict[str, Path] = {}  # each served Space's log, by its address
+
+
 def serve_space(folder: Path, **settings: str) -> tuple[subprocess.Popen, str]:
     """The Space served from the checkout as `make demo` does, with only ``settings`` among the NCLAMA_ variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NCLAMA_")}
@@ -36,6 +39,7 @@ def space(tmp_path_factory):
     one that does not exist, so that it is the model not built here whatever this checkout holds."""
     folder = tmp_path_factory.mktemp("space")
     process, url = serve_space(folder, NCLAMA_SMOLLM2_MODEL=str(folder / "not-built"))
+    LOGS[url] = folder / "space.log"
     yield url
     stop(process)
 
@@ -175,6 +179,22 @@ def test_run_program_in_both_modes_with_a_trace(client, mode):
     assert run["result"] == [1, 3, 5, 9]
 
 
+def test_max_steps_left_out_is_the_cap_of_the_mode(client):
+    """Defaults that work in every mode: without max_steps a soft run gets the soft cap, a hard one the hard cap."""
+    for mode in ("hard", "soft"):
+        text, run = client.predict("gcd", "84, 36", mode, api_name="/run_program")
+        assert run["result"] == 12 and run["machine"]["mode"] == mode
+        _, run = client.predict("def sq(n):\n    return n * n\n", "sq(12)", mode, api_name="/compile")
+        assert run["result"] == 144
+
+
+def test_the_api_names_its_outputs(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    labels = {name: [r["label"] for r in endpoints[name]["returns"]] for name in ("/generate", "/run_program", "/compile")}
+    assert labels == {"/generate": ["NCLlama", "trace"], "/run_program": ["Result", "run"],
+                      "/compile": ["Result", "run"]}
+
+
 def test_compile_runs_a_pasted_function(client):
     source = "def triangle(n):\n    total = 0\n    for i in range(n + 1):\n        total += i\n    return total\n"
     text, run = client.predict(source, "triangle(10)", "hard", 1000, api_name="/compile")
@@ -202,26 +222,26 @@ SPIN = "def spin(n):\n    while n < 255:\n        n = n + 0\n    return n\n"
     ("/generate", ("", 24), "the prompt is empty"),
     ("/generate", ("   ", 24), "the prompt is empty"),
     ("/generate", ("1" * 601, 24), "at most 600 are allowed"),
-    ("/generate", ("9," * 150, 24), "tokens long; at most 160 are allowed"),
+    ("/generate", ("9," * 290, 24), "tokens long; at most 320 are allowed"),
     ("/generate", ("81273+4406=\u00e9", 24), "unsupported character 'é' (U+00E9) at position 12"),
     ("/generate", ("81273\x00+4406=", 24), "unsupported character"),
-    ("/generate", ("81273+4406=", 0), "less than minimum value 1"),
-    ("/generate", ("81273+4406=", 257), "greater than maximum value 256"),
+    ("/generate", ("81273+4406=", 0), "max_new_tokens must be a whole number from 1 to 256, got 0"),
+    ("/generate", ("81273+4406=", 257), "max_new_tokens must be a whole number from 1 to 256"),
     ("/generate", ("81273+4406=", 2.5), "max_new_tokens must be a whole number from 1 to 256"),
     ("/generate", ("81273+4406=", 24, "nclama-tiny", True), "nclama-tiny has no chat template: ask without it"),
-    ("/generate", ("81273+4406=", 24, "llama-7b"), "not in the list of choices"),
+    ("/generate", ("81273+4406=", 24, "llama-7b"), "no model 'llama-7b' here; the models offered are: nclama-tiny"),
     ("/compare", ("", 24), "the prompt is empty"),
     ("/compare", ("81273+4406=", 24, "nclama-tiny", True), "nclama-tiny has no chat template"),
-    ("/program", ("no_such_program",), "not in the list of choices"),
+    ("/program", ("no_such_program",), "no program 'no_such_program' in the library; it has: gcd"),
     ("/run_program", ("gcd", "84", "hard", 100), "gcd takes 2 arguments"),
     ("/run_program", ("gcd", "84, x", "hard", 100), "unsupported argument 'x'"),
     ("/run_program", ("gcd", "84, (", "hard", 100), "cannot read the arguments"),
     ("/run_program", ("gcd", "84, 5000", "hard", 100), "outside [0, 1024)"),
     ("/run_program", ("gcd", "", "hard", 100), "no arguments"),
     ("/run_program", ("gcd", "84, 36", "hard", 3), "gcd did not halt within 3 steps"),
-    ("/run_program", ("gcd", "84, 36", "hard", 20001), "greater than maximum value 20000"),
+    ("/run_program", ("gcd", "84, 36", "hard", 20001), "max_steps must be a whole number from 1 to 20000 in hard mode"),
     ("/run_program", ("gcd", "84, 36", "soft", 101), "max_steps must be a whole number from 1 to 100 in soft mode"),
-    ("/run_program", ("gcd", "84, 36", "fast", 100), "not in the list of choices"),
+    ("/run_program", ("gcd", "84, 36", "fast", 100), "mode must be 'hard' or 'soft', got 'fast'"),
     ("/compile", ("def f(n):\n    return n.real\n", "f(1)", "hard", 100), "line 2, column 12: unsupported syntax"),
     ("/compile", ("def f(n:\n    return n\n", "f(1)", "hard", 100), "line 1"),
     ("/compile", ("", "f(1)", "hard", 100), "the source is empty"),
@@ -244,6 +264,38 @@ def test_a_model_not_built_is_refused_with_the_commands_that_build_it(client, sp
     message = refused(client, "What is 81273 plus 4406?", 24, SMOLLM2, True, api_name=api_name)
     assert message.startswith(f"{SMOLLM2} is not built here") and "not-built` holds no config.json" in message
     assert all(command in message for command in BUILD_SMOLLM2)
+
+
+def test_a_refusal_is_one_line_of_the_log(space, client):
+    for args, api_name in ((("", 24), "/generate"), (("gcd", "84", "hard"), "/run_program")):
+        refused(client, *args, api_name=api_name)
+    log = LOGS[space].read_text()
+    assert "refused: the prompt is empty" in log and "refused: gcd takes 2 arguments" in log
+    assert "Traceback" not in log
+
+
+def test_the_space_refuses_to_start_on_a_port_in_use(monkeypatch):
+    import socket
+
+    from space_server import space_module
+
+    monkeypatch.syspath_prepend(str(ROOT / "space"))  # app.py imports its neighbours
+    app = space_module("app")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.1")
+        monkeypatch.setenv("GRADIO_SERVER_PORT", str(taken.getsockname()[1]))
+        with pytest.raises(SystemExit, match=r"port \d+ on 127.0.0.1 is in use: .*\(make demo PORT=7861"):
+            app.check_port()
+
+
+def test_the_page_names_models_not_paths(monkeypatch):
+    from space_server import space_module
+
+    monkeypatch.syspath_prepend(str(ROOT / "space"))
+    engine = space_module("engine")
+    assert engine.shown_name(str(ROOT / "hub_assets" / "nclama-tiny")) == "nclama-tiny"
+    assert engine.shown_name("nclama/nclama-tiny") == "nclama/nclama-tiny"
 
 
 def test_the_space_still_serves_after_bad_input(client):
@@ -304,8 +356,13 @@ def test_a_browser_asks_and_sees_the_answer_and_its_trace(space, browser):
         # the trace of the first answer token: the gate, the call, the operands highlighted, the machine
         page.wait_for_selector("#heatmap img", timeout=60_000)
         summary = page.locator("#token-summary").inner_text()
-        weight = re.search(r"library's weight in this token ([0-9.]+) \(mostly the library\)", summary)
+        weight = re.search(r"came from the library \(its weight in this token ([0-9.]+)", summary)
         assert "Token 1 of" in summary and weight and float(weight.group(1)) > 0.9 and "long_add(" in summary
+        # how sure each side was: the language model's own choice, the library's, the call's probability
+        assert re.search(r"The language model alone would write '.*' \(probability [0-9.]+\)", summary)
+        assert re.search(r"The library proposes '856' \(probability [0-9.]+", summary)
+        assert re.search(r"with probability 0\.9\d+", summary)
+        assert "1: '856' · library" in page.locator("#tokens").inner_text()  # who wrote each token
         highlighted = page.locator("#operands .token.highlighted .text").all_inner_texts()
         assert {"812", "73", "440", "6", "=", "856"} <= set(highlighted) and "+" not in highlighted
         legend = page.locator("#operands .legend-item").all_inner_texts()
@@ -319,15 +376,26 @@ def test_a_browser_asks_and_sees_the_answer_and_its_trace(space, browser):
         # another token of the answer
         page.locator("#tokens label").nth(1).click()
         page.wait_for_function("document.querySelector('#token-summary').innerText.includes('Token 2 of')")
-        assert "token 2 of that call's result" in page.locator("#token-summary").inner_text()
+        assert "token 2 of its result" in page.locator("#token-summary").inner_text()
         page.wait_for_function("document.querySelectorAll('.pending').length === 0")  # every output drawn
         page.screenshot(path=str(ARTIFACTS / "space_generate.png"), full_page=True)
-        # bad input: a clear message, and the page keeps working
+        # bad input: a clear message where the input is, and the previous answer's panels are cleared
         page.locator("#prompt textarea").fill("")
         page.locator("#generate").click()
         toast = page.locator("[data-testid=toast-body]").filter(has_text="the prompt is empty")
         toast.wait_for(timeout=60_000)
+        page.wait_for_function("document.querySelector('#generate-error') && "
+                               "document.querySelector('#generate-error').innerText.includes('the prompt is empty')")
+        assert page.locator("#token-summary").inner_text().strip() == ""
+        assert page.locator("#answer textarea").input_value() == "" and not page.locator("#heatmap img").count()
         page.screenshot(path=str(ARTIFACTS / "space_error.png"))
+        # a prompt the library does not answer: the first token is the language model's, and the page says so
+        page.locator("#prompt textarea").fill("The capital of France is")
+        page.locator("#generate").click()
+        page.wait_for_function("document.querySelector('#token-summary').innerText.includes('Token 1 of')",
+                               timeout=120_000)
+        assert "came from the language model alone" in page.locator("#token-summary").inner_text()
+        assert not page.locator("#generate-error").is_visible()
         # the model not built: its commands instead of a Generate button, and no chat option
         page.locator("#model label").filter(has_text=SMOLLM2).click()
         page.wait_for_function("document.querySelector('#model-note').innerText.includes('is not built here')")
@@ -339,6 +407,63 @@ def test_a_browser_asks_and_sees_the_answer_and_its_trace(space, browser):
     finally:
         page.close()
     assert (ARTIFACTS / "space_generate.png").stat().st_size > 10_000
+
+
+@pytest.mark.timeout(420)
+def test_a_browser_runs_programs_in_both_modes_and_sees_errors_where_it_typed(space, browser):
+    """Library and Compile tabs: a soft run shows its probabilities; a refused run clears the stale panels and
+    says why beside the input (a compile error with its line marked); a narrow window keeps the tables' columns."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    try:
+        page.goto(space)
+        page.get_by_role("tab", name="Library").click()
+        page.locator("#arguments textarea").fill("84, 36")
+        page.locator("#run-program").click()
+        page.wait_for_function("document.querySelector('#program-result textarea').value.includes('= 12')",
+                               timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.pending').length === 0")
+        page.screenshot(path=str(ARTIFACTS / "space_library_hard.png"), full_page=True)
+        page.get_by_label("soft").first.check()
+        page.locator("#run-program").click()
+        page.wait_for_function("document.body.innerText.includes('line probability')", timeout=150_000)
+        assert "soft mode" in page.locator("#program-result textarea").input_value()
+        page.screenshot(path=str(ARTIFACTS / "space_library_soft.png"), full_page=True)
+        page.locator("#arguments textarea").fill("84")  # gcd takes two
+        page.locator("#run-program").click()
+        page.wait_for_function("document.querySelector('#program-error') && "
+                               "document.querySelector('#program-error').innerText.includes('Refused')", timeout=60_000)
+        assert page.locator("#program-result textarea").input_value() == ""
+        assert "line probability" not in page.locator("body").inner_text()  # the stale run is gone
+        page.screenshot(path=str(ARTIFACTS / "space_library_error.png"), full_page=True)
+
+        page.get_by_role("tab", name="Compile").click()
+        page.locator("#compile").click()
+        page.wait_for_function("document.querySelector('#compile-result textarea').value.includes('= 55')",
+                               timeout=60_000)
+        page.locator("#source .cm-content").fill("def f(n):\n    x = 1\n    return n.real\n")
+        page.locator("#call textarea").fill("f(1)")
+        page.locator("#compile").click()
+        page.wait_for_function("document.querySelector('#compile-error') && "
+                               "document.querySelector('#compile-error').innerText.includes('line 3')", timeout=60_000)
+        error = page.locator("#compile-error").inner_text()
+        assert ">>   3 | " in error and "return n.real" in error  # the line, marked
+        assert page.locator("#compile-result textarea").input_value() == ""
+        page.screenshot(path=str(ARTIFACTS / "space_compile_error.png"), full_page=True)
+
+        page.set_viewport_size({"width": 800, "height": 1800})
+        page.get_by_role("tab", name="Library").click()
+        page.get_by_label("hard").first.check()
+        page.locator("#arguments textarea").fill("84, 36")
+        page.locator("#run-program").click()
+        page.wait_for_function("document.querySelector('#program-result textarea').value.includes('= 12')",
+                               timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.pending').length === 0")
+        headers = page.locator("table:visible thead").first.inner_text()
+        assert all(column in headers for column in ("step", "program", "instruction", "after the step"))
+        page.screenshot(path=str(ARTIFACTS / "space_narrow.png"), full_page=True)
+    finally:
+        page.close()
 
 
 @pytest.mark.parametrize("readme, after", [(ROOT / "README.md", "## The Space"),
@@ -429,7 +554,7 @@ def test_a_worker_loads_a_model_the_first_time_a_request_names_it(chat_models, m
     })
     served = engine.models[SMOLLM2]
     models = engine.info()["models"]
-    assert models[SMOLLM2]["chat"] and not models["nclama-tiny"]["chat"] and models[SMOLLM2]["model"] == str(model)
+    assert models[SMOLLM2]["chat"] and not models["nclama-tiny"]["chat"] and models[SMOLLM2]["model"] == model.name
     assert not {"model", "library_off", "baseline"} & set(vars(served))  # its tokenizer and configuration only
     *_, trace = engine.generate("81273+4406=", 24, SMOLLM2, True)
     assert trace["answer"] == "85679" and "model" in vars(served)
