@@ -38,6 +38,11 @@ def test_library_settings_round_trip(tmp_path):
     again = NCLlamaConfig.from_pretrained(tmp_path)
     assert (again.nc_programs, again.nc_reader_tokens, again.nc_library_fingerprint) == (
         ["gcd", "long_add"], {"17": "42"}, "ab" * 32)
+    # the reader's table is saved beside config.json, not in it, and read back from there (or from the file's path)
+    assert "nc_reader_tokens" not in json.loads((tmp_path / "config.json").read_text())
+    assert json.loads((tmp_path / "reader_tokens.json").read_text()) == {"17": "42"}
+    assert NCLlamaConfig.from_pretrained(tmp_path / "config.json").nc_reader_tokens == {"17": "42"}
+    assert "nc_reader_tokens" not in config.to_dict() and config.nc_reader_tokens == {"17": "42"}
 
 
 @pytest.mark.parametrize(

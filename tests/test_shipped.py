@@ -27,6 +27,21 @@ def test_the_two_folders_are_small_and_complete():
     assert {"library.json", "library.safetensors", "modeling_nclama.py"} <= {p.name for p in NCLAMA.iterdir()}
 
 
+@pytest.mark.parametrize("folder", [NCLAMA, ASSETS / "nclama-smollm2-135m"])
+def test_the_reader_table_is_the_tokenizers_and_not_in_config_json(folder):
+    """The reader's token table is what tokenization.reader_tokens derives from the folder's own tokenizer (and the
+    words its results are written as), saved beside config.json; config.json lists no tokens."""
+    from modeling_nclama.toolchain.tokenization import reader_tokens
+    from modeling_nclama.toolchain.training import _result_words
+
+    config = json.loads((folder / "config.json").read_text())
+    assert "nc_reader_tokens" not in config
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    nc = {k: v for k, v in config.items() if k.startswith("nc_")}
+    derived = reader_tokens(tokenizer, words=_result_words(nc, tokenizer))
+    assert json.loads((folder / "reader_tokens.json").read_text()) == derived
+
+
 def test_the_shipped_runtime_is_this_runtime():
     """The folder carries copies of the runtime files (a Hub repo needs them): a runtime change must be re-exported."""
     runtime = Path(__file__).resolve().parents[1] / "modeling_nclama"

@@ -5,10 +5,17 @@ are recorded here so that a model refuses a library that does not match it (``nc
 """
 from __future__ import annotations
 
+import json
+import os
+
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
+from transformers.utils import cached_file
 
 NC_MODES = ("hard", "soft")
+# The reader's token table is saved beside config.json (by the model's save_pretrained), not in it: it is built from
+# the tokenizer (``tokenization.reader_tokens``) and runs to a thousand entries.
+READER_TOKENS = "reader_tokens.json"
 # The names of the heads' variants (``heads.CALL_READERS``, ``OPERAND_READERS``, ``SITE_READERS``, ``GATE_PLACES``,
 # whose keys these are: the configuration validates a name without building the modules).
 NC_OPERAND_READERS = ("pointer", "context")
@@ -83,7 +90,9 @@ class NCLlamaConfig(LlamaConfig):
         Width of the pointer attention's queries and keys.
     nc_reader_tokens (`dict[str, str]`):
         Token id (as a string, JSON keys are strings) -> its text, for digit tokens (1-3 digits, LLaMA 3 style) and
-        list punctuation: the operand reader's table (``reader.py``), built by ``tokenization.reader_tokens``.
+        list punctuation: the operand reader's table (``reader.py``), built from the tokenizer by
+        ``tokenization.reader_tokens``. Not written to config.json: the model's ``save_pretrained`` writes it to
+        ``reader_tokens.json`` beside it and ``from_pretrained`` reads it back.
     nc_result_words (`dict[str, list[str]]`, optional):
         Programs whose int result is written as a word: program -> the word (one token's text, in
         `nc_reader_tokens`) of each result value; `{"long_cmp": [" yes", " no", " no"]}` answers "Is a less than
@@ -182,6 +191,37 @@ class NCLlamaConfig(LlamaConfig):
                 "AutoModelForCausalLM": "modeling_nclama.NCLlamaForCausalLM",
             }
         super().__post_init__(**kwargs)
+
+    def to_dict(self) -> dict:
+        """The configuration as config.json holds it: without the reader's token table (``READER_TOKENS`` does)."""
+        out = super().to_dict()
+        out.pop("nc_reader_tokens", None)
+        return out
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """config.json, and the reader's token table beside it in ``READER_TOKENS``."""
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if self.nc_reader_tokens:
+            with open(os.path.join(save_directory, READER_TOKENS), "w", encoding="utf-8") as f:
+                json.dump(self.nc_reader_tokens, f, indent=0, ensure_ascii=False)
+                f.write("\n")
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """config.json, with the reader's token table read from ``READER_TOKENS`` beside it (a local folder, the Hub
+        cache or the Hub), where there is one."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        where = os.fspath(pretrained_model_name_or_path)
+        if os.path.isfile(where):  # the path of a config file itself
+            where = os.path.dirname(where) or "."
+        if "nc_reader_tokens" not in config_dict:
+            options = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            path = cached_file(where, READER_TOKENS, _raise_exceptions_for_missing_entries=False,
+                               **{k: kwargs[k] for k in options if k in kwargs})
+            if path is not None:
+                with open(path, encoding="utf-8") as f:
+                    config_dict["nc_reader_tokens"] = json.load(f)
+        return config_dict, kwargs
 
     def validate_architecture(self):
         """Part of `@strict` validation: every NCLlama setting must make sense on its own and with the LLaMA ones."""
