@@ -75,7 +75,7 @@ def test_the_additions_folder_holds_only_what_nclama_adds(exports, trained, smol
     names = {p.name for p in additions.iterdir()}
     assert names == {"config.json", "generation_config.json", "library.json", "library.safetensors", "tokenizer.json",
                      "tokenizer_config.json", "chat_template.jinja", "eval_results.json", "README.md",
-                     "nclama_additions.json", "nclama_additions.safetensors"}
+                     "reader_tokens.json", "nclama_additions.json", "nclama_additions.safetensors"}
     assert sum(p.stat().st_size for p in additions.iterdir()) < 12e6  # the full folder: 540 MB
     stored = load_file(additions / "nclama_additions.safetensors")
     weights = load_file(trained / "model.safetensors")

@@ -310,21 +310,6 @@ def test_training_arguments_defaults():
         training_arguments({"lr_scheduler_type": "sometimes"}, "unused", "llama")
 
 
-def test_readme_trainer_example_runs(baseline, tmp_path, monkeypatch):
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Fine-tuning"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert "Trainer(" in block and "max_steps=" in block
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "llama-tiny-baseline").symlink_to(baseline)
-    block = re.sub(r"max_steps=\d+", "max_steps=2", block)  # a few steps are enough here
-    block = block.replace("disable_tqdm=False", "disable_tqdm=True")
-    exec(compile(block, "README.md", "exec"), {})
-    files = {p.name for p in (tmp_path / "out" / "nclama-ft").iterdir()}
-    assert {"library.json", "library.safetensors", "model.safetensors", "tokenizer.json"} <= files
-
-
 def test_the_token_tables_get_their_own_learning_rate(make_llama, user_lib):
     from transformers import TrainingArguments
 
