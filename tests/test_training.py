@@ -2,7 +2,6 @@
 data parallel on CPU, the README's Trainer example. Everything tiny: a 2-layer, 64-wide LLaMA, a few steps."""
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
