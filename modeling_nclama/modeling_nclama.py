@@ -60,6 +60,9 @@ class InterpreterState:
     site_history: tuple  # chunks [B, n, t] of the site each position answers, over the sites before it
     keyword_history: torch.Tensor  # [B, T, P] the keyword call reader's evidence at each position ([B, T, 0] without it)
     gates: torch.Tensor  # [B, T] each position's own gate (read by later positions that answer it, nc_gate_at="site")
+    # [B, T, K] whether each site's calls' results agree with the text after it through the last position, so that
+    # the next position extends it by one comparison per site (None after a crop: recomputed from the text)
+    agreeing: Optional[torch.Tensor] = None
 
     @property
     def length(self) -> int:
@@ -79,14 +82,15 @@ class InterpreterState:
     def _fields(self) -> tuple:
         return self.ids, self.operand_keys, self.tokens, self.probs, self.keyword_history, self.gates
 
-    def _build(self, fields, site_history) -> "InterpreterState":
+    def _build(self, fields, site_history, agreeing: Optional[torch.Tensor]) -> "InterpreterState":
         ids, operand_keys, tokens, probs, keyword_history, gates = fields
-        return InterpreterState(ids, operand_keys, tokens, probs, tuple(site_history), keyword_history, gates)
+        return InterpreterState(ids, operand_keys, tokens, probs, tuple(site_history), keyword_history, gates, agreeing)
 
     def select(self, index: torch.Tensor) -> "InterpreterState":
         """The rows ``index`` (beam search's reordering)."""
         return self._build([t.index_select(0, index) for t in self._fields()],
-                           [c.index_select(0, index) for c in self.site_history])
+                           [c.index_select(0, index) for c in self.site_history],
+                           None if self.agreeing is None else self.agreeing.index_select(0, index))
 
     def crop(self, length: int) -> "InterpreterState":
         """The state of the first ``length`` positions, as the interpreter had it after reading them."""
@@ -96,7 +100,7 @@ class InterpreterState:
                 break
             history.append(chunk[:, : length - kept])
             kept += history[-1].shape[1]
-        return self._build([t[:, :length] for t in self._fields()], history)
+        return self._build([t[:, :length] for t in self._fields()], history, None)  # (agreement through the end)
 
     def follow(self, cache_length: int, batch_size: int) -> "InterpreterState":
         """This state for a cache of ``cache_length`` positions and ``batch_size`` rows: cropped when the cache was
@@ -107,7 +111,8 @@ class InterpreterState:
         if batch_size != state.ids.shape[0] and batch_size % state.ids.shape[0] == 0:
             repeats = batch_size // state.ids.shape[0]
             state = state._build([t.repeat_interleave(repeats, 0) for t in state._fields()],
-                                 [c.repeat_interleave(repeats, 0) for c in state.site_history])
+                                 [c.repeat_interleave(repeats, 0) for c in state.site_history],
+                                 None if state.agreeing is None else state.agreeing.repeat_interleave(repeats, 0))
         if (state.length, state.ids.shape[0]) != (cache_length, batch_size):
             raise ValueError(f"the cache holds {cache_length} positions of {batch_size} rows, the interpreter's state "
                              f"{state.length} of {state.ids.shape[0]}: continue a cache with the model that filled it")
@@ -557,7 +562,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         # A call goes on answering only while the text after its site agrees with its result: a call whose first
         # tokens fall where the text says something else (inside the prompt, where nothing is scored) cannot be
         # continued into the answer, so every call pays for each token it proposes.
-        agreed = self._agreement(ids, tokens)[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)
+        agreed, agreeing = self._agreed(ids, start, tokens, sites, offsets, state)
         weight = site_probs.unsqueeze(-1) * probs[:, sites] * (at_site >= 0) * agreed * valid.unsqueeze(-1)
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
@@ -569,9 +574,33 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         history = (*state.site_history, last_sites.detach()) if state is not None else (last_sites.detach(),)
         if state is not None:
             keywords = torch.cat([state.keyword_history, keywords], 1)
-        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), history, keywords, gates.detach())
+        new_state = InterpreterState(ids, operand_keys.detach(), tokens, probs.detach(), history, keywords, gates.detach(),
+                                     agreeing)
         return Interpreted(proposal, proposed, weight.sum(-1), gate, new_state, first_tokens, first_probs, site_probs,
                            gate_logits, gate_sites)
+
+    def _agreed(self, ids: torch.Tensor, start: int, tokens: torch.Tensor, sites: torch.Tensor, offsets: torch.Tensor,
+                state: Optional[InterpreterState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, N, W, K] whether the call at the site each new position reads at each offset still agrees with the
+        text (``_agreement``), and [B, T, K] each site's agreement through the last position (the state's). With a
+        state that holds it, each new position extends it by one comparison per site of its window, instead of
+        comparing every site's whole result again."""
+        B, T, K, W = tokens.shape
+        if state is None or state.agreeing is None:
+            full = self._agreement(ids, tokens)  # [B, T, K, W]
+            through = (T - 1 - torch.arange(T)).clamp(max=W - 1)  # (sites further back are read no more)
+            agreeing = full.gather(3, through.view(1, T, 1, 1).expand(B, T, K, 1)).squeeze(3)
+            return full[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3), agreeing
+        agreeing = torch.cat([state.agreeing, state.agreeing.new_ones(B, T - start, K)], 1)
+        rows = []
+        for n, t in enumerate(range(start, T)):
+            window = torch.arange(max(0, t - W + 1), t)  # the sites whose result token t - s - 1 meets ids[t]
+            if len(window):
+                at = (t - 1 - window).view(1, -1, 1, 1).expand(B, -1, K, 1)
+                written = self._canonical(tokens[:, window].gather(3, at).squeeze(3))  # [B, S, K]
+                agreeing[:, window] &= written == self._canonical(ids[:, t]).view(B, 1, 1)
+            rows.append(agreeing[:, sites[n]])  # [B, W', K]
+        return torch.stack(rows, 1), agreeing
 
     def _agreement(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """[B, T, K, W] whether the text after each site agrees with tokens 0 .. j - 1 of each of its calls' results

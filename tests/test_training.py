@@ -2,6 +2,7 @@
 data parallel on CPU, the README's Trainer example. Everything tiny: a 2-layer, 64-wide LLaMA, a few steps."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
