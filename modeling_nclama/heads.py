@@ -138,8 +138,16 @@ class Sentences:
         return counts, template[:, full.shape[1] - ids.shape[1]:]
 
 
+class HeadReader(nn.Module):
+    """A registered head variant. One that reads hidden states only has no token tables to follow a resized
+    vocabulary; those with token tables override ``resize_token_tables``."""
+
+    def resize_token_tables(self, vocab_size: int) -> None:
+        return None
+
+
 # ---------------------------------------------------------------------------------------------- the call head
-class HiddenCallReader(nn.Module):
+class HiddenCallReader(HeadReader):
     """``"hidden"`` (the paper's): the call's logits are a linear map of the position's hidden state. Reads what the
     question means; drifts where operands are longer than in training."""
 
@@ -151,11 +159,8 @@ class HiddenCallReader(nn.Module):
         """[B, N, P] call logits of the positions of ``input_ids``, and [B, N, 0]: nothing to carry."""
         return self.scores(hidden).float(), hidden.new_zeros(*input_ids.shape, 0)
 
-    def resize_token_tables(self, vocab_size: int) -> None:
-        pass
 
-
-class KeywordCallReader(nn.Module):
+class KeywordCallReader(HeadReader):
     """``"keywords"``: a learned score per (token, program), max-pooled over the tokens of the position's sentence
     so far: the call depends on which words the prompt holds, not on how far apart they are or how many digits
     surround them, so it is the same at any operand length."""
@@ -230,7 +235,7 @@ class OperandSites:
     programs: torch.Tensor  # [G, C] each choice's program
 
 
-class PointerOperandReader(nn.Module):
+class PointerOperandReader(HeadReader):
     """``"pointer"`` (the paper's): each slot's operand is chosen by attention from the position's hidden state to
     the candidates' last tokens. Reads meaning; drifts where operands are longer than in training."""
 
@@ -252,11 +257,8 @@ class PointerOperandReader(nn.Module):
         keys = sites.keys[sites.b.unsqueeze(1), sites.where.clamp(min=0)]  # [G, O, d]
         return torch.einsum("gsd,god->gso", queries, keys).float().unsqueeze(1) / math.sqrt(self.dim)
 
-    def resize_token_tables(self, vocab_size: int) -> None:
-        pass
 
-
-class ContextOperandReader(nn.Module):
+class ContextOperandReader(HeadReader):
     """``"context"``: per program and slot, a learned score for the token before each candidate, one for the token
     after it (or for none yet) and one for its rank from the latest candidate. "Subtract B from A." gives the first
     slot of ``long_sub`` the number after " from" whatever its length: the operands' order holds far past the
@@ -300,7 +302,7 @@ class ContextOperandReader(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- the site head
-class HiddenSiteReader(nn.Module):
+class HiddenSiteReader(HeadReader):
     """``"hidden"``: whether a position continues the answer before it is a linear map of its hidden state."""
 
     def __init__(self, config: NCLlamaConfig, sentences: Sentences):
@@ -310,11 +312,8 @@ class HiddenSiteReader(nn.Module):
     def forward(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
         return self.scores(hidden).float().squeeze(-1)
 
-    def resize_token_tables(self, vocab_size: int) -> None:
-        pass
 
-
-class TokenSiteReader(nn.Module):
+class TokenSiteReader(HeadReader):
     """``"tokens"``: the position's token and the token before it alone decide (a learned score for each token as
     the current one and as the previous one; every digit token reads one shared last row): a separator after a digit
     continues a list, the space after "?" starts an answer, wherever they stand, so that answers far longer than the

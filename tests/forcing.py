@@ -1,9 +1,10 @@
 """Heads set by hand so that a test knows which call the model makes (tests stand in for training)."""
 import torch
-from torch import nn
+
+from modeling_nclama.heads import HeadReader
 
 
-class ForcedSites(nn.Module):
+class ForcedSites(HeadReader):
     """A site reader (``heads.SITE_READERS``' interface) under which every position after ``site`` answers the call
     made at ``site``: a new site at ``site`` and before it, continue after it."""
 
@@ -14,9 +15,6 @@ class ForcedSites(nn.Module):
     def forward(self, hidden, ids, start):  # on the prompt, then (with a KV cache) on one new position at a time
         positions = torch.arange(start, ids.shape[1])
         return torch.where(positions > self.site, 30.0, -30.0).expand(ids.shape[0], -1)
-
-    def resize_token_tables(self, vocab_size):
-        pass
 
 
 def force(model, program: str, site: int):
