@@ -1,9 +1,9 @@
 """The interpreter heads: what NCLlama learns beside LLaMA's weights. Each head reads the decoder's hidden state or
 a token table and scores one decision: the gate (answer from the library or not), the call (which program), the
 operands, whether a position continues the answer before it, and the lead (a result written with the space before
-it). The call, operand and site heads come in variants, each a module chosen by name from a registry
-(``CALL_READERS``, ``OPERAND_READERS``, ``SITE_READERS``; where the gate is read: ``GATE_PLACES``), as transformers
-picks an attention implementation; the configuration's defaults are the shipped model's. ``HeadsTraining`` says
+it). The call, operand, site and gate heads come in variants, each a module chosen by name from a registry
+(``CALL_READERS``, ``OPERAND_READERS``, ``SITE_READERS``, ``GATE_READERS``; where the gate is read:
+``GATE_PLACES``), as transformers picks an attention implementation; the configuration's defaults are the shipped model's. ``HeadsTraining`` says
 how they learn beside the likelihood (training only, never saved)."""
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from .modeling_nclama import Interpreted, InterpreterState
 
 CONTINUES = 1e4  # a continuation logit whose sigmoid is 1.0 in float32: the position is never a call site
+# The words gate's bias at initialization: a sentence asks nothing (sigmoid 0.018) until one of its words learns to
+# say so; at 0 the questions, 19 in 20 training examples, raised the bias itself and every unknown sentence asked.
+WORDS_GATE_PRIOR = -4.0
 
 
 @dataclass
@@ -81,6 +84,11 @@ class Sentences:
         # minus tokens ("-", " -", "[-"): a sign is the first token of the number it writes, so no answer starts at
         # one (else an answer "-76867" could be the LM's "-" followed by a call for 76867 with its operands reversed)
         self.signs = sorted(reader.signs)
+        # what writes numbers and lists (digits, signs, brackets, separators, spaces, points) and the sequence's start:
+        # in every question and every statement alike, so no word of either
+        self.number_tokens = sorted({*reader.digits, *reader.signs, *reader.openers, *reader.closers,
+                                     *reader.empty_lists, *reader.separators, *reader.spaces, *reader.points,
+                                     *([config.bos_token_id] if config.bos_token_id is not None else [])})
         # the chat template's own tokens (nc_chat_tokens): no words, sentence ends or call sites, except that a break
         # ("\n" after "<|im_start|>assistant") is where the assistant's answer is called
         chat = {int(token): role for token, role in config.nc_chat_tokens.items()}
@@ -89,7 +97,7 @@ class Sentences:
         self.chat_breaks = sorted(token for token, role in chat.items() if role == "break")
 
     def resize(self, vocab_size: int) -> None:
-        for name in ("ends", "signs", "chat_tokens", "chat_markers", "chat_breaks"):
+        for name in ("ends", "signs", "number_tokens", "chat_tokens", "chat_markers", "chat_breaks"):
             setattr(self, name, _kept(getattr(self, name), vocab_size))
 
     def template_positions(self, ids: torch.Tensor) -> torch.Tensor:
@@ -107,6 +115,12 @@ class Sentences:
         last_marker = torch.where(marker, index, -1).cummax(1).values
         last_end = torch.where((other | after_break) & ~marker, index, -1).cummax(1).values
         return last_marker > last_end
+
+    def words(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] whether each token of ``ids`` is a word: not what writes a number or a list, not the sequence's
+        start, not the chat template's."""
+        numbers = torch.isin(ids, torch.tensor(self.number_tokens, dtype=torch.long, device=ids.device))
+        return ~numbers & ~self.template_positions(ids)
 
     def silent_positions(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
         """[B, T] the positions that make no call: the chat template's markers and headers (a break, the "\n" that
@@ -136,6 +150,55 @@ class Sentences:
         if history is not None and history.shape[1]:  # numbered from the sentence of the token before ids
             counts = counts[:, history.shape[1]:] - counts[:, history.shape[1] - 1 : history.shape[1]]
         return counts, template[:, full.shape[1] - ids.shape[1]:]
+
+
+def sentence_max(scores: torch.Tensor, sentences: Sentences, ids: torch.Tensor, carried: Optional[torch.Tensor] = None,
+                 after_end: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per position of ``ids`` [B, N] and column of ``scores`` [B, N, C] (each token's own), the best score of the
+    tokens of its sentence so far [B, N, C] (``carried`` [B, C]: that of the position before ``ids``, whose sentence
+    ended if ``after_end``; ``history``: the tokens before ``ids``, from which that is read instead). A running max
+    restarted at each sentence: a later segment's scores are lifted above every earlier one's before the cumulative
+    max, which then never reaches back past its segment. The chat template's tokens are no words: they score 0 and
+    sort below every word of their sentence, so they carry the evidence of the words before them. The max's own
+    gradient would reach one token per column and position, so that a word learns only once it already wins; in
+    training the gradient is instead that of the softmax-weighted mean of the segment's scores (the value stays the
+    max): every token of the sentence learns at once, the likeliest winners most."""
+    segment, template = sentences(ids, after_end, history)
+    if carried is not None:  # the carried evidence counts as a token of the segment before the first one here
+        scores = torch.cat([carried.unsqueeze(1).float(), scores], 1)
+        segment = torch.cat([segment.new_zeros(ids.shape[0], 1), segment], 1)
+        template = torch.cat([template.new_zeros(ids.shape[0], 1), template], 1)
+    templated = bool(template.any())
+    if templated:
+        scores = scores.masked_fill(template.unsqueeze(-1), 0.0)
+    bound = scores.detach().abs().amax()
+    lift = (bound * 2 + 1) * segment.unsqueeze(-1)
+    keys = scores.detach() + lift
+    if templated:  # below every word of the segment, above every earlier segment
+        keys = torch.where(template.unsqueeze(-1), lift - bound - 0.5, keys)
+    where = torch.cummax(keys, dim=1).indices
+    best = scores.gather(1, where)
+    if torch.is_grad_enabled() and scores.requires_grad:
+        N = scores.shape[1]
+        same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & torch.ones(N, N, dtype=torch.bool).tril()  # [B, t, j]
+        if templated:  # the words only; a position with none before it in its sentence weighs itself (score 0)
+            same = same & ~template.unsqueeze(1)
+            same = same | (~same.any(2, keepdim=True) & torch.eye(N, dtype=torch.bool))
+        weights = torch.softmax(scores.unsqueeze(1).masked_fill(~same.unsqueeze(-1), float("-inf")), dim=2)
+        mean = (weights * scores.unsqueeze(1)).sum(2)  # [B, N, C]
+        best = best.detach() + (mean - mean.detach())
+    return best[:, 1:] if carried is not None else best
+
+
+def sentence_cumsum(values: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """[B, N, C] the sum of ``values`` [B, N, C] over each position's sentence so far (``segment`` [B, N]: the index
+    of the sentence each position is in, as ``Sentences`` numbers them)."""
+    totals = values.cumsum(1)
+    starts = torch.ones_like(segment, dtype=torch.bool)
+    starts[:, 1:] = segment[:, 1:] != segment[:, :-1]
+    index = torch.arange(segment.shape[1], device=segment.device).expand_as(segment)
+    first = torch.where(starts, index, 0).cummax(1).values  # the first position of each one's sentence here
+    return totals - (totals - values).gather(1, first.unsqueeze(-1).expand_as(values))
 
 
 class HeadReader(nn.Module):
@@ -180,43 +243,39 @@ class KeywordCallReader(HeadReader):
     def evidence(self, ids: torch.Tensor, carried: Optional[torch.Tensor] = None,
                  after_end: Optional[torch.Tensor] = None, history: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per position of ``ids`` [B, N] and program, the best score of the tokens of its sentence so far [B, N, P]
-        (``carried`` [B, P]: that of the position before ``ids``, whose sentence ended if ``after_end``;
-        ``history``: the tokens before ``ids``, from which that is read instead). A running max restarted at each
-        sentence: a later segment's scores are lifted above every earlier one's before the cumulative max, which
-        then never reaches back past its segment. The chat template's tokens are no words: they score 0 and sort
-        below every word of their sentence, so they carry the evidence of the words before them. The max's own
-        gradient would reach one token per program and position, so that a keyword learns only once it already
-        wins; in training the gradient is instead that of the softmax-weighted mean of the segment's scores (the
-        value stays the max): every token of the prompt learns at once, the likeliest winners most."""
-        scores = self.keywords(ids).float()
-        segment, template = self.sentences(ids, after_end, history)
-        if carried is not None:  # the carried evidence counts as a token of the segment before the first one here
-            scores = torch.cat([carried.unsqueeze(1).float(), scores], 1)
-            segment = torch.cat([segment.new_zeros(ids.shape[0], 1), segment], 1)
-            template = torch.cat([template.new_zeros(ids.shape[0], 1), template], 1)
-        templated = bool(template.any())
-        if templated:
-            scores = scores.masked_fill(template.unsqueeze(-1), 0.0)
-        bound = scores.detach().abs().amax()
-        lift = (bound * 2 + 1) * segment.unsqueeze(-1)
-        keys = scores.detach() + lift
-        if templated:  # below every word of the segment, above every earlier segment
-            keys = torch.where(template.unsqueeze(-1), lift - bound - 0.5, keys)
-        where = torch.cummax(keys, dim=1).indices
-        best = scores.gather(1, where)
-        if torch.is_grad_enabled() and scores.requires_grad:
-            N = scores.shape[1]
-            same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & torch.ones(N, N, dtype=torch.bool).tril()  # [B, t, j]
-            if templated:  # the words only; a position with none before it in its sentence weighs itself (score 0)
-                same = same & ~template.unsqueeze(1)
-                same = same | (~same.any(2, keepdim=True) & torch.eye(N, dtype=torch.bool))
-            weights = torch.softmax(scores.unsqueeze(1).masked_fill(~same.unsqueeze(-1), float("-inf")), dim=2)
-            mean = (weights * scores.unsqueeze(1)).sum(2)  # [B, N, P]
-            best = best.detach() + (mean - mean.detach())
-        return best[:, 1:] if carried is not None else best
+        (``sentence_max``)."""
+        return sentence_max(self.keywords(ids).float(), self.sentences, ids, carried, after_end, history)
 
     def resize_token_tables(self, vocab_size: int) -> None:
         self.keywords = _resized(self.keywords, vocab_size)
+
+
+class SentenceCallReader(HeadReader):
+    """``"sentence"``: the mean of the hidden states (layer-normalized, layer ``nc_call_layer``) of the words of the
+    position's sentence so far (``Sentences.words``: not the digits and list punctuation), through a linear map. A
+    pretrained LM's middle layers say what a sentence's words mean: a wording the training never showed ("Put [...]
+    in increasing order.") lands near the trained ones, and however long the list, the mean is of the words, where
+    one state at the call site is mostly about the list."""
+
+    def __init__(self, config: NCLlamaConfig, sentences: Sentences):
+        super().__init__()
+        self.scores = nn.Linear(config.hidden_size, max(1, len(config.nc_programs)))
+        self.sentences = sentences
+
+    def forward(self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional["InterpreterState"]):
+        """[B, N] call logits [B, N, P] of the positions of ``input_ids``, and, to carry in the interpreter's state,
+        each position's sum of its sentence's word states and their count [B, N, d + 1]."""
+        history = state.ids if state is not None else None
+        full = input_ids if history is None else torch.cat([history, input_ids], 1)
+        words = self.sentences.words(full)[:, full.shape[1] - input_ids.shape[1]:].unsqueeze(-1).float()
+        states = nn.functional.layer_norm(hidden.float(), hidden.shape[-1:])
+        values = torch.cat([states * words, words], -1)  # [B, N, d + 1]
+        segment, _ = self.sentences(input_ids, None, history)
+        sums = sentence_cumsum(values, segment)
+        if state is not None and history.shape[1]:  # the sentence of the token before goes on
+            sums = sums + (segment == 0).unsqueeze(-1) * state.keywords.unsqueeze(1).float()
+        mean = sums[..., :-1] / sums[..., -1:].clamp(min=1.0)
+        return self.scores(mean), sums.detach()
 
 
 # ------------------------------------------------------------------------------------------- the operand head
@@ -339,6 +398,49 @@ class TokenSiteReader(HeadReader):
         self.digit_tokens = _kept(self.digit_tokens, vocab_size)
 
 
+# ---------------------------------------------------------------------------------------------- the gate head
+class HiddenGateReader(HeadReader):
+    """``"hidden"`` (the paper's): the gate's logit is the linear map of the hidden state alone."""
+
+    def __init__(self, config: NCLlamaConfig, sentences: Sentences):
+        super().__init__()
+
+    def forward(self, hidden_logits: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        return hidden_logits
+
+
+class WordsGateReader(HeadReader):
+    """``"words"``: the gate opens where the hidden state says so *and* the words of the position's sentence ask for
+    an answer: the mean of a learned score per word (``Sentences.words``: digits, list punctuation and the
+    sequence's start, which every sentence has, are no words) over the sentence so far, plus a bias that starts
+    closed (``WORDS_GATE_PRIOR``). A word the training never showed scores 0, so a sentence of unknown words stays
+    near the bias, whatever a small LM's hidden state makes of it ("The winning numbers were 28, 33, 25 and 33." is
+    no question), and the words that ask ("What", "Sort", "=", "+") learn to open it. A mean, not a max: the words
+    that questions and statements share (" the", " and", " of") would each open a max, as the questions, most of the
+    training, teach them to. The logit returned is that of the product of the two probabilities."""
+
+    def __init__(self, config: NCLlamaConfig, sentences: Sentences):
+        super().__init__()
+        self.words = nn.Embedding(config.vocab_size, 1)  # zero at init (_init_weights)
+        self.bias = nn.Parameter(torch.full((), WORDS_GATE_PRIOR))
+        self.sentences = sentences
+
+    def asks(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """[B, N] logit that the sentence of each position of ``ids[:, start:]`` asks for an answer."""
+        words = self.sentences.words(ids).unsqueeze(-1).float()
+        segment, _ = self.sentences(ids)
+        sums = sentence_cumsum(torch.cat([self.words(ids).float() * words, words], -1), segment)
+        return self.bias + (sums[..., 0] / sums[..., 1].clamp(min=1.0))[:, start:]
+
+    def forward(self, hidden_logits: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        log_open = nn.functional.logsigmoid(hidden_logits) + nn.functional.logsigmoid(self.asks(ids, start))
+        log_open = log_open.clamp(max=-1e-7)  # the logit of a probability that rounds to 1 is finite
+        return log_open - torch.log(-torch.expm1(log_open))
+
+    def resize_token_tables(self, vocab_size: int) -> None:
+        self.words = _resized(self.words, vocab_size)
+
+
 # ------------------------------------------------------------------------------------- where the gate is read
 def gate_at_position(own_gates: torch.Tensor, gates: torch.Tensor, sites: torch.Tensor):
     """``"position"``: each position's own gate. Returns the gate [B, N] and None (no site read)."""
@@ -352,9 +454,11 @@ def gate_at_site(own_gates: torch.Tensor, gates: torch.Tensor, sites: torch.Tens
     return torch.einsum("bnt,bt->bn", sites, gates.float()), sites
 
 
-CALL_READERS: dict[str, type[nn.Module]] = {"hidden": HiddenCallReader, "keywords": KeywordCallReader}
+CALL_READERS: dict[str, type[nn.Module]] = {"hidden": HiddenCallReader, "keywords": KeywordCallReader,
+                                             "sentence": SentenceCallReader}
 OPERAND_READERS: dict[str, type[nn.Module]] = {"pointer": PointerOperandReader, "context": ContextOperandReader}
 SITE_READERS: dict[str, type[nn.Module]] = {"hidden": HiddenSiteReader, "tokens": TokenSiteReader}
+GATE_READERS: dict[str, type[nn.Module]] = {"hidden": HiddenGateReader, "words": WordsGateReader}
 GATE_PLACES: dict[str, Callable] = {"position": gate_at_position, "site": gate_at_site}
 
 
@@ -367,6 +471,7 @@ class NCInterpreterHeads(nn.Module):
         self.sentences = Sentences(config)
         self.gate = nn.Linear(config.hidden_size, 1)
         self.gate_scale = nn.Parameter(torch.zeros(()))  # 0: closed, the model is exactly the base LLaMA
+        self.gate_reader = GATE_READERS[config.nc_gate_reader](config, self.sentences)
         self.place_gate = GATE_PLACES[config.nc_gate_at]
         self.call = CALL_READERS[config.nc_call_reader](config, self.sentences)
         self.operands = OPERAND_READERS[config.nc_operand_reader](config, self.sentences)
@@ -379,7 +484,7 @@ class NCInterpreterHeads(nn.Module):
     def resize_token_tables(self, vocab_size: int) -> None:
         """Follow the model's vocabulary to ``vocab_size`` tokens: the tables indexed by token id keep the rows of
         the tokens that remain and new tokens get zero rows; the token lists forget the tokens that are gone."""
-        for reader in (self.call, self.operands, self.sites):
+        for reader in (self.call, self.operands, self.sites, self.gate_reader):
             reader.resize_token_tables(vocab_size)
         if hasattr(self, "answer_lead"):
             self.answer_lead = _resized(self.answer_lead, vocab_size)
@@ -390,9 +495,10 @@ class NCInterpreterHeads(nn.Module):
         it (``nc_answer_lead``)."""
         return torch.sigmoid(self.answer_lead(ids).float().squeeze(-1))
 
-    def gate_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[B, T] logit of each position's own gate opening (before the scale)."""
-        return self.gate(hidden).float().squeeze(-1)
+    def gate_logits(self, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """[B, N] logit of each new position's own gate opening (before the scale; ``ids``: every token so far, the
+        new ones from ``start``), as the gate reader (``nc_gate_reader``) reads it."""
+        return self.gate_reader(self.gate(hidden).float().squeeze(-1), ids, start)
 
     def gate_probability(self, logits: torch.Tensor, learning_floor: float = 0.0) -> torch.Tensor:
         """[B, T] probability of answering from the library, from the gate logits. The scale is clamped to [0, 1] in

@@ -168,3 +168,23 @@ def test_load_errors(tmp_path):
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"prompt": "1+1=", "answer": "2", "case": "x", "computable": True}) + "\n")
     assert load_adversarial(one) == [{"prompt": "1+1=", "answer": "2", "case": "x", "computable": True, "task": None}]
+
+
+def test_the_training_statements_are_many_and_none_is_the_evaluations(rows):
+    """The training's statements with nothing to compute (tasks.context_examples) come from frames whose words and
+    numbers vary, thousands of different sentences, none of which is a statement of the adversarial set, nor one of
+    its frames: the set measures statements the model has not seen."""
+    import random
+
+    rng = random.Random(0)
+    training = {tasks._statement(rng) for _ in range(5000)}
+    assert len(training) > 4000
+    assert len({word for sentence in training for word in re.findall(r"[A-Za-z]+", sentence)}) > 200
+    nothing = {row["prompt"] for row in by_case(rows, "nothing_to_compute")}
+    assert not training & nothing
+    frames = {re.sub(r"-?\d+", "N", text) for text, _ in adversarial._STATEMENTS}
+    assert not {re.sub(r"-?\d+", "N", sentence) for sentence in training} & frames
+    for sentence in training:
+        assert re.search(r"\d", sentence) and sentence[0].isupper() and sentence.endswith(".")
+        with pytest.raises(AssertionError):
+            last_question(sentence)  # no template writes any part of it

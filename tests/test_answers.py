@@ -202,6 +202,42 @@ def test_positions_whose_calls_do_not_run_start_no_answer(tok, make_llama, lib):
     assert drained[-1] == pytest.approx(0.99 ** len(drained), rel=1e-2) and drained[-1] < 0.95
 
 
+def test_an_answer_runs_to_its_end(tok, make_llama, lib):
+    """While the text after a site holds the first tokens of its call's result, no new answer starts before the
+    result's end, however much new-site mass the separators keep and whatever calls the new sites would make: a
+    64-item sort's site fell to about half by its last items and the LM's guess won. Where the text departs from
+    the result the rule lets go, and training reads every position as it is."""
+    arrow = tok(" ->", add_special_tokens=False)["input_ids"][-1]
+    model = open_model(tok, make_llama, lib, nc_programs=["sort_numbers"], nc_min_call_probability=0.0,
+                       nc_answer_lead=True)  # (half the call's mass writes " 1 3 ...", half "1 3 ...")
+    with torch.no_grad():
+        model.nc_heads.sites.token.weight.fill_(2.2)  # every position continues the answer before it with c = 0.9,
+        model.nc_heads.sites.token.weight[arrow] = -30.0  # but the arrow starts one
+    prompt = tok("sort: 5 3 9 1 12 7 ->")["input_ids"]
+    site = len(prompt) - 1
+
+    def answered(text):
+        ids = prompt + tok(text, add_special_tokens=False)["input_ids"]
+        return [float(_sites(model, ids).site_probs[0, t, t - site]) for t in range(len(prompt), len(ids))], ids
+
+    held, ids = answered(" 1 3 5 7 9 12")
+    assert min(held) > 0.999
+    cache, stepped = DynamicCache(), []  # token by token the same: each position continues from what the rule held
+    for t in range(len(ids)):
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids[t : t + 1]]), cache=cache, use_cache=True)
+        if t >= len(prompt):
+            stepped.append(float(cache.nc_state.last_sites[0, site]))
+    assert stepped == pytest.approx(held, abs=1e-5)
+    departed, _ = answered(" 1 3 8 8 8 8")  # the text leaves the result at "8": from there on it drains
+    assert departed[3] > 0.999 and departed[-1] < 0.9 * departed[4]
+    model.train()
+    with torch.no_grad():
+        _, interpreted = model._run_decoder(True, None, input_ids=torch.tensor([ids]), use_cache=False)
+    drained = [float(interpreted.site_probs[0, t, t - site]) for t in range(len(prompt), len(ids))]
+    assert drained[-1] < 0.5
+
+
 def test_a_prompt_that_goes_on_past_a_calls_result_is_read_as_usual(tok, make_llama, lib):
     """"1+2=": the call at "+" reads 1 + 1, whose result "2" the prompt then happens to write; the prompt goes on,
     and "=" starts the answer that is asked for."""
@@ -257,6 +293,46 @@ def test_no_answer_starts_at_a_minus_sign(tok, make_llama, lib):
     assert float(interpreted.site_probs[0, sign, 1]) == 1.0  # "-" answers the call made at "=", one token further
     assert float(interpreted.site_probs[0, equals, 0]) > 0.99  # "=" starts it
     assert float(interpreted.site_probs[0, len(prompt) - 4, 0]) == 0.0  # nor is the operator "-" a call site
+
+
+def test_the_gate_opens_where_the_words_of_the_sentence_ask(tok, make_llama, lib):
+    """nc_gate_reader "words": the gate is the hidden state's opening times the sentence's: the mean of a learned
+    score per word over the position's sentence, plus a bias. A sentence of words with no score (never trained)
+    stays as closed as the bias says, whatever the hidden state makes of it; a new sentence reads its own words; the
+    same token by token as in one pass."""
+    from modeling_nclama.heads import WORDS_GATE_PRIOR
+
+    model = open_model(tok, make_llama, lib, nc_programs=["long_add"], nc_gate_reader="words")
+    assert float(model.nc_heads.gate_reader.bias) == WORDS_GATE_PRIOR < 0  # a sentence asks nothing at first
+    assert not model.nc_heads.gate_reader.words.weight.any()
+    what = tok("What", add_special_tokens=False)["input_ids"][0]
+    question = tok("What is 3 plus 4?")["input_ids"]
+    # a statement that shares a word with the question (" is"): a max over its words would open, their mean does not
+    statement = tok(" The bus is at 5 from stop 12.", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        model.nc_heads.gate_reader.bias.fill_(-10.0)
+        model.nc_heads.gate_reader.words.weight[question] = 20.0  # its digits and BOS too: they are no words
+    assert set(question) & set(statement)
+    ids = question + statement
+    with torch.no_grad():
+        _, interpreted = model._run_decoder(True, None, input_ids=torch.tensor([ids]), use_cache=False)
+    gate_logits = interpreted.gate_logits[0]
+    hidden_open = torch.sigmoid(torch.tensor(5.0))  # open_model's gate bias (the tiny LLaMA's hidden map is small)
+    asks = float(torch.sigmoid(gate_logits[len(question) - 1]))
+    assert asks == pytest.approx(float(hidden_open * torch.sigmoid(torch.tensor(10.0))), abs=0.02)
+    assert float(torch.sigmoid(gate_logits[-1])) < 1e-3  # the statement after the question asks nothing
+    assert float(torch.sigmoid(gate_logits[question.index(what)])) > 0.9  # "What" opens its sentence at once
+    cache = DynamicCache()
+    for t in range(len(ids)):
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids[t : t + 1]]), cache=cache, use_cache=True)
+    assert cache.nc_state.gates[0].tolist() == pytest.approx(torch.sigmoid(gate_logits).tolist(), abs=1e-5)
+    logits = torch.tensor([-3.0, 0.0, 4.0])
+    asks_logit = model.nc_heads.gate_reader.bias.detach() + 0.0
+    product = torch.sigmoid(logits) * torch.sigmoid(asks_logit)
+    with torch.no_grad():
+        combined = model.nc_heads.gate_reader(logits.unsqueeze(0), torch.tensor([[statement[0]] * 3]), 0)[0]
+    assert torch.sigmoid(combined) == pytest.approx(product, rel=1e-4)
 
 
 def test_the_call_head_reads_the_words_of_its_own_sentence(tok, make_llama, lib):

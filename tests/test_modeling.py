@@ -62,6 +62,7 @@ def test_each_head_variant_is_a_module_chosen_by_name_from_its_registry(llama, l
     assert tuple(registry.CALL_READERS) == configuration.NC_CALL_READERS
     assert tuple(registry.OPERAND_READERS) == configuration.NC_OPERAND_READERS
     assert tuple(registry.SITE_READERS) == configuration.NC_SITE_READERS
+    assert tuple(registry.GATE_READERS) == configuration.NC_GATE_READERS
     assert tuple(registry.GATE_PLACES) == configuration.NC_GATE_POSITIONS
     owned = {}
     for design in ("shipped", "paper"):
@@ -70,13 +71,16 @@ def test_each_head_variant_is_a_module_chosen_by_name_from_its_registry(llama, l
         assert type(heads.call) is registry.CALL_READERS[config.nc_call_reader]
         assert type(heads.operands) is registry.OPERAND_READERS[config.nc_operand_reader]
         assert type(heads.sites) is registry.SITE_READERS[config.nc_site_reader]
+        assert type(heads.gate_reader) is registry.GATE_READERS[config.nc_gate_reader]
         assert heads.place_gate is registry.GATE_PLACES[config.nc_gate_at]
-        owned[design] = sorted(n for n, _ in heads.named_parameters() if n.startswith(("call.", "operands.", "sites.")))
-    assert owned["shipped"] == ["call.keywords.weight", "operands.after.weight", "operands.before.weight",
-                                "operands.rank.weight", "sites.previous.weight", "sites.token.weight"]
+        owned[design] = sorted(n for n, _ in heads.named_parameters()
+                               if n.startswith(("call.", "operands.", "sites.", "gate_reader.")))
+    assert owned["shipped"] == ["call.keywords.weight", "gate_reader.bias", "gate_reader.words.weight",
+                                "operands.after.weight", "operands.before.weight", "operands.rank.weight",
+                                "sites.previous.weight", "sites.token.weight"]
     assert owned["paper"] == ["call.scores.bias", "call.scores.weight", "operands.key.bias", "operands.key.weight",
                               "operands.query.bias", "operands.query.weight", "sites.scores.bias", "sites.scores.weight"]
-    with pytest.raises(Exception, match="nc_call_reader must be one of .'hidden', 'keywords'., got 'attention'"):
+    with pytest.raises(Exception, match="nc_call_reader must be one of .'hidden', 'keywords', 'sentence'., got 'attention'"):
         NCLlamaForCausalLM.from_llama(llama, lib, reader_tokens=reader_tokens(tok), nc_call_reader="attention")
 
 

@@ -424,9 +424,11 @@ def test_chat_form_training_data_and_probes():
         assert tok.decode(probe["ids"][: probe["prefix_length"]]).endswith("<|im_start|>assistant\n")
 
 
-def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib):
-    """The stand-in returns what the decoder computes (right-padded batches, each example keyed by its tokens), runs
-    the decoder only for examples it has not kept, and the step's loss and gradients are those of the real decoder."""
+@pytest.mark.parametrize("reader", [{}, {"nc_call_reader": "sentence", "nc_call_layer": 0}], ids=["hidden", "sentence"])
+def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib, reader):
+    """The stand-in returns what the decoder computes (right-padded batches, each example keyed by its tokens; and
+    the states of the call reader's own layer where it reads another), runs the decoder only for examples it has
+    not kept, and the step's loss and gradients are those of the real decoder."""
     from modeling_nclama.heads import HeadsTraining
     from modeling_nclama.modeling_nclama import NCLlamaForCausalLM
     from modeling_nclama.toolchain.tokenization import default_tokenizer, reader_tokens
@@ -434,7 +436,7 @@ def test_the_frozen_decoder_cache_gives_the_decoders_states(make_llama, user_lib
 
     tok = default_tokenizer()
     model = NCLlamaForCausalLM.from_llama(make_llama(tok), user_lib, design="paper", reader_tokens=reader_tokens(tok),
-                                          nc_operand_reader="context")
+                                          nc_operand_reader="context", **reader)
     model.heads_training = HeadsTraining(gate_learning_floor=0.1)
     apply_trainable(model, ["nc_heads.*"])
     model.train()

@@ -16,11 +16,12 @@ NC_MODES = ("hard", "soft")
 # The reader's token table is saved beside config.json (by the model's save_pretrained), not in it: it is built from
 # the tokenizer (``tokenization.reader_tokens``) and runs to a thousand entries.
 READER_TOKENS = "reader_tokens.json"
-# The names of the heads' variants (``heads.CALL_READERS``, ``OPERAND_READERS``, ``SITE_READERS``, ``GATE_PLACES``,
-# whose keys these are: the configuration validates a name without building the modules).
+# The names of the heads' variants (``heads.CALL_READERS``, ``OPERAND_READERS``, ``SITE_READERS``, ``GATE_READERS``,
+# ``GATE_PLACES``, whose keys these are: the configuration validates a name without building the modules).
 NC_OPERAND_READERS = ("pointer", "context")
-NC_CALL_READERS = ("hidden", "keywords")
+NC_CALL_READERS = ("hidden", "keywords", "sentence")
 NC_SITE_READERS = ("hidden", "tokens")
+NC_GATE_READERS = ("hidden", "words")
 NC_GATE_POSITIONS = ("position", "site")
 NC_CHAT_ROLES = ("marker", "header", "break")
 # Named designs of the heads and their execution. The defaults are the shipped design (nclama-tiny's); "paper" reads
@@ -29,7 +30,7 @@ NC_CHAT_ROLES = ("marker", "header", "break")
 NC_DESIGNS = {
     "shipped": {},
     "paper": dict(nc_layer=-1, nc_residual_injection=False, nc_call_reader="hidden", nc_operand_reader="pointer",
-                  nc_site_reader="hidden", nc_gate_at="position", nc_answer_lead=False, nc_top_k=4,
+                  nc_site_reader="hidden", nc_gate_reader="hidden", nc_gate_at="position", nc_answer_lead=False, nc_top_k=4,
                   nc_answer_window=64, nc_min_call_probability=0.0, nc_max_steps=20_000),
 }
 
@@ -40,6 +41,11 @@ class NCLlamaConfig(LlamaConfig):
     nc_layer (`int`, defaults to -2):
         Decoder layer whose output the interpreter heads read (0-based, or negative from the end; -1: the last
         layer, whose output the heads read after the final norm, as the LM head does).
+    nc_call_layer (`int`, optional):
+        Decoder layer whose output the call reader reads, at or before `nc_layer` (None: `nc_layer`). A pretrained
+        LM's middle layers tell what a question's words mean better than its last one (SmolLM2-135M: the mean of
+        layer 15's word states names the task of wordings never trained on 89% of the time, the last layer's state
+        at the call site 70%).
     nc_mode (`str`, defaults to `"hard"`):
         How the top-k (call, operands) choices of a position are executed. `"hard"`: exactly (results cached), each
         choice's probability is that of the heads. `"soft"`: by the differentiable machine, each choice proposing its
@@ -71,13 +77,20 @@ class NCLlamaConfig(LlamaConfig):
     nc_call_reader (`str`, defaults to `"keywords"`):
         The call head, by name in ``heads.CALL_READERS``: `"hidden"` (the paper's), a linear map of the position's
         hidden state; `"keywords"`, a learned score per (token, program), max-pooled over the position's sentence,
-        the same at any operand length. Either way the call's distribution is over the programs that fit the
+        the same at any operand length; `"sentence"`, a linear map of the mean of the (normalized) hidden states of
+        the words of the position's sentence (layer `nc_call_layer`): what a pretrained LM understands of the
+        question, whatever the operands' length. Either way the call's distribution is over the programs that fit the
         position's operands (a program that cannot run takes no mass).
     nc_site_reader (`str`, defaults to `"tokens"`):
         What decides whether a position continues the answer of the position before it or starts a new one, by name
         in ``heads.SITE_READERS``: `"hidden"`, a linear map of the hidden state; `"tokens"`, the position's token and
         the token before it alone (a separator after a digit continues a list, the space after "?" starts an
         answer), so that answers far longer than the training ones stay on their call.
+    nc_gate_reader (`str`, defaults to `"words"`):
+        What opens the gate, by name in ``heads.GATE_READERS``: `"hidden"`, a linear map of the hidden state;
+        `"words"`, that and, multiplied, a learned score per token max-pooled over the position's sentence (words
+        the training never showed score 0), so that a sentence that asks nothing keeps the gate closed however a
+        small LM reads its unknown words.
     nc_gate_at (`str`, defaults to `"site"`):
         Where the gate is read, by name in ``heads.GATE_PLACES``: `"position"`, from each position's hidden state;
         `"site"`, the gate of the call site a position answers, so that the decision to answer from the library is
@@ -154,9 +167,11 @@ class NCLlamaConfig(LlamaConfig):
     nc_answer_window: int = 256  # how many tokens a result may run: longer answers, a larger per-position menu
     # The heads (what each decision reads)
     nc_layer: int = -2  # the layer the heads read: the last needs no decoder backward, an inner one allows injection
+    nc_call_layer: int | None = None  # the call reader's layer (None: nc_layer); a middle one knows words better
     nc_call_reader: str = "keywords"  # hidden: reads meaning, drifts with length; keywords: length-proof, a word table
     nc_operand_reader: str = "context"  # pointer: attention from the hidden state; context: tokens around, length-proof
     nc_site_reader: str = "tokens"  # hidden state, or the position's and previous tokens (length-proof)
+    nc_gate_reader: str = "words"  # hidden: the LM's reading alone; words: also a word table that must see a question
     nc_gate_at: str = "site"  # position: each token's own gate; site: the call site's, held for the whole answer
     nc_max_operands: int = 2  # operand slots: programs of more parameters are never called
     nc_max_candidates: int = 8  # the latest numbers and lists a call may read: more, larger menus
@@ -229,8 +244,13 @@ class NCLlamaConfig(LlamaConfig):
         layers = self.num_hidden_layers
         if not -layers <= self.nc_layer < layers:
             raise ValueError(f"nc_layer must be in [{-layers}, {layers - 1}] for {layers} layers, got {self.nc_layer}")
+        if self.nc_call_layer is not None and not (
+                -layers <= self.nc_call_layer < layers and self.nc_call_layer % layers <= self.nc_layer % layers):
+            raise ValueError(f"nc_call_layer must be a layer at or before nc_layer ({self.nc_layer % layers}) of "
+                             f"{layers}, got {self.nc_call_layer}")
         choices = {"nc_mode": NC_MODES, "nc_operand_reader": NC_OPERAND_READERS, "nc_call_reader": NC_CALL_READERS,
-                   "nc_site_reader": NC_SITE_READERS, "nc_gate_at": NC_GATE_POSITIONS}
+                   "nc_site_reader": NC_SITE_READERS, "nc_gate_reader": NC_GATE_READERS,
+                   "nc_gate_at": NC_GATE_POSITIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -39,7 +39,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .calls import UNLIKELY, CallTable, _real, library_settings
 from .configuration_nclama import NC_DESIGNS, NCLlamaConfig
-from .heads import CONTINUES, HeadsTraining, NCInterpreterHeads, OperandSites
+from .heads import CONTINUES, WORDS_GATE_PRIOR, HeadsTraining, NCInterpreterHeads, OperandSites, WordsGateReader
 from .library import LIBRARY_JSON, LIBRARY_TENSORS, Library, LibraryError
 from .mixture import fuse, gate_target_loss, learning_floor_loss, proposed_answer
 from .reader import OperandReader
@@ -58,7 +58,9 @@ class InterpreterState:
     tokens: torch.Tensor  # [B, T, K, W] result tokens of each position's top-k calls
     probs: torch.Tensor  # [B, T, K] their probabilities
     site_history: tuple  # chunks [B, n, t] of the site each position answers, over the sites before it
-    keyword_history: torch.Tensor  # [B, T, P] the keyword call reader's evidence at each position ([B, T, 0] without it)
+    # [B, T, C] what the call reader carries from each position to the next: the keyword reader's evidence [B, T, P],
+    # the sentence reader's sums of word states and their count [B, T, d + 1], [B, T, 0] for the hidden reader
+    keyword_history: torch.Tensor
     gates: torch.Tensor  # [B, T] each position's own gate (read by later positions that answer it, nc_gate_at="site")
     # [B, T, K] whether each site's calls' results agree with the text after it through the last position, so that
     # the next position extends it by one comparison per site (None after a crop: recomputed from the text)
@@ -76,7 +78,7 @@ class InterpreterState:
 
     @property
     def keywords(self) -> torch.Tensor:
-        """[B, P] the keyword call reader's evidence at the last position."""
+        """[B, C] what the call reader carries from the last position."""
         return self.keyword_history[:, -1]
 
     def _fields(self) -> tuple:
@@ -136,6 +138,9 @@ class NCLlamaPreTrainedModel(LlamaPreTrainedModel):
                 init.zeros_(module.inject.weight)
             if hasattr(module, "answer_lead"):
                 init.zeros_(module.answer_lead.weight)
+        if isinstance(module, WordsGateReader):  # a word the training never showed is no evidence either way
+            init.zeros_(module.words.weight)
+            init.constant_(module.bias, WORDS_GATE_PRIOR)
 
 
 class NCLlamaModel(NCLlamaPreTrainedModel, LlamaModel):
@@ -173,14 +178,18 @@ class NCLlamaModel(NCLlamaPreTrainedModel, LlamaModel):
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         layers = self.config.num_hidden_layers
         read_at = self.config.nc_layer % layers
+        call_at = read_at if self.config.nc_call_layer is None else self.config.nc_call_layer % layers
+        call_states = None  # the call reader's layer, where it is another than the interpreter's
         for index, decoder_layer in enumerate(self.layers[:layers]):
             hidden_states = decoder_layer(hidden_states, attention_mask=causal_mask, position_embeddings=position_embeddings,
                                           position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs)
+            if at_layer is not None and index == call_at != read_at:
+                call_states = hidden_states
             if at_layer is not None and index == read_at < layers - 1:
-                hidden_states = at_layer(hidden_states)
+                hidden_states = at_layer(hidden_states, call_states)
         hidden_states = self.norm(hidden_states)
         if at_layer is not None and read_at == layers - 1:
-            hidden_states = at_layer(hidden_states)
+            hidden_states = at_layer(hidden_states, call_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
@@ -437,8 +446,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         ids = inputs.get("input_ids") if ids is None else ids
         found: list[Interpreted] = []
 
-        def at_layer(hidden: torch.Tensor) -> torch.Tensor:
-            found[:] = [self._interpret(ids, hidden, state, record, packed)]
+        def at_layer(hidden: torch.Tensor, call_states: Optional[torch.Tensor] = None) -> torch.Tensor:
+            found[:] = [self._interpret(ids, hidden, state, record, packed, call_states)]
             if not self.config.nc_residual_injection:
                 return hidden
             return hidden + self.nc_heads.injection(found[0], self.get_input_embeddings().weight)
@@ -447,12 +456,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         return outputs, found[0] if found else None
 
     def _interpret(self, ids: torch.Tensor, hidden: torch.Tensor, state: Optional[InterpreterState],
-                   record: Optional[dict], packed: Optional[torch.Tensor]) -> "Interpreted":
+                   record: Optional[dict], packed: Optional[torch.Tensor],
+                   call_states: Optional[torch.Tensor] = None) -> "Interpreted":
         """``interpret``, each packed sequence read alone (``packed`` [B, T]: the sequence each position belongs to,
         or None): the sequences are read as one right-padded batch and their outputs put back in place. A packed
         row keeps no state: it continues no cache."""
         if packed is None:
-            return self.interpret(ids, hidden, state, record)
+            return self.interpret(ids, hidden, state, record, call_states)
         B, T = ids.shape
         pieces = []
         for b, row in enumerate(packed.tolist()):
@@ -462,9 +472,12 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         sub_ids = ids.new_full((len(pieces), L), pad)
         sub_hidden = hidden.new_zeros(len(pieces), L, hidden.shape[-1])
+        sub_calls = None if call_states is None else call_states.new_zeros(len(pieces), L, call_states.shape[-1])
         for i, (b, begin, end) in enumerate(pieces):
             sub_ids[i, : end - begin], sub_hidden[i, : end - begin] = ids[b, begin:end], hidden[b, begin:end]
-        read = self.interpret(sub_ids, sub_hidden, None, None)
+            if sub_calls is not None:
+                sub_calls[i, : end - begin] = call_states[b, begin:end]
+        read = self.interpret(sub_ids, sub_hidden, None, None, sub_calls)
 
         def place(tensor: Optional[torch.Tensor], fill=0, square: bool = False, width: Optional[int] = None):
             if tensor is None:
@@ -514,11 +527,13 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
 
     # ------------------------------------------------------------------ the interpreter
     def interpret(
-        self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional[InterpreterState] = None, record: Optional[dict] = None
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional[InterpreterState] = None,
+        record: Optional[dict] = None, call_states: Optional[torch.Tensor] = None
     ) -> "Interpreted":
         """For the positions of ``input_ids`` (following those in ``state``, if any): the unnormalized library
         proposal for the next token [B, N, vocab], the gate [B, N], and the state including them. ``record``, if
-        given, receives the chosen calls of every position (``explain``)."""
+        given, receives the chosen calls of every position (``explain``); ``call_states``: the hidden states of
+        layer ``nc_call_layer`` where the call reader reads another layer than ``hidden``'s."""
         heads, config = self.nc_heads, self.config
         self.calls.check_budget()
         B, N = input_ids.shape
@@ -528,7 +543,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         else:
             ids, start = torch.cat([state.ids, input_ids], 1), state.ids.shape[1]
         T = ids.shape[1]
-        calls, keywords = heads.call(input_ids, hidden, state)  # [B, N, P] logits, and what the state carries
+        calls, keywords = heads.call(input_ids, hidden if call_states is None else call_states, state)  # [B, N, P]
         continuation = heads.continuation_logits(hidden, ids, start)  # [B, N]
         # A call's proposal weighs at most its probability times 1 - c, its own site's share wherever it is answered
         # (a position that continues an answer makes calls that hardly matter): that product is what
@@ -555,8 +570,8 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         sites = sites.clamp(min=0)
         last_sites = self._continued_sites(continuation, T, state)  # [B, N, T] over sites
         if not self.training:
-            last_sites = self._end_answers(ids, start, last_sites, tokens, probs,
-                                           state.last_sites if state is not None else None)
+            last_sites = self._answers_run_to_their_end(ids, start, last_sites, continuation, tokens, probs,
+                                                         state.last_sites if state is not None else None)
         site_probs = last_sites.gather(2, sites.expand(B, -1, -1)) * valid  # [B, N, W] over offsets
         at_site = tokens[:, sites, :, offsets.expand_as(sites)].permute(2, 0, 1, 3)  # [N, W, B, K] -> [B, N, W, K]
         # A call goes on answering only while the text after its site agrees with its result: a call whose first
@@ -567,7 +582,7 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
         proposed = at_site.clamp(min=0).reshape(B, N, -1)
         weight = weight.reshape(B, N, -1)
         proposal = hidden.new_zeros(B, N, config.vocab_size, dtype=torch.float32).scatter_add(2, proposed, weight)
-        gate_logits = heads.gate_logits(hidden)  # [B, N]
+        gate_logits = heads.gate_logits(hidden, ids, start)  # [B, N]
         own_gates = heads.gate_probability(gate_logits, self.heads_training.gate_learning_floor)
         gates = own_gates if state is None else torch.cat([state.gates, own_gates], 1)  # [B, T]
         gate, gate_sites = heads.place_gate(own_gates, gates, last_sites)
@@ -618,25 +633,26 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
             tokens = torch.where(torch.isin(tokens, members), members[0], tokens)
         return tokens
 
-    def _end_answers(self, ids: torch.Tensor, start: int, last_sites: torch.Tensor, tokens: torch.Tensor,
-                     probs: torch.Tensor, previous: Optional[torch.Tensor]) -> torch.Tensor:
-        """An answer ends (at inference): where the text after the site that the position before answers holds the
-        whole result of that site's likeliest call, so that the next token would be its end, the position goes on
-        answering that site (and proposes the end) instead of starting a new call: no call starts at an answer's
-        last token (" no" read as the site of factorial_tape(15) would append its digits to the answer). Later
-        positions read as usual: what follows an answer's end is new text, a new question, or a prompt that goes
-        on past tokens that happen to equal a call's result ("1+2=": the call at "+" reads 1 + 1). ``previous``
-        [B, T']: the site distribution of the position before ``start`` (none at a sequence's start)."""
+    def _answers_run_to_their_end(self, ids: torch.Tensor, start: int, last_sites: torch.Tensor,
+                                  continuation: torch.Tensor, tokens: torch.Tensor, probs: torch.Tensor,
+                                  previous: Optional[torch.Tensor]) -> torch.Tensor:
+        """An answer runs to its end (at inference): where the text after the site that the position before answers
+        holds the first tokens of the result of that site's calls (most of their probability) and the result has a
+        next token (or its end), the position goes on answering that site instead of starting a new call. Inside
+        a long answer every separator keeps a little new-site mass (a 64-item sort's site fell to about half by its
+        last items, and the LM's guess won); at an answer's last token a new call would append its digits (" no"
+        read as the site of factorial_tape(15)). Later positions read as usual: what follows an answer's end is new
+        text, a new question, or a prompt that goes on past tokens that happen to equal a call's result ("1+2=": the
+        call at "+" reads 1 + 1). The positions after one the rule holds continue from what it holds, as they do
+        token by token. ``continuation`` [B, N]: the continuation logits; ``previous`` [B, T']: the site
+        distribution of the position before ``start`` (none at a sequence's start)."""
         B, N, T = last_sites.shape
-        eos = self.config.eos_token_id
-        eos = eos[0] if isinstance(eos, list) else eos
-        if eos is None:
-            return last_sites
         W = tokens.shape[-1]
         rows = ids.tolist()
-        best = probs.argmax(-1).tolist()  # [B, T] each site's likeliest call (and way of writing it)
+        cont = torch.sigmoid(continuation)
         out = last_sites.clone()
         for b in range(B):
+            changed = False
             for n in range(N):
                 t = start + n
                 if n > 0:
@@ -645,13 +661,20 @@ class NCLlamaForCausalLM(NCLlamaPreTrainedModel, LlamaForCausalLM, GenerationMix
                     before = torch.nn.functional.pad(previous[b], (0, T - previous.shape[1]))
                 else:
                     continue
+                if changed:  # from what the rule held before, as the recursion of _continued_sites goes
+                    out[b, n] = cont[b, n] * before
+                    out[b, n, t] += 1.0 - cont[b, n]
                 s = int(before.argmax())
                 o = t - s
                 if not 0 < o < W:
                     continue
-                result = tokens[b, s, best[b][s]].tolist()
-                if result[o] == eos and rows[b][s + 1 : t + 1] == result[:o]:
+                written = rows[b][s + 1 : t + 1]
+                weights = probs[b, s].tolist()
+                going_on = sum(w for w, result in zip(weights, tokens[b, s, :, : o + 1].tolist())
+                               if result[o] >= 0 and result[:o] == written)
+                if going_on > 0 and 2 * going_on >= sum(weights):
                     out[b, n] = before
+                    changed = True
         return out
 
     @staticmethod

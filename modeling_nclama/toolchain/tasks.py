@@ -492,13 +492,16 @@ def clrs_insertion_sort(n: int, *, seed: int, lengths: Optional[Sequence[int]] =
 
 
 #: Statements with numbers and nothing to compute, for training only (the adversarial set has its own, disjoint
-#: ones): fields are filled with random numbers of the ranges given. What follows them is text, not a result.
+#: ones). Each is a frame whose word fields ({name}, {things}, ...) draw from the word lists below and whose number
+#: fields draw from the ranges given, so that the training sees thousands of different statements and most words a
+#: statement can hold: the gate's word table (``nc_gate_reader: words``) learns that the words of a statement ask
+#: for nothing, not that twelve sentences do. What follows them is text, not a result.
 _TRAINING_STATEMENTS: tuple[tuple[str, dict[str, tuple[int, int]]], ...] = (
     ("The bus leaves at {h} from stop {s}.", {"h": (1, 12), "s": (1, 99)}),
-    ("There are {n} apples in basket {b}.", {"n": (2, 500), "b": (1, 30)}),
+    ("There are {n} {things} in basket {b}.", {"n": (2, 500), "b": (1, 30)}),
     ("Lesson {l} takes {m} minutes.", {"l": (1, 40), "m": (10, 120)}),
     ("The hotel has {f} floors and {r} rooms.", {"f": (2, 90), "r": (10, 2000)}),
-    ("He ran {k} kilometres in {m} minutes.", {"k": (1, 42), "m": (5, 300)}),
+    ("{name} ran {k} kilometres in {m} minutes.", {"k": (1, 42), "m": (5, 300)}),
     ("Box {b} weighs {w} kilograms.", {"b": (1, 999), "w": (1, 80)}),
     ("The museum opened in {year} with {n} paintings.", {"year": (1800, 2024), "n": (10, 9999)}),
     ("We waited {m} minutes for bus {b}.", {"m": (2, 90), "b": (1, 400)}),
@@ -506,14 +509,62 @@ _TRAINING_STATEMENTS: tuple[tuple[str, dict[str, tuple[int, int]]], ...] = (
     ("Values so far: [{a}, {b}].", {"a": (0, 100), "b": (0, 100)}),
     ("The river is {k} kilometres long and {w} metres wide.", {"k": (10, 6000), "w": (5, 900)}),
     ("It was -{t} degrees at {h} o'clock.", {"t": (1, 30), "h": (1, 12)}),
+    ("{name} {did} {n} {things} on {day}.", {"n": (2, 90)}),
+    ("{name} {did} {a}, {b} and {c} {things} in three weeks.", {"a": (1, 60), "b": (1, 60), "c": (1, 60)}),
+    ("On {day} {name} {did} {n} {things} at the {place}.", {"n": (2, 400)}),
+    ("The {place} on {street} Street has {n} {things}.", {"n": (2, 900)}),
+    ("{name} lives at number {n}, {street} Road.", {"n": (1, 300)}),
+    ("{name} was {a} years old in {year}.", {"a": (2, 99), "year": (1900, 2024)}),
+    ("In {year} the {place} had {n} visitors.", {"year": (1850, 2024), "n": (100, 99999)}),
+    ("The {thing} costs {n} euros at the {place}.", {"n": (2, 5000)}),
+    ("Our {place} is {n} metres from the {place2}.", {"n": (10, 9000)}),
+    ("{name} read pages {a} to {b} on {day}.", {"a": (1, 200), "b": (201, 600)}),
+    ("The {thing} was {n} centimetres long and {m} wide.", {"n": (2, 400), "m": (1, 99)}),
+    ("Shelf {a} holds {n} {things} and {m} {things2}.", {"a": (1, 40), "n": (2, 300), "m": (2, 300)}),
+    ("The game ended {a} to {b} after {m} minutes.", {"a": (0, 9), "b": (0, 9), "m": (60, 130)}),
+    ("{name} owes -{n} euros on card {c}.", {"n": (1, 9999), "c": (1, 9)}),
+    ("The readings were {a}, {b}, {c} and {d} on {day}.", {"a": (0, 99), "b": (0, 99), "c": (0, 99), "d": (0, 99)}),
+    ("Her notes list [{a}, {b}, {c}] from the {place}.", {"a": (0, 999), "b": (0, 999), "c": (0, 999)}),
+    ("Version {a} of the {thing} came out in {year}.", {"a": (2, 30), "year": (1990, 2024)}),
+    ("{name} planted {n} {things} in row {r}.", {"n": (2, 80), "r": (1, 40)}),
+    ("At {h}:{m} the {thing} was still on table {t}.", {"h": (10, 23), "m": (10, 59), "t": (1, 60)}),
+    ("Bus {b} stops at the {place} every {m} minutes.", {"b": (1, 400), "m": (2, 60)}),
+    ("The code for locker {a} is {n}.", {"a": (1, 300), "n": (1000, 9999)}),
+    ("{name} and {name2} painted {n} {things} together.", {"n": (2, 200)}),
+    ("The water in the {place} stayed at {t} degrees.", {"t": (-20, 40)}),
+    ("Day {d} of the trip took us {k} kilometres north.", {"d": (1, 30), "k": (5, 900)}),
 )
+#: The word fields of the statements: names, places, things, days, streets, verbs.
+_STATEMENT_WORDS: dict[str, tuple[str, ...]] = {
+    "name": ("Anna", "Ben", "Carlos", "Dana", "Eli", "Farah", "Grace", "Hugo", "Ines", "Jon", "Kiri", "Leo", "Mia",
+             "Nora", "Omar", "Paul", "Rosa", "Sam", "Tara", "Uma", "Victor", "Wen", "Yusuf", "Zoe", "my sister",
+             "the teacher", "our neighbour", "the driver", "a student", "the baker"),
+    "place": ("library", "school", "park", "station", "market", "garden", "office", "farm", "harbour", "bakery",
+              "village", "hospital", "cinema", "factory", "bridge", "castle", "shop", "kitchen", "studio", "island"),
+    "things": ("apples", "chairs", "books", "tickets", "cars", "birds", "coins", "letters", "boxes", "trees",
+               "photos", "cups", "shirts", "lamps", "bikes", "stones", "cookies", "flowers", "songs", "maps",
+               "candles", "pencils", "plates", "rabbits", "boats"),
+    "thing": ("lamp", "table", "bicycle", "painting", "coat", "clock", "camera", "guitar", "kettle", "carpet",
+              "ladder", "phone", "blanket", "mirror", "statue", "tent", "bottle", "rope", "helmet", "basket"),
+    "day": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "the weekend",
+            "her birthday", "the first day"),
+    "street": ("Oak", "Mill", "King", "Church", "Lake", "River", "High", "Park", "Hill", "Station", "Bridge", "Green"),
+    "did": ("bought", "sold", "found", "counted", "collected", "washed", "painted", "carried", "packed", "lost",
+            "baked", "drew", "fixed", "sent", "picked", "moved", "wrapped", "cleaned", "returned", "borrowed"),
+}
 _CONTINUATIONS = ("That is all we know.", "It was a quiet day.", "Everyone was there.", "Nothing else changed.",
                   "The rest is history.", "Thank you.", "See you there.")
 
 
 def _statement(rng: random.Random) -> str:
     text, ranges = rng.choice(_TRAINING_STATEMENTS)
-    return text.format(**{field: rng.randint(low, high) for field, (low, high) in ranges.items()})
+    fields = {field: rng.randint(low, high) for field, (low, high) in ranges.items()}
+    for field, words in (("name", "name"), ("name2", "name"), ("place", "place"), ("place2", "place"),
+                         ("things", "things"), ("things2", "things"), ("thing", "thing"), ("day", "day"),
+                         ("street", "street"), ("did", "did")):
+        fields[field] = rng.choice(_STATEMENT_WORDS[words])
+    sentence = text.format(**fields)
+    return sentence[0].upper() + sentence[1:]
 
 
 def context_examples(n: int, *, seed: int, tasks: Sequence[str] = TASKS) -> "Dataset":

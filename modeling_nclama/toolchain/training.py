@@ -825,12 +825,18 @@ class ProbeCallback(TrainerCallback):
 
 class _CachedDecoder(torch.nn.Module):
     """Stands in for a frozen decoder in training steps: the final hidden states of each example (keyed by its
-    tokens), computed by the real decoder (no graph) the first time the example is drawn, read back afterwards."""
+    tokens), and those of layer ``nc_call_layer`` where the call reader reads another layer, computed by the real
+    decoder (no graph) the first time the example is drawn, read back afterwards."""
 
     def __init__(self, decoder: torch.nn.Module):
         super().__init__()
         self.decoder = decoder
-        self.kept: dict[tuple, torch.Tensor] = {}
+        config = decoder.config
+        call_layer = config.nc_call_layer
+        layers = config.num_hidden_layers
+        # hidden_states[i + 1] is layer i's output; the last layer's is read after the final norm (last_hidden_state)
+        self.call_layer = None if call_layer is None or call_layer % layers == layers - 1 else call_layer % layers + 1
+        self.kept: dict[tuple, tuple] = {}
         self.computed = self.reused = 0
 
     def forward(self, input_ids=None, attention_mask=None, at_layer=None, **kwargs):
@@ -847,25 +853,29 @@ class _CachedDecoder(torch.nn.Module):
         if missing:
             width = max(lengths[b] for b in missing)
             with torch.no_grad():
-                hidden = self.decoder(input_ids=input_ids[missing, :width], use_cache=False,
-                                      attention_mask=None if attention_mask is None else attention_mask[missing, :width]
-                                      ).last_hidden_state
+                out = self.decoder(input_ids=input_ids[missing, :width], use_cache=False,
+                                   output_hidden_states=self.call_layer is not None,
+                                   attention_mask=None if attention_mask is None else attention_mask[missing, :width])
             for row, b in enumerate(missing):
-                self.kept[keys[b]] = hidden[row, : lengths[b]].detach().clone()
+                self.kept[keys[b]] = tuple(h[row, : lengths[b]].detach().clone() for h in (
+                    out.last_hidden_state, *([out.hidden_states[self.call_layer]] if self.call_layer else [])))
         self.computed += len(missing)
         self.reused += len(keys) - len(missing)
-        out = input_ids.new_zeros((*input_ids.shape, self.decoder.config.hidden_size), dtype=self.decoder.dtype)
+        states = [input_ids.new_zeros((*input_ids.shape, self.decoder.config.hidden_size), dtype=self.decoder.dtype)
+                  for _ in self.kept[keys[0]]]
         for b, key in enumerate(keys):
-            out[b, : lengths[b]] = self.kept[key]
+            for state, kept in zip(states, self.kept[key]):
+                state[b, : lengths[b]] = kept
+        out = states[0]
         if at_layer is not None:  # the interpreter reads the last layer (checked by FrozenDecoderCache)
-            out = at_layer(out)
+            out = at_layer(out, states[1] if len(states) > 1 else None)
         return BaseModelOutputWithPast(last_hidden_state=out)
 
 
 class FrozenDecoderCache(TrainerCallback):
     """``training.cache_frozen_decoder``: an NCLlama whose decoder is frozen and read at its last layer
-    (``nc_layer`` -1, so no residual injection) gets the same final hidden states for an example every time the
-    example is drawn. The first time, the decoder runs (without a graph) and its output is kept (576 floats a token
+    (``nc_layer`` -1, so no residual injection) gets the same final hidden states (and call-layer states) for an
+    example every time the example is drawn. The first time, the decoder runs (without a graph) and its output is kept (576 floats a token
     for SmolLM2: about 160 KB an example); every later epoch reads it back, so a step costs the interpreter, the LM
     head and the heads' backward only. The stand-in replaces the decoder during the optimizer steps only: probes,
     checkpoints, the saved model and generation see the real one."""
