@@ -52,8 +52,11 @@ def test_size_cases_and_fields(rows):
     counts = Counter(row["case"] for row in rows)
     assert list(counts) == list(CASES) and min(counts.values()) >= 60 and max(counts.values()) - min(counts.values()) <= 10
     for row in rows:
-        assert list(row) == ["prompt", "answer", "case", "computable", "task"]
+        assert list(row) == ["prompt", "answer", "case", "computable", "task", "wording"]
         assert row["computable"] == (row["answer"] is not None)
+        # the template's split: held-out wordings only where every bracketed template asks for an empty list once
+        assert row["wording"] == (None if row["case"] == "nothing_to_compute" else
+                                  row["wording"] if row["case"] == "empty_lists" else "training")
         assert row["task"] is None or row["task"] in tasks.TASKS
     assert len({row["prompt"] for row in rows}) == len(rows)  # no prompt twice
     assert not any(re.search(r"[-+*<] ?-", row["prompt"]) for row in rows)  # no 5--3= or 5 - -3
@@ -167,7 +170,8 @@ def test_load_errors(tmp_path):
         load_adversarial(bad)
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"prompt": "1+1=", "answer": "2", "case": "x", "computable": True}) + "\n")
-    assert load_adversarial(one) == [{"prompt": "1+1=", "answer": "2", "case": "x", "computable": True, "task": None}]
+    assert load_adversarial(one) == [{"prompt": "1+1=", "answer": "2", "case": "x", "computable": True, "task": None,
+                                      "wording": None}]
 
 
 def test_the_training_statements_are_many_and_none_is_the_evaluations(rows):
@@ -182,6 +186,7 @@ def test_the_training_statements_are_many_and_none_is_the_evaluations(rows):
     assert len({word for sentence in training for word in re.findall(r"[A-Za-z]+", sentence)}) > 200
     nothing = {row["prompt"] for row in by_case(rows, "nothing_to_compute")}
     assert not training & nothing
+    assert {row["wording"] for row in by_case(rows, "empty_lists")} == {"training", "heldout"}
     frames = {re.sub(r"-?\d+", "N", text) for text, _ in adversarial._STATEMENTS}
     assert not {re.sub(r"-?\d+", "N", sentence) for sentence in training} & frames
     for sentence in training:

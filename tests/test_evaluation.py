@@ -346,7 +346,8 @@ def _rows():
         {"prompt": "4406-81273=", "answer": "-76867", "case": "negative_results", "computable": True, "task": "sub"},
         {"prompt": "What is -5 plus 12?", "answer": "7", "case": "negative_operands", "computable": True, "task": "add"},
         {"prompt": "What is -6 plus 12?", "answer": "6", "case": "negative_operands", "computable": True, "task": "add"},
-        {"prompt": "What is -7 plus 12?", "answer": "5", "case": "negative_operands", "computable": True, "task": "add"},
+        {"prompt": "What is -7 plus 12?", "answer": "5", "case": "negative_operands", "computable": True, "task": "add",
+         "wording": "heldout"},
         {"prompt": "sorted([])=", "answer": "[]", "case": "empty_lists", "computable": True, "task": "sort"},
         {"prompt": "max([])=", "answer": None, "case": "empty_lists", "computable": False, "task": "max"},
         {"prompt": "min([])=", "answer": None, "case": "empty_lists", "computable": False, "task": "min"},
@@ -390,11 +391,12 @@ def test_adversarial_counts_exactly(tok):
                                "gate_open": 1, "wrong_with_gate_open": 1},
     }
     assert result["computable_exact_match"] == 2 / 5 and result["wrong_with_gate_open"] == 3
+    assert (result["training_wordings_exact_match"], result["training_wordings_computable"]) == (2 / 4, 4)
     rows = {row["prompt"]: row for row in result["rows"]}
     assert [row["prompt"] for row in result["rows"]] == [row["prompt"] for row in _rows()]
     assert rows["What is -5 plus 12?"] == {
         "prompt": "What is -5 plus 12?", "case": "negative_operands", "task": "add", "computable": True,
-        "expected": "7", "generated": "17", "exact": False, "gate_open": True, "wrong_with_gate_open": True,
+        "wording": None, "expected": "7", "generated": "17", "exact": False, "gate_open": True, "wrong_with_gate_open": True,
         "max_gate": 0.7, "programs": ["long_sub"] * len(tok(" 17\n", add_special_tokens=False)["input_ids"]),
         "no_call_reason": None}  # the top call at every token from the second on (" 17\n" and EOS)
     assert rows["What is -6 plus 12?"]["no_call_reason"] == "no library program takes these operands"

@@ -1,10 +1,11 @@
 """The adversarial evaluation set (toolchain): prompts on which a model that calls its library at the wrong time, or
 with the wrong operands, or keeps writing after its answer, goes wrong.
 
-Every row is ``{"prompt", "answer", "case", "computable", "task"}``: ``answer`` is what a model must write after
+Every row is ``{"prompt", "answer", "case", "computable", "task", "wording"}``: ``answer`` is what a model must write after
 ``prompt`` (the rule of :func:`modeling_nclama.toolchain.evaluation.exact_match`), or ``None`` where there is nothing to
 compute (``computable`` false); ``task`` is the task of :mod:`modeling_nclama.toolchain.tasks` that answers it (``None`` where
-none does). Computable rows are renderings of the tasks' training templates (:func:`modeling_nclama.toolchain.tasks.render`),
+none does); ``wording``: ``"training"`` or ``"heldout"``, the split of the template that wrote it (``None`` for a
+statement: no template does). Computable rows are renderings of the tasks' training templates (:func:`modeling_nclama.toolchain.tasks.render`),
 so their answers come from :func:`modeling_nclama.toolchain.tasks.solve`. The cases (:data:`CASES`):
 
 - ``negative_operands``: training wordings with negative operands ("What is -81273 plus 4406?", "Is -5 less than 3?",
@@ -48,9 +49,13 @@ DEFAULT_N_PER_CASE = 70
 _SIGNED = ("add", "sub", "mul", "less_than")
 
 
+def _wording(template) -> str:
+    return "heldout" if template.heldout else "training"
+
+
 def _row(rendered: dict, case: str) -> dict:
     return {"prompt": rendered["prompt"], "answer": rendered["answer"], "case": case, "computable": True,
-            "task": rendered["task"]}
+            "task": rendered["task"], "wording": _wording(TEMPLATES[rendered["template"]])}
 
 
 def _template(rng: random.Random, task: str, predicate: Callable = lambda t: True):
@@ -121,7 +126,7 @@ def _empty_list_row(template, case: str = "empty_lists", prefix: str = "") -> di
         row = _row(render(template.id, xs=[]), case)
     else:  # the max and the min of nothing are not defined
         row = {"prompt": template.text.format(xs="[]"), "answer": None, "case": case, "computable": False,
-               "task": template.task}
+               "task": template.task, "wording": _wording(template)}
     row["prompt"] = prefix + row["prompt"]
     return row
 
@@ -169,7 +174,8 @@ _STATEMENTS: tuple[tuple[str, dict[str, tuple[int, int]]], ...] = (
 def _nothing_to_compute(rng: random.Random) -> dict:
     text, ranges = rng.choice(_STATEMENTS)
     prompt = text.format(**{field: rng.randint(low, high) for field, (low, high) in ranges.items()})
-    return {"prompt": prompt, "answer": None, "case": "nothing_to_compute", "computable": False, "task": None}
+    return {"prompt": prompt, "answer": None, "case": "nothing_to_compute", "computable": False, "task": None,
+            "wording": None}
 
 
 def _two_questions(rng: random.Random) -> dict:
@@ -224,7 +230,7 @@ def write_adversarial(path: Union[str, Path] = ADVERSARIAL_PATH, *, seed: int = 
     """Write :func:`adversarial_rows` as JSON lines (one row a line, keys in a fixed order)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({key: row[key] for key in ("prompt", "answer", "case", "computable", "task")})
+    lines = [json.dumps({key: row[key] for key in ("prompt", "answer", "case", "computable", "task", "wording")})
              for row in adversarial_rows(seed, n_per_case)]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -248,6 +254,7 @@ def load_adversarial(path: Union[str, Path, None] = None) -> list[dict]:
         if row["computable"] and not isinstance(row["answer"], str):
             raise ValueError(f"{path}:{number}: a computable row needs an answer")
         row.setdefault("task", None)
+        row.setdefault("wording", None)
         rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no rows")

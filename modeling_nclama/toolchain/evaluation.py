@@ -227,8 +227,11 @@ def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_toke
     template (``tasks.chat_prompt``); the rows keep their plain prompt.
 
     Returns ``{"cases": {case: {n, computable, exact, exact_match, answered, gate_open, wrong_with_gate_open}},
-    "n", "computable_exact_match", "wrong_with_gate_open", "traced", "rows": [{prompt, case, task, computable,
-    expected, generated, exact, gate_open, wrong_with_gate_open, max_gate, programs, no_call_reason}]}``
+    "n", "computable_exact_match", "training_wordings_exact_match", "training_wordings_computable",
+    "wrong_with_gate_open", "traced", "rows": [{prompt, case, task, computable, wording, expected, generated, exact,
+    gate_open, wrong_with_gate_open, max_gate, programs, no_call_reason}]}`` (``training_wordings_*``: the
+    computable rows a training template wrote, the issue's target; the empty-list case also asks every held-out
+    bracketed template once)
     (``exact`` is None for a row with nothing to compute; ``programs``: the top call's program at each gate-open
     token; ``no_call_reason``: the first the trace gives)."""
     rows = list(rows)
@@ -283,6 +286,7 @@ def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_toke
         reasons = [t["no_call_reason"] for t in trace or [] if t.get("no_call_reason")]
         scored.append({
             "prompt": row["prompt"], "case": row.get("case"), "task": row.get("task"), "computable": computable,
+            "wording": row.get("wording"),
             "expected": row.get("answer"), "generated": answer, "exact": exact, "gate_open": bool(opened),
             "wrong_with_gate_open": bool(wrong and opened),
             "max_gate": max((float(t.get("gate", 0.0)) for t in trace), default=None) if trace is not None else None,
@@ -301,8 +305,11 @@ def evaluate_adversarial(model, tokenizer, rows: Sequence[dict], *, max_new_toke
     for case in cases.values():
         case["exact_match"] = case["exact"] / case["computable"] if case["computable"] else None
     computable = sum(c["computable"] for c in cases.values())
+    trained = [r for r in scored if r["computable"] and r["wording"] != "heldout"]
     return {"cases": cases, "n": len(scored),
             "computable_exact_match": sum(c["exact"] for c in cases.values()) / computable if computable else None,
+            "training_wordings_exact_match": sum(r["exact"] for r in trained) / len(trained) if trained else None,
+            "training_wordings_computable": len(trained),
             "wrong_with_gate_open": sum(c["wrong_with_gate_open"] for c in cases.values()), "traced": traced,
             "form": "chat" if chat else "plain", "rows": scored}
 
@@ -326,6 +333,11 @@ def format_adversarial(result: dict) -> str:
                  f"{percent(result['computable_exact_match'])} | "
                  f"{sum(c['answered'] for c in result['cases'].values())} | "
                  f"{sum(c['gate_open'] for c in result['cases'].values())} | {result['wrong_with_gate_open']} |")
+    if result.get("training_wordings_exact_match") is not None:
+        trained = result["training_wordings_computable"]
+        exact = round(result["training_wordings_exact_match"] * trained)
+        lines += ["", f"Computable rows in training wordings: {percent(result['training_wordings_exact_match'])} "
+                      f"({exact} of {trained})."]
     if not result.get("traced", True):
         lines += ["", "(the model has no trace: no gate was read)"]
     for name in result["cases"]:
