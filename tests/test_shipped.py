@@ -87,8 +87,8 @@ def test_the_configurations_defaults_build_the_shipped_design():
 
     shipped = json.loads((NCLAMA / "config.json").read_text())
     default = NCLlamaConfig(num_hidden_layers=shipped["num_hidden_layers"])
-    design = ("nc_mode", "nc_top_k", "nc_operand_reader", "nc_call_reader", "nc_site_reader", "nc_gate_at",
-              "nc_max_operands", "nc_max_candidates", "nc_answer_lead", "nc_residual_injection",
+    design = ("nc_mode", "nc_top_k", "nc_operand_reader", "nc_call_reader", "nc_call_layer", "nc_site_reader",
+              "nc_gate_reader", "nc_gate_at", "nc_max_operands", "nc_max_candidates", "nc_answer_lead", "nc_residual_injection",
               "nc_min_call_probability", "nc_max_steps", "nc_value_size", "nc_stack_depth", "nc_decimal_places",
               "nc_closers_from_lm", "nc_openers_from_lm")
     assert {k: getattr(default, k) for k in design} == {k: shipped[k] for k in design}
