@@ -521,11 +521,30 @@ def with_chat_template(folder: Path, copy: Path) -> Path:
 @pytest.fixture(scope="module")
 def chat_models(tmp_path_factory) -> tuple[Path, Path]:
     """Stand-ins for the SmolLM2 model and its plain base: the shipped nclama-tiny and its baseline, their tokenizers
-    given a chat template. The model carries the project's runtime, as an export made now does."""
+    given a chat template. The model carries the project's runtime, as an export made now does. nclama-tiny was
+    trained without a template and reads its words ("user", "assistant", ":") as a sentence's: the stand-in's call
+    reader scores them 0 (their keyword rows zeroed) and its gate reads the hidden state alone (nc_gate_reader
+    "hidden"; the words gate's mean would count them), as a model trained in its template reads them (SmolLM2's,
+    whose template tokens are nc_chat_tokens, no words at all)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
     folder = tmp_path_factory.mktemp("chat-models")
     model = with_chat_template(SHIPPED, folder / "model")
     for runtime in SHIPPED.glob("*.py"):
         shutil.copyfile(ROOT / "modeling_nclama" / runtime.name, model / runtime.name)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True,
+                                             tokenize=False)
+    template = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    weights = load_file(model / "model.safetensors")
+    weights["nc_heads.call.keywords.weight"][template] = 0.0
+    save_file({k: v for k, v in weights.items() if not k.startswith("nc_heads.gate_reader.")},
+              model / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "nc_gate_reader": "hidden"}, indent=2))
     return model, with_chat_template(BASELINE, folder / "baseline")
 
 
@@ -581,7 +600,9 @@ def test_a_worker_loads_a_model_the_first_time_a_request_names_it(chat_models, m
     assert models[SMOLLM2]["chat"] and not models["nclama-tiny"]["chat"] and models[SMOLLM2]["model"] == model.name
     assert not {"model", "library_off", "baseline"} & set(vars(served))  # its tokenizer and configuration only
     *_, trace = engine.generate("81273+4406=", 24, SMOLLM2, True)
-    assert trace["answer"] == "85679" and "model" in vars(served)
+    # the stand-in writes the library's 85679 first (it was never trained to stop in a template)
+    assert trace["answer"] == _chat_answer(model, "81273+4406=") and trace["answer"].startswith("85679")
+    assert "model" in vars(served)
     assert not {"library_off", "baseline"} & set(vars(served))  # what /compare needs waits for /compare
 
 
@@ -591,9 +612,10 @@ def test_the_default_model_still_answers_beside_a_second_one(chat_client):
     assert "".join(trace["sequence"][:trace["prompt_length"]]) == "<|begin_of_text|>81273+4406="
 
 
-def test_a_chat_model_is_asked_in_its_chat_template_and_traced(chat_client):
+def test_a_chat_model_is_asked_in_its_chat_template_and_traced(chat_client, chat_models):
     answer, trace = chat_client.predict("81273+4406=", 24, SMOLLM2, True, api_name="/generate")
-    assert answer == "85679" and trace["model"] == SMOLLM2 and trace["chat"] and trace["prompt"] == "81273+4406="
+    assert answer == _chat_answer(chat_models[0], "81273+4406=") and answer.startswith("85679")  # (see chat_models)
+    assert trace["model"] == SMOLLM2 and trace["chat"] and trace["prompt"] == "81273+4406="
     sequence, prompt_length = trace["sequence"], trace["prompt_length"]
     # the prompt tokens are the rendered template: the question in the user's turn, the assistant's turn begun
     assert "".join(sequence[:prompt_length]) == "<|begin_of_text|>user: 81273+4406=\nassistant:"

@@ -357,12 +357,14 @@ def test_chat_and_probe_settings_are_checked(section, message):
 def test_the_smollm2_recipe():
     """nclama-smollm2-135m: SmolLM2 from out/smollm2, nclama-tiny's programs and library, the decoder frozen with the
     heads on its last layer (no residual injection: nothing needs a backward through it), the call read from the
-    pretrained hidden state, data in plain and chat form with nclama-tiny's signed numbers and context examples."""
+    pretrained hidden states of the question's words at layer 15, data in plain and chat form with nclama-tiny's
+    signed numbers and context examples."""
     smol, tiny = load_recipe("nclama-smollm2-135m"), load_recipe("nclama-tiny")
     spec, nc = smol["model"]["from_llama"], smol["model"]["from_llama"]["nc"]
     assert spec["path"] == "out/smollm2" and spec["library"] == tiny["model"]["from_llama"]["library"] == {"value_size": 1024}
     assert nc["nc_programs"] == tiny["model"]["from_llama"]["nc"]["nc_programs"] and len(nc["nc_programs"]) == 11
-    assert smol["trainable"] == ["nc_heads.*"] and nc["nc_call_reader"] == "hidden"
+    assert smol["trainable"] == ["nc_heads.*"] and nc["nc_call_reader"] == "sentence" and nc["nc_call_layer"] == 15
+    assert nc["nc_gate_reader"] == "hidden"  # held-out wordings' words are unknown to a word table
     assert nc["nc_layer"] == -1 and not nc.get("nc_residual_injection", False)
     assert 0 < smol["data"]["chat"] < 1 and smol["data"]["context"] > 0 and smol["data"]["tasks"] == list(TASKS)
     assert smol["data"]["lengths"] == {t: list(TRAINING_RANGES[t]["length"]) for t in TASKS}

@@ -31,6 +31,8 @@
   nclama analyze fib [--max-depth N] [--out DIR | --update-shipped]   gradient norms against recursion depth
   nclama analyze fib-training [--max-depth N] [--steps K] [--out DIR | --update-shipped]
                                                      training curves through soft execution by depth (table + PNG)
+  nclama probe-calls --base DIR [--layers L ...]     linear probes: which states of a pretrained base tell the
+                                                     task of wordings never trained on (what a call reader reads)
   nclama repair [--out DIR]                          corrupt a compiled program and repair it by gradient descent
   nclama report lengths LABEL=DIR... --out PNG       models side by side: exact match by task and length
   nclama report probes RUN_DIR --out PNG             what learns what: gate and call accuracy over training
@@ -186,6 +188,19 @@ def _cmd_analyze(args) -> int:
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(table(result))
     print(f"\nwrote {out / f'{name}.png'} and {out / f'{name}.json'}")
+    return 0
+
+
+def _cmd_probe_calls(args) -> int:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import call_probes
+
+    model = AutoModelForCausalLM.from_pretrained(args.base)
+    tokenizer = AutoTokenizer.from_pretrained(args.base)
+    rows = call_probes.probe_calls(model, tokenizer, layers=args.layers, n_train=args.n_train,
+                                   n_heldout=args.n_heldout, forms=args.forms)
+    print(call_probes.format_probes(rows))
     return 0
 
 
@@ -524,6 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--update-shipped", action="store_true",
                        help=f"regenerate the shipped figure and its table in {SHIPPED_FIGURES}/")
     p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("probe-calls", help="which hidden states of a base tell the task of held-out wordings")
+    p.add_argument("--base", required=True, help="a plain LLaMA folder (nclama base ... -o FOLDER)")
+    p.add_argument("--layers", type=int, nargs="+", default=[-1], help="decoder layers, 0-based (-1: the last)")
+    p.add_argument("--n-train", type=_positive_int, default=330, help="training wordings' prompts the probes fit")
+    p.add_argument("--n-heldout", type=_positive_int, default=220, help="held-out wordings' prompts they are asked")
+    p.add_argument("--forms", nargs="+", choices=("plain", "chat"), default=["plain", "chat"])
+    p.set_defaults(func=_cmd_probe_calls)
 
     p = sub.add_parser("repair", help="repair a corrupted program by gradient descent")
     p.set_defaults(func=_cmd_repair)
