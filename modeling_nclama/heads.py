@@ -3,8 +3,8 @@ a token table and scores one decision: the gate (answer from the library or not)
 operands, whether a position continues the answer before it, and the lead (a result written with the space before
 it). The call, operand, site and gate heads come in variants, each a module chosen by name from a registry
 (``CALL_READERS``, ``OPERAND_READERS``, ``SITE_READERS``, ``GATE_READERS``; where the gate is read:
-``GATE_PLACES``), as transformers picks an attention implementation; the configuration's defaults are the shipped model's. ``HeadsTraining`` says
-how they learn beside the likelihood (training only, never saved)."""
+``GATE_PLACES``), as transformers picks an attention implementation; the configuration's defaults are the shipped
+model's. ``HeadsTraining`` says how they learn beside the likelihood (training only, never saved)."""
 from __future__ import annotations
 
 import math
@@ -263,8 +263,9 @@ class SentenceCallReader(HeadReader):
         self.sentences = sentences
 
     def forward(self, input_ids: torch.Tensor, hidden: torch.Tensor, state: Optional["InterpreterState"]):
-        """[B, N] call logits [B, N, P] of the positions of ``input_ids``, and, to carry in the interpreter's state,
-        each position's sum of its sentence's word states and their count [B, N, d + 1]."""
+        """The call logits [B, N, P] of the positions of ``input_ids`` (``hidden``: their states at
+        ``nc_call_layer``), and, to carry in the interpreter's state, each position's sum of its sentence's word
+        states and their count [B, N, d + 1]."""
         history = state.ids if state is not None else None
         full = input_ids if history is None else torch.cat([history, input_ids], 1)
         words = self.sentences.words(full)[:, full.shape[1] - input_ids.shape[1]:].unsqueeze(-1).float()

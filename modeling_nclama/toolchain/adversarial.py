@@ -1,12 +1,13 @@
 """The adversarial evaluation set (toolchain): prompts on which a model that calls its library at the wrong time, or
 with the wrong operands, or keeps writing after its answer, goes wrong.
 
-Every row is ``{"prompt", "answer", "case", "computable", "task", "wording"}``: ``answer`` is what a model must write after
-``prompt`` (the rule of :func:`modeling_nclama.toolchain.evaluation.exact_match`), or ``None`` where there is nothing to
-compute (``computable`` false); ``task`` is the task of :mod:`modeling_nclama.toolchain.tasks` that answers it (``None`` where
-none does); ``wording``: ``"training"`` or ``"heldout"``, the split of the template that wrote it (``None`` for a
-statement: no template does). Computable rows are renderings of the tasks' training templates (:func:`modeling_nclama.toolchain.tasks.render`),
-so their answers come from :func:`modeling_nclama.toolchain.tasks.solve`. The cases (:data:`CASES`):
+Every row is ``{"prompt", "answer", "case", "computable", "task", "wording"}``: ``answer`` is what a model must write
+after ``prompt`` (the rule of :func:`modeling_nclama.toolchain.evaluation.exact_match`), or ``None`` where there is
+nothing to compute (``computable`` false); ``task`` is the task of :mod:`modeling_nclama.toolchain.tasks` that answers
+it (``None`` where none does); ``wording``: ``"training"`` or ``"heldout"``, the split of the template that wrote it
+(``None`` for a statement: no template does). Computable rows are renderings of the tasks' templates
+(:func:`modeling_nclama.toolchain.tasks.render`), so their answers come from :func:`modeling_nclama.toolchain.tasks.solve`.
+The cases (:data:`CASES`):
 
 - ``negative_operands``: training wordings with negative operands ("What is -81273 plus 4406?", "Is -5 less than 3?",
   "[-3, 4]"); a symbol operator never stands right before a negative number (no "5--3=").

@@ -65,11 +65,11 @@ def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int, seed: int) 
 def probe_calls(model, tokenizer, *, layers: Sequence[int], n_train: int = 330, n_heldout: int = 220,
                 forms: Sequence[str] = ("plain", "chat"), steps: int = 300, seed: int = 0,
                 tasks: Sequence[str] = TASKS, number_tokens: Optional[set] = None) -> list[dict]:
-    """Per form, decoder layer (0-based, as ``nc_call_layer`` counts; -1: the last, after the final norm, as
-    ``nc_layer: -1`` reads it) and reading: a linear probe of the task, trained (Adam, full batch, ``steps`` steps) on ``n_train`` training
-    wordings' prompts and scored on ``n_heldout`` held-out wordings' prompts (``tasks.make_dataset``, seeds 1 and 2).
-    ``number_tokens``: the ids that are no words (default: every token whose text holds a digit, a bracket or a
-    comma). Rows ``{form, layer, reading, train, heldout}`` (accuracies)."""
+    """Per form, decoder layer (0-based, as ``nc_call_layer`` counts; -1: the last, after the final norm, as ``nc_layer:
+    -1`` reads it) and reading: a linear probe of the task, trained (Adam, full batch, ``steps`` steps) on ``n_train``
+    training wordings' prompts and scored on ``n_heldout`` held-out wordings' prompts (``tasks.make_dataset``, seeds 1
+    and 2). ``number_tokens``: the ids that are no words (default: every token whose text holds a digit, a bracket, a
+    comma or a minus). Rows ``{form, layer, reading, train, heldout}`` (accuracies)."""
     if not layers:
         raise ValueError("give at least one layer")
     if number_tokens is None:
@@ -91,9 +91,10 @@ def probe_calls(model, tokenizer, *, layers: Sequence[int], n_train: int = 330, 
             for reading in READINGS:
                 probe = _fit(seen[(layer, reading)], y_train, len(tasks), steps, seed)
                 with torch.no_grad():
-                    rows.append({"form": form, "layer": layer, "reading": reading,
-                                 "train": float((probe(seen[(layer, reading)]).argmax(-1) == y_train).float().mean()),
-                                 "heldout": float((probe(asked[(layer, reading)]).argmax(-1) == y_heldout).float().mean())})
+                    train_hits = probe(seen[(layer, reading)]).argmax(-1) == y_train
+                    heldout_hits = probe(asked[(layer, reading)]).argmax(-1) == y_heldout
+                rows.append({"form": form, "layer": layer, "reading": reading,
+                             "train": float(train_hits.float().mean()), "heldout": float(heldout_hits.float().mean())})
     return rows
 
 

@@ -873,12 +873,12 @@ class _CachedDecoder(torch.nn.Module):
 
 
 class FrozenDecoderCache(TrainerCallback):
-    """``training.cache_frozen_decoder``: an NCLlama whose decoder is frozen and read at its last layer
-    (``nc_layer`` -1, so no residual injection) gets the same final hidden states (and call-layer states) for an
-    example every time the example is drawn. The first time, the decoder runs (without a graph) and its output is kept (576 floats a token
-    for SmolLM2: about 160 KB an example); every later epoch reads it back, so a step costs the interpreter, the LM
-    head and the heads' backward only. The stand-in replaces the decoder during the optimizer steps only: probes,
-    checkpoints, the saved model and generation see the real one."""
+    """``training.cache_frozen_decoder``: an NCLlama whose decoder is frozen and read at its last layer (``nc_layer`` -1,
+    so no residual injection) gets the same final hidden states (and call-layer states) for an example every time the
+    example is drawn. The first time, the decoder runs (without a graph) and its output is kept (576 floats a token and
+    layer for SmolLM2: about 160 KB an example and layer); every later epoch reads it back, so a step costs the interpreter, the LM head and
+    the heads' backward only. The stand-in replaces the decoder during the optimizer steps only: probes, checkpoints,
+    the saved model and generation see the real one."""
 
     def __init__(self, model: torch.nn.Module, world_size: int = 1):
         config = getattr(model, "config", None)
